@@ -1,0 +1,159 @@
+//! Connecting to NATS and publishing with acknowledgement.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use mailflow_runtime::config::NatsConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Errors of the bus layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The NATS connection could not be set up.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+    /// A JetStream publish was refused or not acknowledged in time.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish {
+        /// The subject published to.
+        subject: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A stream, bucket or store could not be created or opened.
+    #[error("cannot set up {name}: {reason}")]
+    Setup {
+        /// The stream, bucket or store.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key-value or object operation failed.
+    #[error("{op} on {name} failed: {reason}")]
+    Storage {
+        /// The operation (get, put, update ...).
+        op: &'static str,
+        /// The bucket or key.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A payload is not the protobuf message it should be.
+    #[error("undecodable payload: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// Shutdown was requested while waiting for NATS.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// A connection to NATS with its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    /// The core client, for plain subscriptions and the connection state.
+    pub client: async_nats::Client,
+    /// The JetStream context every stream operation goes through.
+    pub js: jetstream::Context,
+    /// How many replicas new streams and buckets get.
+    pub(crate) replicas: usize,
+    /// How long a publish waits for its acknowledgement.
+    publish_timeout: Duration,
+}
+
+impl Bus {
+    /// Connects to NATS. The client reconnects by itself for the life of the process; if the
+    /// server is not up yet it keeps trying until `shutdown`.
+    pub async fn connect(
+        config: &NatsConfig,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Bus, BusError> {
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        let connect = options.connect(config.url.as_str());
+        let client = tokio::select! {
+            res = connect => res.map_err(|source| BusError::Connect { url: config.url.clone(), source })?,
+            _ = shutdown.cancelled() => return Err(BusError::ShuttingDown),
+        };
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .build(client.clone());
+        Ok(Bus {
+            client,
+            js,
+            replicas: config.replicas,
+            publish_timeout: config.publish_timeout,
+        })
+    }
+
+    /// Publishes `payload` and waits until JetStream has stored it. `msg_id` becomes the
+    /// `Nats-Msg-Id`, so a republish after a crash is deduplicated by the stream.
+    pub async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let err = |reason: String| BusError::Publish {
+            subject: subject.clone(),
+            reason,
+        };
+        let msg = PublishMessage::build().payload(payload).message_id(msg_id);
+        let ack = self
+            .js
+            .send_publish(subject.clone(), msg)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match tokio::time::timeout(self.publish_timeout, ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(err(e.to_string())),
+            Err(_) => Err(err("no acknowledgement in time".into())),
+        }
+    }
+
+    /// Publishes several messages with their acknowledgements in flight together, then
+    /// waits for all of them; fails if any one fails.
+    pub async fn publish_all(
+        &self,
+        messages: impl IntoIterator<Item = (String, String, Bytes)>,
+    ) -> Result<(), BusError> {
+        let mut acks = Vec::new();
+        for (subject, msg_id, payload) in messages {
+            let msg = PublishMessage::build().payload(payload).message_id(msg_id);
+            let ack = self
+                .js
+                .send_publish(subject.clone(), msg)
+                .await
+                .map_err(|e| BusError::Publish {
+                    subject: subject.clone(),
+                    reason: e.to_string(),
+                })?;
+            acks.push((subject, ack));
+        }
+        for (subject, ack) in acks {
+            match tokio::time::timeout(self.publish_timeout, ack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(BusError::Publish {
+                        subject,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(BusError::Publish {
+                        subject,
+                        reason: "no acknowledgement in time".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Creating (idempotently) the streams, buckets and object store mailflow uses.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, object_store, stream};
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::{Bus, BusError};
+
+/// Names of streams, buckets, subjects and consumers.
+pub mod names {
+    /// Accepted messages waiting for scan and route.
+    pub const MAIL_IN: &str = "MAIL_IN";
+    /// The subject of accepted messages.
+    pub const MAIL_IN_SUBJECT: &str = "mail.in";
+    /// Delivery jobs.
+    pub const MAIL_OUT: &str = "MAIL_OUT";
+    /// The per-message timeline.
+    pub const MAIL_EVENTS: &str = "MAIL_EVENTS";
+    /// Current state per message.
+    pub const STATUS_BUCKET: &str = "mail-status";
+    /// Domains and users.
+    pub const DIRECTORY_BUCKET: &str = "directory";
+    /// Bodies too large to travel inline.
+    pub const BODIES_STORE: &str = "mail-bodies";
+    /// The durable consumer of the route stage on `MAIL_IN`.
+    pub const ROUTE_CONSUMER: &str = "route";
+    /// The durable consumer shared by every relay replica on `MAIL_OUT`.
+    pub const RELAY_CONSUMER: &str = "relay";
+
+    /// The subject of a delivery job for `shard`.
+    pub fn mail_out(shard: u32) -> String {
+        format!("mail.out.{shard}")
+    }
+
+    /// The subject of a message's events.
+    pub fn events(queue_id: &str) -> String {
+        format!("mail.events.{queue_id}")
+    }
+}
+
+/// How long events, status records and stored bodies are kept.
+const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Handles to everything created by [`Topology::ensure`].
+#[derive(Clone)]
+pub struct Topology {
+    /// KV `mail-status`.
+    pub status: kv::Store,
+    /// KV `directory`.
+    pub directory: kv::Store,
+    /// Object store `mail-bodies`.
+    pub bodies: object_store::ObjectStore,
+}
+
+impl Topology {
+    /// Creates what is missing and opens everything, retrying while NATS is unreachable
+    /// until `shutdown`.
+    pub async fn ensure(bus: &Bus, shutdown: &CancellationToken) -> Result<Topology, BusError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Self::try_ensure(bus).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "JetStream not ready; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Err(BusError::ShuttingDown),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn try_ensure(bus: &Bus) -> Result<Topology, BusError> {
+        let js = &bus.js;
+        let replicas = bus.replicas;
+        let streams = [
+            stream::Config {
+                name: names::MAIL_IN.into(),
+                subjects: vec![names::MAIL_IN_SUBJECT.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            },
+            stream::Config {
+                name: names::MAIL_OUT.into(),
+                subjects: vec!["mail.out.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            },
+            stream::Config {
+                name: names::MAIL_EVENTS.into(),
+                subjects: vec!["mail.events.>".into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_age: RETENTION,
+                ..Default::default()
+            },
+        ];
+        for config in streams {
+            let name = config.name.clone();
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| setup(&name, e))?;
+        }
+        let status = open_kv(bus, names::STATUS_BUCKET, 1, RETENTION).await?;
+        let directory = open_kv(bus, names::DIRECTORY_BUCKET, 5, Duration::ZERO).await?;
+        let bodies = match js.get_object_store(names::BODIES_STORE).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: names::BODIES_STORE.into(),
+                    max_age: RETENTION,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup(names::BODIES_STORE, e))?,
+        };
+        Ok(Topology {
+            status,
+            directory,
+            bodies,
+        })
+    }
+}
+
+async fn open_kv(
+    bus: &Bus,
+    bucket: &str,
+    history: i64,
+    max_age: Duration,
+) -> Result<kv::Store, BusError> {
+    if let Ok(store) = bus.js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    bus.js
+        .create_key_value(kv::Config {
+            bucket: bucket.into(),
+            history,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: bus.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(bucket, e))
+}
+
+fn setup(name: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Setup {
+        name: name.into(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,497 @@
+//! The configuration: one TOML file (`mailflow.toml`) with a section per service.
+//!
+//! Every key can be overridden by an environment variable named
+//! `MAILFLOW_<SECTION>__<KEY>` (upper case, a double underscore between the parts), for
+//! example `MAILFLOW_RELAY__SMARTHOST=127.0.0.1:2526`. The value is read as a TOML value when
+//! it parses as one (`25`, `true`, `["10.0.0.0/8"]`) and as a string otherwise.
+//!
+//! A bad configuration is reported whole: [`load`] keeps going past the first bad key and
+//! returns every problem, and services exit with [`EX_CONFIG`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Value;
+
+/// The exit code for a bad configuration (EX_USAGE, as the design requires).
+pub const EX_CONFIG: i32 = 64;
+
+/// The prefix of environment overrides.
+const ENV_PREFIX: &str = "MAILFLOW_";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How to reach NATS and how the streams are created.
+    pub nats: NatsConfig,
+    /// Log format and level.
+    pub log: LogConfig,
+    /// The SMTP ingress.
+    pub ingress: IngressConfig,
+    /// The policy service.
+    pub policy: PolicyConfig,
+    /// The relay.
+    pub relay: RelayConfig,
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Replicas of every stream and bucket (3 in production, 1 for a single node).
+    pub replicas: usize,
+    /// How long to wait for a JetStream publish acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Bodies larger than this travel in the `mail-bodies` object store, not inline.
+    pub inline_body_limit: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            publish_timeout: Duration::from_secs(5),
+            inline_body_limit: 512 * 1024,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `mailflow_relay=debug,info`; `RUST_LOG`
+    /// takes precedence when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// What the ingress does with a bare CR or LF in a message body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Refuse the message with `550 5.5.2`.
+    #[default]
+    Reject,
+    /// Rewrite each bare CR or LF as CRLF.
+    Normalize,
+}
+
+/// `[ingress]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// The name in the greeting, the EHLO reply and Received headers.
+    pub hostname: String,
+    /// The MX listener (port 25 in production).
+    pub mx_listen: SocketAddr,
+    /// The policy service's gRPC endpoint.
+    pub policy_url: String,
+    /// How long an in-session policy check may take before the client gets `451 4.3.0`.
+    #[serde(with = "humantime_serde")]
+    pub policy_timeout: Duration,
+    /// Simultaneous SMTP sessions per ingress process.
+    pub max_connections: usize,
+    /// The largest message accepted, in octets (advertised with SIZE).
+    pub max_message_size: usize,
+    /// Recipients per transaction; more get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// The longest command line, in octets (at least 512).
+    pub max_line_length: usize,
+    /// Errors in one session before it is closed with `421`.
+    pub hard_error_limit: u32,
+    /// How long to wait for a command (RFC 5321 §4.5.3.2: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How long to wait for each block of DATA (RFC 5321 §4.5.3.2: 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Bare CR or LF in DATA: `reject` or `normalize`.
+    pub bare_line_endings: BareLineEndings,
+    /// How long open sessions may run on after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            mx_listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            policy_url: "http://127.0.0.1:50051".into(),
+            policy_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 2048,
+            hard_error_limit: 20,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            bare_line_endings: BareLineEndings::Reject,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Where the Policy and Directory gRPC services listen.
+    pub grpc_listen: SocketAddr,
+    /// Client networks allowed to relay to remote domains without authentication.
+    pub relay_networks: Vec<IpNet>,
+    /// Number of `mail.out.<shard>` subjects delivery jobs are spread over.
+    pub out_shards: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            relay_networks: Vec::new(),
+            out_shards: 16,
+        }
+    }
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The name sent in EHLO and used in Received headers.
+    pub hostname: String,
+    /// Where the Queue gRPC service listens.
+    pub grpc_listen: SocketAddr,
+    /// The root of local Maildirs: mail for `user@domain` goes to `<root>/<domain>/<user>/`.
+    pub maildir_root: PathBuf,
+    /// Nameservers as `ip:port`; empty means the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// The port of remote mail exchangers (25; tests use their own).
+    pub mx_port: u16,
+    /// Send all remote mail to this `host:port` instead of the MX hosts.
+    pub smarthost: Option<String>,
+    /// Delivery jobs handled at once by one relay process.
+    pub concurrency: usize,
+    /// How long a job may stay unacknowledged before JetStream gives it to another replica;
+    /// the relay reports progress while it works, so this bounds recovery after a crash.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// TCP connect timeout towards a mail exchanger.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for each reply of a mail exchanger (RFC 5321 §4.5.3.2).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Delays before the retries of a temporarily failed job; the last one repeats.
+    pub retry_delays: Vec<humantime_serde::Serde<Duration>>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            maildir_root: PathBuf::from("var/mail"),
+            dns_servers: Vec::new(),
+            mx_port: 25,
+            smarthost: None,
+            concurrency: 64,
+            ack_wait: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            retry_delays: [300, 600, 1200, 2400, 3600]
+                .map(|s| Duration::from_secs(s).into())
+                .to_vec(),
+        }
+    }
+}
+
+/// One bad key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key, e.g. `ingress.mx_listen`, or the file name for a syntax error.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Each bad key, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Reads the file at `path` (if any), applies `MAILFLOW_*__*` overrides from the process
+/// environment, and deserializes the result.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::single(p.display().to_string(), format!("cannot read: {e}"))
+        })?,
+        None => String::new(),
+    };
+    let name = path.map_or("<defaults>".to_string(), |p| p.display().to_string());
+    from_parts(&name, &text, std::env::vars())
+}
+
+/// Parses `text`, applies overrides from `env`, and deserializes into `T`, collecting every
+/// bad key.
+pub fn from_parts<T: DeserializeOwned>(
+    name: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigError::single(name, e.to_string().trim().to_string())
+    })?;
+    let mut problems = Vec::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if let Err(message) = set_path(&mut root, &segments, parse_env_value(&value)) {
+            problems.push(Problem {
+                key: format!("{var} ({})", segments.join(".")),
+                message,
+            });
+        }
+    }
+    let mut value = Value::Table(root);
+    // Each pass reports one problem and removes the offending key, so the next pass can
+    // find the next one. The bound only guards against a key that cannot be removed.
+    for _ in 0..100 {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(cfg) if problems.is_empty() => return Ok(cfg),
+            Ok(_) => break,
+            Err(err) => {
+                let mut segments: Vec<String> = err
+                    .path()
+                    .iter()
+                    .filter_map(|s| match s {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                let message = err.into_inner().message().to_string();
+                if let Some(field) = unknown_field(&message)
+                    && segments.last().map(String::as_str) != Some(field)
+                {
+                    segments.push(field.to_string());
+                }
+                problems.push(Problem {
+                    key: if segments.is_empty() {
+                        name.to_string()
+                    } else {
+                        segments.join(".")
+                    },
+                    message: message.clone(),
+                });
+                if !remove_path(&mut value, &segments) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(ConfigError { problems })
+}
+
+/// The field name of serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn parse_env_value(raw: &str) -> Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+fn set_path(root: &mut toml::Table, segments: &[String], value: Value) -> Result<(), String> {
+    let (last, parents) = segments.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for seg in parents {
+        let entry = table
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{seg}` is not a section"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn remove_path(value: &mut Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for seg in parents {
+        current = match current {
+            Value::Table(t) => match t.get_mut(seg) {
+                Some(v) => v,
+                None => return false,
+            },
+            Value::Array(a) => match seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match current {
+        Value::Table(t) => t.remove(last).is_some(),
+        Value::Array(a) => match last.parse::<usize>() {
+            Ok(i) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        from_parts(
+            "test.toml",
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = parse("", &[]).unwrap();
+        assert_eq!(cfg.ingress.max_recipients, 100);
+        assert_eq!(cfg.relay.mx_port, 25);
+        assert!(cfg.policy.relay_networks.is_empty());
+    }
+
+    #[test]
+    fn reads_typed_values() {
+        let cfg = parse(
+            "[ingress]\nmx_listen = \"0.0.0.0:25\"\ncommand_timeout = \"2m\"\n[policy]\nrelay_networks = [\"10.0.0.0/8\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.ingress.mx_listen.port(), 25);
+        assert_eq!(cfg.ingress.command_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.policy.relay_networks[0].to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = parse(
+            "[relay]\nmx_port = 25\n",
+            &[
+                ("MAILFLOW_RELAY__MX_PORT", "2526"),
+                ("MAILFLOW_RELAY__SMARTHOST", "smart.test:587"),
+                ("MAILFLOW_POLICY__RELAY_NETWORKS", "[\"127.0.0.1/32\"]"),
+                ("MAILFLOW_SMARTHOST", "ignored: no double underscore"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.relay.mx_port, 2526);
+        assert_eq!(cfg.relay.smarthost.as_deref(), Some("smart.test:587"));
+        assert_eq!(cfg.policy.relay_networks.len(), 1);
+    }
+
+    #[test]
+    fn lists_every_bad_key() {
+        let err = parse(
+            "[ingress]\nmx_listen = \"nonsense\"\nmax_recipients = -4\ntypo = 1\n[nope]\nx = 1\n[relay]\ncommand_timeout = \"soon\"\n",
+            &[("MAILFLOW_POLICY__GRPC_LISTEN", "not-an-address")],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "ingress.mx_listen",
+            "ingress.max_recipients",
+            "ingress.typo",
+            "nope",
+            "relay.command_timeout",
+            "policy.grpc_listen",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        assert_eq!(err.problems.len(), 6, "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = parse("[ingress\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "test.toml");
+    }
+}

@@ -1,0 +1,246 @@
+//! The DATA body decoder (RFC 5321 §4.1.1.4, §4.5.2).
+//!
+//! Only `<CRLF>.<CRLF>` ends the body. A bare CR or bare LF is either refused (the default:
+//! the session answers `550 5.5.2` after the end marker, so nothing that another server would
+//! read differently is ever queued) or rewritten as CRLF. Past the size limit the content is
+//! discarded while the decoder still looks for the end marker, so memory stays bounded.
+
+use bytes::{Buf, BytesMut};
+
+/// What to do with a bare CR or LF in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEndings {
+    /// Refuse the message (SMTP smuggling defence).
+    #[default]
+    Reject,
+    /// Replace each bare CR or LF with CRLF.
+    Normalize,
+}
+
+/// Why a completed body cannot be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    /// The body holds a bare CR or LF and [`LineEndings::Reject`] is in force.
+    BareLineEnding,
+    /// The body exceeds the size limit.
+    TooBig,
+}
+
+/// The decoder's progress.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataEvent {
+    /// The input so far was consumed; more is needed.
+    NeedMore,
+    /// The end marker was consumed; the body is complete.
+    Done(Result<BytesMut, DataProblem>),
+}
+
+/// Decodes one DATA body.
+#[derive(Debug)]
+pub struct DataDecoder {
+    /// The decoded body (dot-unstuffed, CRLF line endings).
+    body: BytesMut,
+    /// The most octets the body may hold.
+    max_size: usize,
+    /// Bare CR/LF policy.
+    endings: LineEndings,
+    /// True when the next octet starts a line.
+    at_line_start: bool,
+    /// The first reason to refuse the body, if any.
+    problem: Option<DataProblem>,
+}
+
+impl DataDecoder {
+    /// A decoder for a body of at most `max_size` octets.
+    pub fn new(max_size: usize, endings: LineEndings) -> Self {
+        Self {
+            body: BytesMut::new(),
+            max_size,
+            endings,
+            at_line_start: true,
+            problem: None,
+        }
+    }
+
+    /// Consumes as much of `buf` as possible.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> DataEvent {
+        loop {
+            if self.at_line_start && buf.first() == Some(&b'.') {
+                match buf.get(1..3) {
+                    Some(b"\r\n") => {
+                        buf.advance(3);
+                        return DataEvent::Done(self.finish());
+                    }
+                    // Not enough to tell ".\r\n" from a stuffed dot.
+                    None if buf.get(1).is_none_or(|&b| b == b'\r') => return DataEvent::NeedMore,
+                    // RFC 5321 §4.5.2: drop the first dot of a line.
+                    _ => buf.advance(1),
+                }
+            }
+            match buf.iter().position(|&b| b == b'\n') {
+                Some(lf) => {
+                    let line = buf.split_to(lf + 1);
+                    let (content, crlf) = match line.strip_suffix(b"\r\n") {
+                        Some(content) => (content, true),
+                        None => (&line[..lf], false),
+                    };
+                    if !crlf {
+                        self.bare_ending();
+                    }
+                    self.append_content(content);
+                    self.append(b"\r\n");
+                    self.at_line_start = true;
+                }
+                None => {
+                    if buf.is_empty() {
+                        return DataEvent::NeedMore;
+                    }
+                    // Keep a trailing CR: it may be the first half of CRLF.
+                    let keep = usize::from(buf.last() == Some(&b'\r'));
+                    let take = buf.len() - keep;
+                    if take == 0 {
+                        return DataEvent::NeedMore;
+                    }
+                    let part = buf.split_to(take);
+                    self.append_content(&part);
+                    self.at_line_start = false;
+                    return DataEvent::NeedMore;
+                }
+            }
+        }
+    }
+
+    /// Appends line content, handling bare CRs inside it.
+    fn append_content(&mut self, content: &[u8]) {
+        let mut rest = content;
+        while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
+            self.append(&rest[..cr]);
+            self.bare_ending();
+            self.append(b"\r\n");
+            rest = &rest[cr + 1..];
+        }
+        self.append(rest);
+    }
+
+    fn bare_ending(&mut self) {
+        if self.endings == LineEndings::Reject {
+            self.problem.get_or_insert(DataProblem::BareLineEnding);
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.problem.is_some() {
+            return;
+        }
+        if self.body.len() + bytes.len() > self.max_size {
+            self.problem = Some(DataProblem::TooBig);
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    fn finish(&mut self) -> Result<BytesMut, DataProblem> {
+        match self.problem {
+            Some(p) => Err(p),
+            None => Ok(std::mem::take(&mut self.body)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        input: &[u8],
+        endings: LineEndings,
+        max: usize,
+    ) -> (Result<BytesMut, DataProblem>, BytesMut) {
+        let mut dec = DataDecoder::new(max, endings);
+        let mut buf = BytesMut::from(input);
+        match dec.decode(&mut buf) {
+            DataEvent::Done(r) => (r, buf),
+            DataEvent::NeedMore => panic!("decoder wants more after {input:?}"),
+        }
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf_and_keeps_the_rest() {
+        let (body, rest) = run(
+            b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+            LineEndings::Reject,
+            1000,
+        );
+        assert_eq!(&body.unwrap()[..], b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(&rest[..], b"QUIT\r\n");
+    }
+
+    #[test]
+    fn empty_body() {
+        let (body, _) = run(b".\r\n", LineEndings::Reject, 1000);
+        assert!(body.unwrap().is_empty());
+    }
+
+    #[test]
+    fn unstuffs_leading_dots() {
+        let (body, _) = run(b"..hidden\r\n.x\r\n...\r\n.\r\n", LineEndings::Reject, 1000);
+        assert_eq!(&body.unwrap()[..], b".hidden\r\nx\r\n..\r\n");
+    }
+
+    #[test]
+    fn bare_lf_dot_does_not_end_data_and_is_refused() {
+        let mut dec = DataDecoder::new(1000, LineEndings::Reject);
+        let mut buf = BytesMut::from(&b"a\n.\nMAIL FROM:<evil@x>\r\n"[..]);
+        assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+        buf.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(
+            dec.decode(&mut buf),
+            DataEvent::Done(Err(DataProblem::BareLineEnding))
+        );
+    }
+
+    #[test]
+    fn smuggling_with_bare_cr_is_refused() {
+        let (body, _) = run(b"a\r.\r\nb\r\n.\r\n", LineEndings::Reject, 1000);
+        assert_eq!(body, Err(DataProblem::BareLineEnding));
+    }
+
+    #[test]
+    fn normalizes_when_configured() {
+        let (body, _) = run(b"a\nb\rc\r\n.\r\n", LineEndings::Normalize, 1000);
+        assert_eq!(&body.unwrap()[..], b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn split_at_every_position_gives_the_same_body() {
+        let input = b"line one\r\n..dot\r\n.\r\n";
+        for split in 0..input.len() {
+            let mut dec = DataDecoder::new(1000, LineEndings::Reject);
+            let mut buf = BytesMut::from(&input[..split]);
+            let first = dec.decode(&mut buf);
+            assert_eq!(first, DataEvent::NeedMore, "split at {split}");
+            buf.extend_from_slice(&input[split..]);
+            match dec.decode(&mut buf) {
+                DataEvent::Done(Ok(body)) => assert_eq!(&body[..], b"line one\r\n.dot\r\n"),
+                other => panic!("split at {split}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_is_discarded_until_the_end_marker() {
+        let mut dec = DataDecoder::new(10, LineEndings::Reject);
+        let mut buf = BytesMut::new();
+        for _ in 0..100 {
+            buf.extend_from_slice(&[b'x'; 1000]);
+            assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+            assert!(dec.body.len() <= 10);
+        }
+        buf.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(
+            dec.decode(&mut buf),
+            DataEvent::Done(Err(DataProblem::TooBig))
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! What a session needs from the rest of mailflow: the policy verdict for a recipient and a
+//! durable queue for the message. [`Services`] is the real implementation (gRPC policy
+//! client and JetStream); the session is generic so that its state machine can be driven
+//! over in-memory I/O in unit tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mailflow_bus::{BodyStore, Bus, names};
+use mailflow_proto::v1::{
+    AcceptedMessage, CheckRecipientRequest, Verdict, policy_client::PolicyClient,
+};
+use mailflow_runtime::config::IngressConfig;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::IngressError;
+
+/// Why a backend call failed; the client gets `451 4.3.0` for any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The policy service did not answer.
+    #[error("policy service unavailable: {0}")]
+    Policy(String),
+    /// The message could not be made durable.
+    #[error("queue unavailable: {0}")]
+    Queue(String),
+}
+
+/// The services a session calls.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Asks whether a recipient is accepted.
+    fn check_recipient(
+        &self,
+        request: CheckRecipientRequest,
+    ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
+
+    /// Makes the message durable; returns only once it is.
+    fn enqueue(
+        &self,
+        message: AcceptedMessage,
+        content: Bytes,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// The real backend: the policy service over gRPC and the `MAIL_IN` stream.
+#[derive(Clone)]
+pub struct Services {
+    /// A shared, lazily connected channel to the policy service.
+    policy: PolicyClient<Channel>,
+    /// Per-call deadline for policy checks.
+    policy_timeout: Duration,
+    /// The NATS connection.
+    bus: Bus,
+    /// Where bodies go (inline or object store).
+    bodies: BodyStore,
+}
+
+impl Services {
+    /// Builds the backend; the policy channel connects on first use.
+    pub fn new(config: &IngressConfig, bus: Bus, bodies: BodyStore) -> Result<Self, IngressError> {
+        let endpoint = Endpoint::from_shared(config.policy_url.clone())
+            .map_err(|e| IngressError::PolicyUrl {
+                url: config.policy_url.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(config.policy_timeout)
+            .timeout(config.policy_timeout);
+        Ok(Self {
+            policy: PolicyClient::new(endpoint.connect_lazy()),
+            policy_timeout: config.policy_timeout,
+            bus,
+            bodies,
+        })
+    }
+}
+
+impl Backend for Services {
+    async fn check_recipient(
+        &self,
+        request: CheckRecipientRequest,
+    ) -> Result<Verdict, BackendError> {
+        let mut client = self.policy.clone();
+        let call = client.check_recipient(request);
+        match tokio::time::timeout(self.policy_timeout, call).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(BackendError::Policy(status.to_string())),
+            Err(_) => Err(BackendError::Policy("timed out".into())),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        mut message: AcceptedMessage,
+        content: Bytes,
+    ) -> Result<(), BackendError> {
+        let queue_err = |e: mailflow_bus::BusError| BackendError::Queue(e.to_string());
+        let body = self
+            .bodies
+            .store(&message.queue_id, content)
+            .await
+            .map_err(queue_err)?;
+        message.body = Some(body);
+        let payload = Bytes::from(message.encode_to_vec());
+        self.bus
+            .publish(names::MAIL_IN_SUBJECT.into(), &message.queue_id, payload)
+            .await
+            .map_err(queue_err)
+    }
+}

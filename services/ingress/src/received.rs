@@ -1,0 +1,78 @@
+//! The `Received:` trace header (RFC 5321 §4.4) the ingress prepends to every message.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+/// The facts the header records.
+pub struct Trace<'a> {
+    /// The EHLO/HELO name the client gave.
+    pub helo: &'a str,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Our host name.
+    pub hostname: &'a str,
+    /// The protocol keyword of RFC 3848 (SMTP, ESMTP ...).
+    pub protocol: &'a str,
+    /// The queue id.
+    pub queue_id: &'a str,
+    /// The single recipient, if there is exactly one (more would disclose the envelope).
+    pub recipient: Option<&'a str>,
+    /// When the message was received.
+    pub at: SystemTime,
+}
+
+/// Formats the header, folded, with CRLF line endings.
+pub fn header(t: &Trace<'_>) -> String {
+    let ip = match t.client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    let mut out = format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {} (mailflow) with {} id {}",
+        t.hostname, t.protocol, t.queue_id
+    );
+    if let Some(rcpt) = t.recipient {
+        out.push_str(&format!("\r\n\tfor <{rcpt}>"));
+    }
+    out.push_str(&format!("; {}\r\n", rfc5322_date(t.at)));
+    out
+}
+
+/// `Sat, 28 Nov 2026 12:00:00 +0000`: the HTTP date form with a numeric zone, as RFC 5322
+/// prefers over `GMT`.
+pub fn rfc5322_date(at: SystemTime) -> String {
+    let http = httpdate::fmt_http_date(at);
+    match http.strip_suffix(" GMT") {
+        Some(head) => format!("{head} +0000"),
+        None => http,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_a_folded_header() {
+        let h = header(&Trace {
+            helo: "client.test (evil)",
+            client_ip: "192.0.2.7".parse().unwrap(),
+            hostname: "mx.example.test",
+            protocol: "ESMTP",
+            queue_id: "01ABC",
+            recipient: Some("u@example.test"),
+            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        });
+        assert_eq!(
+            h,
+            "Received: from client.testevil ([192.0.2.7])\r\n\tby mx.example.test (mailflow) with ESMTP id 01ABC\r\n\tfor <u@example.test>; Fri, 15 Jan 2027 08:00:00 +0000\r\n"
+        );
+    }
+}

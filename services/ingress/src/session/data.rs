@@ -1,0 +1,180 @@
+//! DATA (RFC 5321 §4.1.1.4): read the body, prepend Received, queue durably, then answer.
+
+use std::time::SystemTime;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mailflow_proto::v1::{AcceptedMessage, BodyType, DsnNotify, DsnReturn, MailFrom, Recipient};
+use mailflow_smtp::params::{self, MailParams, RcptParams};
+use mailflow_smtp::{DataDecoder, DataEvent, DataProblem, EnhancedCode, Mailbox, Reply};
+
+use super::{
+    Backend, Flow, Session, SessionError, State, Transaction, bad_sequence, temporary_failure,
+};
+use crate::received::{self, Trace};
+
+impl<S, B> Session<S, B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    /// Receives the body and queues the message.
+    pub(super) async fn data(&mut self) -> Result<Flow, SessionError> {
+        match &self.state {
+            State::Mail(_, tx) if !tx.rcpts.is_empty() => {}
+            State::Mail(..) => return Ok(self.refuse(bad_sequence("Error: need RCPT command"))),
+            _ => return Ok(self.refuse(bad_sequence("Error: need MAIL command"))),
+        }
+        // 3xx has no enhanced status code class (RFC 3463 defines 2, 4 and 5).
+        self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+        self.flush().await?;
+        let mut decoder = DataDecoder::new(self.config.max_message_size, self.config.line_endings);
+        let body = loop {
+            match decoder.decode(&mut self.inbuf) {
+                DataEvent::Done(result) => break result,
+                DataEvent::NeedMore => match self.fill(self.config.data_timeout).await? {
+                    Some(true) => {}
+                    // The client went away: the transaction is void, nothing was accepted.
+                    Some(false) => return Ok(Flow::Close),
+                    None => {
+                        let text = format!("{} Error: timeout exceeded", self.config.hostname);
+                        self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
+                        return Ok(Flow::Close);
+                    }
+                },
+            }
+        };
+        let State::Mail(greeting, tx) = std::mem::replace(&mut self.state, State::Fresh) else {
+            unreachable!("checked above");
+        };
+        self.state = State::Ready(greeting.clone());
+        let reply = match body {
+            Err(DataProblem::TooBig) => Reply::new(
+                552,
+                EnhancedCode::new(5, 3, 4),
+                "Message size exceeds fixed limit",
+            ),
+            Err(DataProblem::BareLineEnding) => Reply::new(
+                550,
+                EnhancedCode::new(5, 5, 2),
+                "Message refused: bare CR or LF in message text (RFC 5321 section 2.3.8)",
+            ),
+            Ok(body) => {
+                self.enqueue(&greeting.name, greeting.extended, tx, body)
+                    .await
+            }
+        };
+        Ok(self.answer(reply))
+    }
+
+    async fn enqueue(
+        &mut self,
+        helo: &str,
+        extended: bool,
+        tx: Transaction,
+        body: BytesMut,
+    ) -> Reply {
+        let queue_id = ulid::Ulid::generate().to_string();
+        let now = SystemTime::now();
+        let single_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].0.to_string());
+        let header = received::header(&Trace {
+            helo,
+            client_ip: self.client_ip,
+            hostname: &self.config.hostname,
+            protocol: match (extended, tx.params.smtputf8) {
+                (false, _) => "SMTP",
+                (true, false) => "ESMTP",
+                (true, true) => "UTF8SMTP",
+            },
+            queue_id: &queue_id,
+            recipient: single_rcpt.as_deref(),
+            at: now,
+        });
+        let mut content = BytesMut::with_capacity(header.len() + body.len());
+        content.put_slice(header.as_bytes());
+        content.put_slice(&body);
+        let message = AcceptedMessage {
+            queue_id: queue_id.clone(),
+            mail_from: Some(mail_from(&tx)),
+            recipients: tx.rcpts.iter().map(|(m, p)| recipient(m, p)).collect(),
+            client_ip: self.client_ip.to_string(),
+            helo: helo.to_string(),
+            tls: None,
+            auth_identity: String::new(),
+            received_at: Some(prost_types::Timestamp::from(now)),
+            trace: None,
+            body: None,
+            listener: self.config.listener.clone(),
+        };
+        let content: Bytes = content.freeze();
+        let size = content.len();
+        match self.backend.enqueue(message, content).await {
+            Ok(()) => {
+                tracing::info!(
+                    queue_id = %queue_id,
+                    from = %tx.from.address(),
+                    nrcpt = tx.rcpts.len(),
+                    size,
+                    client = %self.client_ip,
+                    "accepted"
+                );
+                Reply::new(
+                    250,
+                    EnhancedCode::new(2, 0, 0),
+                    format!("Ok: queued as {queue_id}"),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message not queued");
+                temporary_failure("queue")
+            }
+        }
+    }
+}
+
+fn mail_from(tx: &Transaction) -> MailFrom {
+    let MailParams {
+        size,
+        body,
+        smtputf8,
+        ret,
+        envid,
+    } = &tx.params;
+    MailFrom {
+        address: tx.from.address(),
+        body: match body {
+            None => BodyType::Unspecified,
+            Some(params::BodyType::SevenBit) => BodyType::SevenBit,
+            Some(params::BodyType::EightBitMime) => BodyType::EightBitMime,
+        } as i32,
+        smtputf8: *smtputf8,
+        declared_size: size.unwrap_or(0),
+        dsn_ret: match ret {
+            None => DsnReturn::Unspecified,
+            Some(params::DsnReturn::Full) => DsnReturn::Full,
+            Some(params::DsnReturn::Headers) => DsnReturn::Headers,
+        } as i32,
+        dsn_envid: envid.clone().unwrap_or_default(),
+        requiretls: false,
+    }
+}
+
+fn recipient(mailbox: &Mailbox, params: &RcptParams) -> Recipient {
+    let mut notify = Vec::new();
+    if let Some(n) = params.notify {
+        for (set, value) in [
+            (n.never, DsnNotify::Never),
+            (n.success, DsnNotify::Success),
+            (n.failure, DsnNotify::Failure),
+            (n.delay, DsnNotify::Delay),
+        ] {
+            if set {
+                notify.push(value as i32);
+            }
+        }
+    }
+    Recipient {
+        address: mailbox.to_string(),
+        dsn_notify: notify,
+        dsn_orcpt: params.orcpt.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,337 @@
+//! One SMTP session: a state machine driven by command lines, generic over the stream (TCP
+//! in production, in-memory in tests) and over the [`Backend`].
+//!
+//! Replies are buffered and flushed only when the client has no further complete command
+//! waiting, which is what PIPELINING (RFC 2920) needs.
+
+mod data;
+mod ehlo;
+mod mail;
+mod misc;
+mod rcpt;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mailflow_runtime::config::{BareLineEndings, IngressConfig};
+use mailflow_smtp::params::{MailParams, RcptParams};
+use mailflow_smtp::{
+    Command, EnhancedCode, LineDecoder, LineEndings, LineEvent, Mailbox, Path, Reply,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+
+/// Settings of one listener, shared by its sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our host name (greeting, EHLO, Received).
+    pub hostname: String,
+    /// The listener's name, passed to policy (`mx`).
+    pub listener: String,
+    /// The size limit advertised with SIZE and enforced.
+    pub max_message_size: usize,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// The longest command line.
+    pub max_line_length: usize,
+    /// Errors before the session is closed.
+    pub hard_error_limit: u32,
+    /// Wait for a command.
+    pub command_timeout: Duration,
+    /// Wait for each block of DATA.
+    pub data_timeout: Duration,
+    /// Bare CR/LF policy for DATA.
+    pub line_endings: LineEndings,
+}
+
+impl SessionConfig {
+    /// The settings of `listener` from the `[ingress]` section.
+    pub fn from_config(c: &IngressConfig, listener: &str) -> Self {
+        Self {
+            hostname: c.hostname.clone(),
+            listener: listener.into(),
+            max_message_size: c.max_message_size,
+            max_recipients: c.max_recipients,
+            max_line_length: c.max_line_length.max(512),
+            hard_error_limit: c.hard_error_limit,
+            command_timeout: c.command_timeout,
+            data_timeout: c.data_timeout,
+            line_endings: match c.bare_line_endings {
+                BareLineEndings::Reject => LineEndings::Reject,
+                BareLineEndings::Normalize => LineEndings::Normalize,
+            },
+        }
+    }
+}
+
+/// The EHLO/HELO the client gave.
+#[derive(Debug, Clone)]
+struct Greeting {
+    /// The argument of EHLO/HELO.
+    name: String,
+    /// EHLO (extensions allowed) rather than HELO.
+    extended: bool,
+}
+
+/// An open mail transaction.
+#[derive(Debug)]
+struct Transaction {
+    /// The reverse path.
+    from: Path,
+    /// Its parameters.
+    params: MailParams,
+    /// Accepted recipients, in order.
+    rcpts: Vec<(Mailbox, RcptParams)>,
+}
+
+/// Where the session stands.
+#[derive(Debug)]
+enum State {
+    /// Greeting sent; EHLO or HELO expected.
+    Fresh,
+    /// EHLO/HELO done, no transaction.
+    Ready(Greeting),
+    /// MAIL accepted; RCPT or DATA expected.
+    Mail(Greeting, Transaction),
+}
+
+/// What the command loop does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Read the next command.
+    Continue,
+    /// Flush and close the connection.
+    Close,
+}
+
+/// What reading from the client produced.
+enum Input {
+    /// A command line.
+    Line(Bytes),
+    /// An over-long line was discarded.
+    TooLong,
+    /// The client closed the connection.
+    Closed,
+    /// The client was idle too long.
+    TimedOut,
+    /// The server is shutting down and no transaction is open.
+    Shutdown,
+}
+
+/// Why a session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One SMTP session.
+pub struct Session<S, B> {
+    /// The client connection.
+    stream: S,
+    /// Received octets not yet consumed.
+    inbuf: BytesMut,
+    /// Replies not yet sent (flushed before each read, for PIPELINING).
+    outbuf: Vec<u8>,
+    /// Frames command lines with a bounded length.
+    lines: LineDecoder,
+    /// The protocol state.
+    state: State,
+    /// Listener settings.
+    config: Arc<SessionConfig>,
+    /// Policy and queue.
+    backend: B,
+    /// The client's address, for policy and Received.
+    client_ip: IpAddr,
+    /// Errors so far, against `hard_error_limit`.
+    errors: u32,
+    /// Cancelled when the server drains; idle sessions are then closed with 421.
+    shutdown: CancellationToken,
+}
+
+/// Read at most this much at once, so a flood of input is consumed in bounded steps.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl<S, B> Session<S, B>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    /// A session over `stream` with a client at `client_ip`.
+    pub fn new(
+        stream: S,
+        client_ip: IpAddr,
+        config: Arc<SessionConfig>,
+        backend: B,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            stream,
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            outbuf: Vec::with_capacity(512),
+            lines: LineDecoder::new(config.max_line_length),
+            state: State::Fresh,
+            config,
+            backend,
+            client_ip,
+            errors: 0,
+            shutdown,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let greeting = format!("{} ESMTP mailflow", self.config.hostname);
+        self.reply(Reply::plain(220, greeting));
+        loop {
+            let flow = match self.next_line().await? {
+                Input::Line(line) => match Command::parse(&line) {
+                    Ok(cmd) => self.dispatch(cmd).await?,
+                    Err(e) => self.refuse(e.reply()),
+                },
+                Input::TooLong => self.refuse(Reply::new(
+                    500,
+                    EnhancedCode::new(5, 5, 2),
+                    "Error: line too long",
+                )),
+                Input::Closed => return Ok(()),
+                Input::TimedOut => {
+                    let text = format!("{} Error: timeout exceeded", self.config.hostname);
+                    self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
+                    Flow::Close
+                }
+                Input::Shutdown => {
+                    let text = format!(
+                        "{} Service shutting down, closing transmission channel",
+                        self.config.hostname
+                    );
+                    self.reply(Reply::new(421, EnhancedCode::new(4, 3, 2), text));
+                    Flow::Close
+                }
+            };
+            if flow == Flow::Close {
+                self.flush().await?;
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> Result<Flow, SessionError> {
+        Ok(match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
+            Command::Data => self.data().await?,
+            Command::Rset => self.rset(),
+            Command::Noop => self.ok(),
+            Command::Quit => self.quit(),
+            Command::Vrfy => self.vrfy(),
+            Command::Help => self.help(),
+            Command::StartTls | Command::Auth(_) | Command::Bdat(_) => self.not_implemented(),
+        })
+    }
+
+    /// Queues a reply.
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.outbuf);
+    }
+
+    /// Queues a refusal and counts it; past the hard error limit the session closes.
+    fn refuse(&mut self, reply: Reply) -> Flow {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.config.hard_error_limit {
+            let text = format!("{} Error: too many errors", self.config.hostname);
+            self.reply(Reply::new(421, EnhancedCode::new(4, 7, 0), text));
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Queues a reply, counting it as an error when it is one.
+    fn answer(&mut self, reply: Reply) -> Flow {
+        if reply.is_positive() {
+            self.reply(reply);
+            Flow::Continue
+        } else {
+            self.refuse(reply)
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.outbuf.is_empty() {
+            self.stream.write_all(&self.outbuf).await?;
+            self.stream.flush().await?;
+            self.outbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more input into `inbuf`; `Ok(false)` on end of stream.
+    async fn fill(&mut self, timeout: Duration) -> Result<Option<bool>, SessionError> {
+        self.inbuf.reserve(READ_CHUNK);
+        let mut limited = (&mut self.stream).take(READ_CHUNK as u64);
+        match tokio::time::timeout(timeout, limited.read_buf(&mut self.inbuf)).await {
+            Err(_) => Ok(None),
+            Ok(Ok(n)) => Ok(Some(n > 0)),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    async fn next_line(&mut self) -> Result<Input, SessionError> {
+        loop {
+            match self.lines.decode(&mut self.inbuf) {
+                LineEvent::Line(line) => return Ok(Input::Line(line)),
+                LineEvent::TooLong => return Ok(Input::TooLong),
+                LineEvent::NeedMore => {}
+            }
+            self.flush().await?;
+            let in_transaction = matches!(self.state, State::Mail(..));
+            if !in_transaction && self.shutdown.is_cancelled() {
+                return Ok(Input::Shutdown);
+            }
+            let timeout = self.config.command_timeout;
+            let shutdown = self.shutdown.clone();
+            let read = tokio::select! {
+                r = self.fill(timeout) => r?,
+                _ = shutdown.cancelled(), if !in_transaction => return Ok(Input::Shutdown),
+            };
+            match read {
+                None => return Ok(Input::TimedOut),
+                Some(false) => return Ok(Input::Closed),
+                Some(true) => {}
+            }
+        }
+    }
+
+    /// Drops any open transaction (RSET, EHLO, end of DATA).
+    fn reset_transaction(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, State::Fresh) {
+            State::Mail(g, _) | State::Ready(g) => State::Ready(g),
+            State::Fresh => State::Fresh,
+        };
+    }
+}
+
+/// `503 5.5.1` with a sentence.
+fn bad_sequence(text: &'static str) -> Reply {
+    Reply::new(503, EnhancedCode::new(5, 5, 1), text)
+}
+
+/// `451 4.3.0` for any trouble behind the session.
+fn temporary_failure(what: &str) -> Reply {
+    Reply::new(
+        451,
+        EnhancedCode::new(4, 3, 0),
+        format!("Temporary failure: {what} unavailable, try again later"),
+    )
+}

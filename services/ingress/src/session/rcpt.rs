@@ -1,0 +1,77 @@
+//! RCPT TO (RFC 5321 §4.1.1.3): the recipient limit, then the policy service's verdict.
+
+use mailflow_proto::v1::{CheckRecipientRequest, SessionInfo, verdict::Action};
+use mailflow_smtp::params::RcptParams;
+use mailflow_smtp::{EnhancedCode, Mailbox, Reply};
+
+use super::{Backend, Flow, Session, State, bad_sequence, temporary_failure};
+
+impl<S, B> Session<S, B>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    /// Adds a recipient if policy accepts it.
+    pub(super) async fn rcpt(&mut self, to: Mailbox, params: RcptParams) -> Flow {
+        let State::Mail(greeting, tx) = &self.state else {
+            return self.refuse(bad_sequence("Error: need MAIL command"));
+        };
+        if tx.rcpts.len() >= self.config.max_recipients {
+            return self.refuse(Reply::new(
+                452,
+                EnhancedCode::new(4, 5, 3),
+                "Error: too many recipients",
+            ));
+        }
+        if !to.is_ascii() && !tx.params.smtputf8 {
+            return self.refuse(Reply::new(
+                553,
+                EnhancedCode::new(5, 6, 7),
+                "Error: SMTPUTF8 is required for a UTF-8 recipient address",
+            ));
+        }
+        let request = CheckRecipientRequest {
+            session: Some(SessionInfo {
+                client_ip: self.client_ip.to_string(),
+                helo: greeting.name.clone(),
+                auth_identity: String::new(),
+                listener: self.config.listener.clone(),
+            }),
+            sender: tx.from.address(),
+            recipient: to.to_string(),
+        };
+        let verdict = match self.backend.check_recipient(request).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, recipient = %to, "recipient check failed");
+                return self.refuse(temporary_failure("policy service"));
+            }
+        };
+        match verdict.action() {
+            Action::Accept => {
+                if let State::Mail(_, tx) = &mut self.state {
+                    tx.rcpts.push((to, params));
+                }
+                self.reply(Reply::new(250, EnhancedCode::new(2, 1, 5), "Ok"));
+                Flow::Continue
+            }
+            Action::Reject | Action::Tempfail => {
+                let reply = verdict_reply(verdict.code, &verdict.enhanced, verdict.text);
+                self.refuse(reply)
+            }
+            Action::Unspecified => self.refuse(temporary_failure("policy service")),
+        }
+    }
+}
+
+/// Turns a policy refusal into a reply, guarding against a malformed verdict.
+fn verdict_reply(code: u32, enhanced: &str, text: String) -> Reply {
+    let code = u16::try_from(code).ok().filter(|c| (400..600).contains(c));
+    let enhanced = EnhancedCode::parse(enhanced);
+    match (code, enhanced) {
+        (Some(code), Some(enh)) if u16::from(enh.class) == code / 100 => {
+            Reply::new(code, enh, text)
+        }
+        _ => temporary_failure("policy service"),
+    }
+}

@@ -1,0 +1,428 @@
+//! The session state machine driven over in-memory I/O, with a backend that is plain data
+//! (this is a unit test of protocol logic; the end-to-end tests use the real services).
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mailflow_proto::v1::{AcceptedMessage, CheckRecipientRequest, Verdict, verdict::Action};
+use mailflow_smtp::{LineEndings, ReplyDecoder, ServerReply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{Session, SessionConfig};
+use crate::backend::{Backend, BackendError};
+
+/// Accepts `@local.test` (but not `unknown@`), refuses `@remote.test`, and cannot reach
+/// policy for `@down.test`. Records what was queued.
+#[derive(Clone, Default)]
+struct TestBackend {
+    queued: Arc<Mutex<Vec<(AcceptedMessage, Bytes)>>>,
+    queue_down: Arc<Mutex<bool>>,
+}
+
+impl Backend for TestBackend {
+    async fn check_recipient(&self, req: CheckRecipientRequest) -> Result<Verdict, BackendError> {
+        let rcpt = req.recipient;
+        let verdict = |action: Action, code, enh: &str, text: &str| Verdict {
+            action: action as i32,
+            code,
+            enhanced: enh.into(),
+            text: text.into(),
+        };
+        if rcpt.ends_with("@down.test") {
+            return Err(BackendError::Policy("unreachable".into()));
+        }
+        Ok(if rcpt.starts_with("unknown@") {
+            verdict(Action::Reject, 550, "5.1.1", "User unknown")
+        } else if rcpt.ends_with("@local.test") {
+            verdict(Action::Accept, 0, "", "")
+        } else {
+            verdict(Action::Reject, 554, "5.7.1", "Relay access denied")
+        })
+    }
+
+    async fn enqueue(&self, message: AcceptedMessage, content: Bytes) -> Result<(), BackendError> {
+        if *self.queue_down.lock().unwrap() {
+            return Err(BackendError::Queue("down".into()));
+        }
+        self.queued.lock().unwrap().push((message, content));
+        Ok(())
+    }
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.local.test".into(),
+        listener: "mx".into(),
+        max_message_size: 10_000,
+        max_recipients: 3,
+        max_line_length: 512,
+        hard_error_limit: 10,
+        command_timeout: Duration::from_secs(5),
+        data_timeout: Duration::from_secs(5),
+        line_endings: LineEndings::Reject,
+    }
+}
+
+/// The client end of a session.
+struct Client {
+    io: DuplexStream,
+    buf: BytesMut,
+    decoder: ReplyDecoder,
+}
+
+impl Client {
+    async fn send(&mut self, text: &str) {
+        self.io.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> ServerReply {
+        loop {
+            if let Some(r) = self.decoder.decode(&mut self.buf).unwrap() {
+                return r;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), self.io.read_buf(&mut self.buf))
+                .await
+                .expect("reply in time")
+                .unwrap();
+            assert!(n > 0, "connection closed while waiting for a reply");
+        }
+    }
+
+    /// Reads one reply and checks its code and enhanced code.
+    async fn expect(&mut self, code: u16, enhanced: &str) -> ServerReply {
+        let r = self.reply().await;
+        assert_eq!(r.code, code, "unexpected reply {r:?}");
+        let got = r.enhanced.map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(got, enhanced, "unexpected enhanced code in {r:?}");
+        r
+    }
+
+    async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.io.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    async fn ehlo(&mut self) {
+        self.expect(220, "").await;
+        self.send("EHLO client.test\r\n").await;
+        self.expect(250, "").await;
+    }
+}
+
+fn start_with(config: SessionConfig, backend: TestBackend, shutdown: CancellationToken) -> Client {
+    let (server, client) = tokio::io::duplex(64 * 1024);
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let session = Session::new(server, ip, Arc::new(config), backend, shutdown);
+    tokio::spawn(session.run());
+    Client {
+        io: client,
+        buf: BytesMut::new(),
+        decoder: ReplyDecoder::default(),
+    }
+}
+
+fn start(backend: TestBackend) -> Client {
+    start_with(config(), backend, CancellationToken::new())
+}
+
+#[tokio::test]
+async fn ehlo_lists_extensions() {
+    let mut c = start(TestBackend::default());
+    let greeting = c.expect(220, "").await;
+    assert!(greeting.text().starts_with("mx.local.test ESMTP"));
+    c.send("EHLO client.test\r\n").await;
+    let r = c.expect(250, "").await;
+    for ext in [
+        "PIPELINING",
+        "SIZE 10000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "DSN",
+    ] {
+        assert!(r.lines.iter().any(|l| l == ext), "{ext} missing in {r:?}");
+    }
+    c.send("HELO other.test\r\n").await;
+    assert_eq!(c.expect(250, "").await.lines, vec!["mx.local.test"]);
+}
+
+#[tokio::test]
+async fn a_transaction_is_queued_with_a_received_header() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<sender@remote.test> SIZE=100\r\n").await;
+    c.expect(250, "2.1.0").await;
+    c.send("RCPT TO:<user@local.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user@local.test\r\n")
+        .await;
+    c.expect(250, "2.1.5").await;
+    c.send("DATA\r\n").await;
+    c.expect(354, "").await;
+    c.send("Subject: hi\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
+        .await;
+    let r = c.expect(250, "2.0.0").await;
+    let id = r
+        .text()
+        .strip_prefix("Ok: queued as ")
+        .expect("queue id")
+        .to_string();
+    c.send("QUIT\r\n").await;
+    c.expect(221, "2.0.0").await;
+    assert!(c.closed().await);
+
+    let queued = backend.queued.lock().unwrap();
+    let (msg, content) = &queued[0];
+    assert_eq!(msg.queue_id, id);
+    assert_eq!(
+        msg.mail_from.as_ref().unwrap().address,
+        "sender@remote.test"
+    );
+    assert_eq!(msg.recipients[0].address, "user@local.test");
+    assert_eq!(msg.recipients[0].dsn_orcpt, "rfc822;user@local.test");
+    assert_eq!(msg.recipients[0].dsn_notify.len(), 2);
+    assert_eq!(msg.client_ip, "192.0.2.10");
+    assert_eq!(msg.helo, "client.test");
+    let text = std::str::from_utf8(content).unwrap();
+    assert!(
+        text.starts_with("Received: from client.test ([192.0.2.10])\r\n\tby mx.local.test"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("id {id}")));
+    assert!(
+        text.ends_with("\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_commands_get_replies_in_order() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<>\r\nRCPT TO:<a@local.test>\r\nRCPT TO:<unknown@local.test>\r\nRCPT TO:<b@remote.test>\r\nDATA\r\n").await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(550, "5.1.1").await;
+    c.expect(554, "5.7.1").await;
+    c.expect(354, "").await;
+    c.send("x\r\n.\r\nNOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.recipients.len(), 1);
+    assert_eq!(queued[0].0.mail_from.as_ref().unwrap().address, "");
+}
+
+#[tokio::test]
+async fn bad_sequences_get_503() {
+    let mut c = start(TestBackend::default());
+    c.expect(220, "").await;
+    c.send("MAIL FROM:<a@local.test>\r\n").await;
+    c.expect(503, "5.5.1").await;
+    c.send("HELO c.test\r\nRCPT TO:<a@local.test>\r\n").await;
+    c.expect(250, "").await;
+    c.expect(503, "5.5.1").await;
+    c.send("DATA\r\n").await;
+    c.expect(503, "5.5.1").await;
+    c.send("MAIL FROM:<a@local.test>\r\nMAIL FROM:<a@local.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(503, "5.5.1").await;
+    let r = c.expect(503, "5.5.1").await;
+    assert!(r.text().contains("RCPT"));
+    c.send("RSET\r\nRCPT TO:<a@local.test>\r\n").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(503, "5.5.1").await;
+}
+
+#[tokio::test]
+async fn trouble_behind_the_session_is_temporary() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send(
+        "MAIL FROM:<a@remote.test>\r\nRCPT TO:<x@down.test>\r\nRCPT TO:<y@local.test>\r\nDATA\r\n",
+    )
+    .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(451, "4.3.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    *backend.queue_down.lock().unwrap() = true;
+    c.send("hello\r\n.\r\n").await;
+    c.expect(451, "4.3.0").await;
+    *backend.queue_down.lock().unwrap() = false;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<y@local.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    c.send("hello\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    assert_eq!(backend.queued.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn recipient_limit_gives_452() {
+    let mut c = start(TestBackend::default());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\n").await;
+    c.expect(250, "2.1.0").await;
+    for i in 0..3 {
+        c.send(&format!("RCPT TO:<u{i}@local.test>\r\n")).await;
+        c.expect(250, "2.1.5").await;
+    }
+    c.send("RCPT TO:<u9@local.test>\r\n").await;
+    c.expect(452, "4.5.3").await;
+}
+
+#[tokio::test]
+async fn over_long_line_is_refused_and_the_session_survives() {
+    let mut c = start(TestBackend::default());
+    c.ehlo().await;
+    let long = format!("NOOP {}\r\n", "x".repeat(100_000));
+    c.send(&long).await;
+    c.expect(500, "5.5.2").await;
+    c.send("NOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test> SIZE=10001\r\n").await;
+    c.expect(552, "5.3.4").await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    let line = format!("{}\r\n", "y".repeat(998));
+    for _ in 0..20 {
+        c.send(&line).await;
+    }
+    c.send(".\r\n").await;
+    c.expect(552, "5.3.4").await;
+    assert!(backend.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bare_lf_smuggling_is_refused() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    // A smuggled second transaction behind "\n.\n" must stay message text.
+    c.send("Subject: a\r\n\r\nhi\n.\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nevil\r\n.\r\n").await;
+    c.expect(550, "5.5.2").await;
+    c.send("NOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+    assert!(backend.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn normalizes_bare_lf_when_configured() {
+    let backend = TestBackend::default();
+    let mut cfg = config();
+    cfg.line_endings = LineEndings::Normalize;
+    let mut c = start_with(cfg, backend.clone(), CancellationToken::new());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    c.send("a\nb\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert!(queued[0].1.ends_with(b"\r\na\r\nb\r\n"));
+}
+
+#[tokio::test]
+async fn too_many_errors_closes_with_421() {
+    let mut cfg = config();
+    cfg.hard_error_limit = 3;
+    let mut c = start_with(cfg, TestBackend::default(), CancellationToken::new());
+    c.expect(220, "").await;
+    c.send("FOO\r\nBAR\r\nBAZ\r\n").await;
+    c.expect(500, "5.5.2").await;
+    c.expect(500, "5.5.2").await;
+    c.expect(500, "5.5.2").await;
+    c.expect(421, "4.7.0").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn utf8_needs_smtputf8() {
+    let mut c = start(TestBackend::default());
+    c.ehlo().await;
+    c.send("MAIL FROM:<jöran@remote.test>\r\n").await;
+    c.expect(553, "5.6.7").await;
+    c.send("MAIL FROM:<jöran@remote.test> SMTPUTF8\r\nRCPT TO:<ü@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+}
+
+#[tokio::test]
+async fn nul_and_invalid_utf8_get_501_and_the_session_survives() {
+    let mut c = start(TestBackend::default());
+    c.ehlo().await;
+    c.io.write_all(b"NOOP \0\r\nHELO \xff\r\nNOOP\r\n")
+        .await
+        .unwrap();
+    c.expect(501, "5.5.2").await;
+    c.expect(501, "5.5.2").await;
+    c.expect(250, "2.0.0").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_sessions_with_421() {
+    let shutdown = CancellationToken::new();
+    let mut c = start_with(config(), TestBackend::default(), shutdown.clone());
+    c.ehlo().await;
+    shutdown.cancel();
+    c.expect(421, "4.3.2").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_transaction_finish() {
+    let backend = TestBackend::default();
+    let shutdown = CancellationToken::new();
+    let mut c = start_with(config(), backend.clone(), shutdown.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\n").await;
+    c.expect(250, "2.1.0").await;
+    shutdown.cancel();
+    c.send("RCPT TO:<u@local.test>\r\nDATA\r\n").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    c.send("x\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(421, "4.3.2").await;
+    assert_eq!(backend.queued.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn idle_client_times_out_with_421() {
+    let mut cfg = config();
+    cfg.command_timeout = Duration::from_millis(200);
+    let mut c = start_with(cfg, TestBackend::default(), CancellationToken::new());
+    c.expect(220, "").await;
+    c.expect(421, "4.4.2").await;
+    assert!(c.closed().await);
+}
