@@ -1,1 +1,75 @@
-//! placeholder
+//! The mailflow policy service.
+//!
+//! - gRPC `Policy`: the in-session checks the ingress asks for while the client waits;
+//! - gRPC `Directory`: local domains and users, kept in the JetStream KV `directory` so that
+//!   every replica sees the same data;
+//! - the route stage: consumes `MAIL_IN`, splits each message into one delivery job per
+//!   destination domain on `MAIL_OUT`, and acknowledges its input only once the jobs are
+//!   durable.
+
+#![forbid(unsafe_code)]
+
+pub mod checks;
+pub mod directory;
+pub mod grpc;
+pub mod route;
+
+use mailflow_bus::{Bus, BusError, Topology};
+use mailflow_proto::v1::{directory_server::DirectoryServer, policy_server::PolicyServer};
+use mailflow_runtime::Config;
+use mailflow_runtime::grpc::GrpcSetupError;
+use tokio_util::sync::CancellationToken;
+
+pub use directory::Directory;
+
+/// Why the policy service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// NATS could not be set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The gRPC server could not be built.
+    #[error(transparent)]
+    GrpcSetup(#[from] GrpcSetupError),
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr}: {source}")]
+    Grpc {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs the gRPC services and the route stage until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), PolicyError> {
+    let bus = Bus::connect(&config.nats, "mailflow-policy", &shutdown).await?;
+    let topology = Topology::ensure(&bus, &shutdown).await?;
+    let directory = Directory::new(topology.directory.clone());
+
+    let router_stage =
+        route::RouteStage::new(bus.clone(), directory.clone(), config.policy.out_shards);
+    let stage_shutdown = shutdown.clone();
+    let stage = tokio::spawn(async move { router_stage.run(stage_shutdown).await });
+
+    let (health, router) = mailflow_runtime::grpc::server()?;
+    health
+        .set_serving::<PolicyServer<grpc::PolicyService>>()
+        .await;
+    health
+        .set_serving::<DirectoryServer<grpc::DirectoryService>>()
+        .await;
+    let policy = grpc::PolicyService::new(directory.clone(), config.policy.relay_networks.clone());
+    let addr = config.policy.grpc_listen;
+    tracing::info!(%addr, "Policy and Directory gRPC ready");
+    let served = router
+        .add_service(PolicyServer::new(policy))
+        .add_service(DirectoryServer::new(grpc::DirectoryService::new(directory)))
+        .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    if let Ok(Err(e)) = stage.await {
+        tracing::error!(error = %e, "route stage failed");
+    }
+    served.map_err(|source| PolicyError::Grpc { addr, source })
+}
