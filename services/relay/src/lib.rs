@@ -1,1 +1,86 @@
-//! placeholder
+//! The mailflow relay: the delivery engine.
+//!
+//! It consumes delivery jobs from `MAIL_OUT` ([`consumer`]), delivers local recipients into
+//! Maildir ([`maildir`]) and remote ones over SMTP ([`smtp_client`]) to the domain's mail
+//! exchangers found with hickory ([`mx`]) or to a smarthost, records every recipient's
+//! outcome ([`status`]), and serves the gRPC `Queue` service ([`queue`]).
+
+#![forbid(unsafe_code)]
+
+pub mod consumer;
+pub mod deliver;
+pub mod maildir;
+pub mod mx;
+pub mod queue;
+pub mod smtp_client;
+pub mod status;
+
+use std::sync::Arc;
+
+use mailflow_bus::{Bus, BusError, Topology};
+use mailflow_proto::v1::queue_server::QueueServer;
+use mailflow_runtime::Config;
+use mailflow_runtime::grpc::GrpcSetupError;
+use tokio_util::sync::CancellationToken;
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// NATS could not be set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The resolver could not be built.
+    #[error(transparent)]
+    Resolver(#[from] mx::ResolverSetupError),
+    /// The gRPC server could not be built.
+    #[error(transparent)]
+    GrpcSetup(#[from] GrpcSetupError),
+    /// The gRPC server failed.
+    #[error("gRPC server on {addr}: {source}")]
+    Grpc {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs the consumer and the Queue service until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let relay = &config.relay;
+    let bus = Bus::connect(&config.nats, "mailflow-relay", &shutdown).await?;
+    let topology = Topology::ensure(&bus, &shutdown).await?;
+    let status = status::StatusBook::new(topology.status.clone(), bus.clone());
+    let deliverer = deliver::Deliverer {
+        hostname: relay.hostname.clone(),
+        maildir_root: relay.maildir_root.clone(),
+        resolver: mx::MxResolver::new(&relay.dns_servers, relay.mx_port)?,
+        smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),
+        connect_timeout: relay.connect_timeout,
+        command_timeout: relay.command_timeout,
+    };
+    let consumer = Arc::new(consumer::Consumer {
+        bus,
+        status: status.clone(),
+        bodies: topology.bodies.clone(),
+        deliverer,
+        concurrency: relay.concurrency.max(1),
+        ack_wait: relay.ack_wait,
+        retry_delays: relay.retry_delays.iter().map(|d| **d).collect(),
+    });
+    let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
+
+    let (health, router) = mailflow_runtime::grpc::server()?;
+    health
+        .set_serving::<QueueServer<queue::QueueService>>()
+        .await;
+    let addr = relay.grpc_listen;
+    tracing::info!(%addr, "Queue gRPC ready");
+    let served = router
+        .add_service(QueueServer::new(queue::QueueService::new(status)))
+        .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = consumer_task.await;
+    served.map_err(|source| RelayError::Grpc { addr, source })
+}

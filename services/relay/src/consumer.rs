@@ -1,0 +1,194 @@
+//! The consumer of `MAIL_OUT`, shared by every relay replica through one durable consumer.
+//!
+//! A job is acknowledged only after its outcomes are recorded. While a job is being worked
+//! on, the relay reports progress so that JetStream does not hand it to another replica;
+//! if this replica dies, the job returns to the queue after `ack_wait`. Recipients already
+//! in a final state are skipped, so a redelivered job does not deliver them twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use mailflow_bus::{Bus, BusError, load_body, names};
+use mailflow_proto::v1::{DeliveryJob, RecipientState};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::deliver::{Deliverer, Pending};
+use crate::status::{StatusBook, is_final};
+
+/// The consumer's settings.
+pub struct Consumer {
+    /// Stream access and publishing.
+    pub bus: Bus,
+    /// Status records.
+    pub status: StatusBook,
+    /// Bodies in the object store.
+    pub bodies: async_nats::jetstream::object_store::ObjectStore,
+    /// Does the delivering.
+    pub deliverer: Deliverer,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// JetStream ack wait.
+    pub ack_wait: Duration,
+    /// Delays before retries; the last repeats.
+    pub retry_delays: Vec<Duration>,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown`, resubscribing when the connection is lost.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.consume(&shutdown).await {
+                tracing::warn!(error = %e, "relay consumer interrupted; resubscribing");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<(), BusError> {
+        let setup = |e: String| BusError::Setup {
+            name: format!("{}/{}", names::MAIL_OUT, names::RELAY_CONSUMER),
+            reason: e,
+        };
+        let stream = self
+            .bus
+            .js
+            .get_stream(names::MAIL_OUT)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                names::RELAY_CONSUMER,
+                pull::Config {
+                    durable_name: Some(names::RELAY_CONSUMER.into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.concurrency)
+            .messages()
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        messages
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(self.concurrency, |item| async move {
+                match item {
+                    Ok(msg) => self.handle(msg).await,
+                    Err(e) => tracing::warn!(error = %e, "MAIL_OUT consumer error"),
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn handle(&self, msg: jetstream::Message) {
+        let job = match DeliveryJob::decode(msg.payload.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "undecodable delivery job; terminated");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let attempt = msg.info().map_or(1, |i| i.delivered).max(1) as u32;
+        // Keep the job ours while we work on it.
+        let heartbeat = {
+            let acker = msg.clone();
+            let every = self.ack_wait / 3;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if acker.ack_with(AckKind::Progress).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let result = self.work(&job, attempt).await;
+        heartbeat.abort();
+        let ack = match result {
+            Ok(false) => msg.ack().await,
+            Ok(true) => {
+                let step = (attempt as usize)
+                    .saturating_sub(1)
+                    .min(self.retry_delays.len().saturating_sub(1));
+                let delay = self
+                    .retry_delays
+                    .get(step)
+                    .copied()
+                    .unwrap_or(Duration::from_secs(300));
+                msg.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, error = %e, "delivery attempt not recorded; retrying soon");
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
+            }
+        };
+        if let Err(e) = ack {
+            tracing::warn!(job_id = %job.job_id, error = %e, "acknowledgement failed; the job may be delivered again");
+        }
+    }
+
+    /// One attempt; `Ok(true)` when some recipients were deferred.
+    async fn work(&self, job: &DeliveryJob, attempt: u32) -> Result<bool, BusError> {
+        let current = self.status.get(&job.queue_id).await?;
+        let pending: Vec<Pending> = job
+            .recipients
+            .iter()
+            .filter(|r| {
+                current
+                    .as_ref()
+                    .and_then(|s| s.recipients.get(r.index as usize))
+                    .is_none_or(|s| !is_final(s.state()))
+            })
+            .map(|r| {
+                (
+                    r.index,
+                    r.recipient
+                        .as_ref()
+                        .map(|x| x.address.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let body = job.body.clone().unwrap_or_default();
+        let content = load_body(&self.bodies, &body).await?;
+        let outcomes = self.deliverer.deliver(job, &pending, content).await;
+        let results: Vec<(u32, String, _)> = pending
+            .into_iter()
+            .zip(outcomes)
+            .map(|((i, a), o)| (i, a, o))
+            .collect();
+        for (_, to, o) in &results {
+            tracing::info!(
+                queue_id = %job.queue_id,
+                to = %to,
+                relay = %o.remote_host,
+                status = ?o.state,
+                dsn = %o.reply.enhanced,
+                attempt,
+                reply = %format!("{} {}", o.reply.code, o.reply.text),
+                "delivery attempt"
+            );
+        }
+        self.status.record(job, attempt, &results).await?;
+        Ok(results
+            .iter()
+            .any(|(_, _, o)| o.state == RecipientState::Deferred))
+    }
+}

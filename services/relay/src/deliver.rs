@@ -1,0 +1,250 @@
+//! Delivering one job: local recipients into Maildir, remote ones to the smarthost or the
+//! domain's mail exchangers. Every recipient gets an [`Outcome`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mailflow_proto::v1::{BodyType, DeliveryJob, RecipientState, RemoteReply, route};
+use mailflow_smtp::ServerReply;
+
+use crate::maildir::LocalDelivery;
+use crate::mx::{MxResolver, Target};
+use crate::smtp_client::{self, ClientConfig, Envelope, HostFailure};
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Delivered, deferred or bounced.
+    pub state: RecipientState,
+    /// The answer that decided it.
+    pub reply: RemoteReply,
+    /// The host that answered (empty for local delivery).
+    pub remote_host: String,
+    /// Its address.
+    pub remote_ip: String,
+}
+
+impl Outcome {
+    fn new(state: RecipientState, code: u32, enhanced: &str, text: String) -> Self {
+        Self {
+            state,
+            reply: RemoteReply {
+                code,
+                enhanced: enhanced.into(),
+                text,
+            },
+            remote_host: String::new(),
+            remote_ip: String::new(),
+        }
+    }
+
+    fn from_reply(reply: &ServerReply, host: &str, addr: SocketAddr) -> Self {
+        let state = if reply.is_success() {
+            RecipientState::Delivered
+        } else if reply.is_transient() {
+            RecipientState::Deferred
+        } else {
+            RecipientState::Bounced
+        };
+        Self {
+            state,
+            reply: RemoteReply {
+                code: u32::from(reply.code),
+                enhanced: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+                text: reply.text(),
+            },
+            remote_host: host.to_string(),
+            remote_ip: addr.ip().to_string(),
+        }
+    }
+}
+
+/// What the deliverer needs to know.
+#[derive(Clone)]
+pub struct Deliverer {
+    /// Our EHLO name and the Maildir file names' host part.
+    pub hostname: String,
+    /// Root of local Maildirs.
+    pub maildir_root: PathBuf,
+    /// MX lookups.
+    pub resolver: MxResolver,
+    /// All remote mail goes here when set (`host:port`).
+    pub smarthost: Option<String>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-reply timeout.
+    pub command_timeout: Duration,
+}
+
+/// A recipient of the job still to be delivered: its index in the message and address.
+pub type Pending = (u32, String);
+
+impl Deliverer {
+    /// Delivers `content` to `pending` recipients of `job`.
+    pub async fn deliver(
+        &self,
+        job: &DeliveryJob,
+        pending: &[Pending],
+        content: Bytes,
+    ) -> Vec<Outcome> {
+        match job.route.as_ref().and_then(|r| r.kind.as_ref()) {
+            Some(route::Kind::Local(_)) => self.deliver_local(job, pending, content).await,
+            _ => self.deliver_remote(job, pending, &content).await,
+        }
+    }
+
+    async fn deliver_local(
+        &self,
+        job: &DeliveryJob,
+        pending: &[Pending],
+        content: Bytes,
+    ) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(pending.len());
+        for (index, rcpt) in pending {
+            let root = self.maildir_root.clone();
+            let hostname = self.hostname.clone();
+            let queue_id = job.queue_id.clone();
+            let sender = job
+                .mail_from
+                .as_ref()
+                .map(|m| m.address.clone())
+                .unwrap_or_default();
+            let received_secs = job.received_at.map_or(0, |t| t.seconds);
+            let rcpt = rcpt.clone();
+            let content = content.clone();
+            let index = *index;
+            let written = tokio::task::spawn_blocking(move || {
+                LocalDelivery {
+                    root: &root,
+                    hostname: &hostname,
+                    queue_id: &queue_id,
+                    index,
+                    received_secs,
+                    sender: &sender,
+                    recipient: &rcpt,
+                }
+                .write(&content)
+            })
+            .await;
+            out.push(match written {
+                Ok(Ok(path)) => Outcome::new(
+                    RecipientState::Delivered,
+                    250,
+                    "2.0.0",
+                    format!("delivered to maildir ({})", path.display()),
+                ),
+                Ok(Err(e)) => Outcome::new(
+                    RecipientState::Deferred,
+                    451,
+                    "4.3.0",
+                    format!("maildir delivery failed: {e}"),
+                ),
+                Err(e) => Outcome::new(
+                    RecipientState::Deferred,
+                    451,
+                    "4.3.0",
+                    format!("maildir delivery interrupted: {e}"),
+                ),
+            });
+        }
+        out
+    }
+
+    async fn targets(&self, domain: &str) -> Result<Vec<Target>, Outcome> {
+        if let Some(smarthost) = &self.smarthost {
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(smarthost.as_str()).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    return Err(Outcome::new(
+                        RecipientState::Deferred,
+                        451,
+                        "4.4.3",
+                        format!("cannot resolve smarthost {smarthost}: {e}"),
+                    ));
+                }
+            };
+            return Ok(vec![Target {
+                host: smarthost.clone(),
+                addrs,
+            }]);
+        }
+        self.resolver.targets(domain).await.map_err(|e| {
+            let (state, code, enh) = match &e {
+                crate::mx::ResolveError::NullMx(_) => (RecipientState::Bounced, 556, "5.1.10"),
+                e if e.is_permanent() => (RecipientState::Bounced, 550, "5.1.2"),
+                _ => (RecipientState::Deferred, 451, "4.4.3"),
+            };
+            Outcome::new(state, code, enh, e.to_string())
+        })
+    }
+
+    async fn deliver_remote(
+        &self,
+        job: &DeliveryJob,
+        pending: &[Pending],
+        content: &[u8],
+    ) -> Vec<Outcome> {
+        let targets = match self.targets(&job.domain).await {
+            Ok(t) => t,
+            Err(outcome) => return vec![outcome; pending.len()],
+        };
+        let mail_from = job.mail_from.clone().unwrap_or_default();
+        let env = Envelope {
+            from: &mail_from.address,
+            rcpts: pending.iter().map(|(_, a)| a.as_str()).collect(),
+            body: content,
+            eight_bit: mail_from.body() == BodyType::EightBitMime,
+            smtputf8: mail_from.smtputf8,
+        };
+        let config = ClientConfig {
+            helo: &self.hostname,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+        };
+        let mut last_failure = None;
+        for target in &targets {
+            for addr in &target.addrs {
+                match smtp_client::deliver(*addr, &config, &env).await {
+                    Ok(replies) => {
+                        return replies
+                            .iter()
+                            .map(|r| Outcome::from_reply(r, &target.host, *addr))
+                            .collect();
+                    }
+                    Err(failure) => {
+                        tracing::info!(host = %target.host, %addr, error = %failure, "mail exchanger failed; trying the next");
+                        last_failure = Some((target.host.clone(), failure));
+                    }
+                }
+            }
+        }
+        let outcome = match last_failure {
+            Some((host, HostFailure::Refused { addr, reply })) => {
+                Outcome::from_reply(&reply, &host, addr)
+            }
+            Some((host, HostFailure::NoSmtpUtf8 { addr })) => Outcome {
+                remote_host: host,
+                remote_ip: addr.ip().to_string(),
+                ..Outcome::new(
+                    RecipientState::Bounced,
+                    553,
+                    "5.6.7",
+                    "the mail exchanger does not support SMTPUTF8, which this message needs".into(),
+                )
+            },
+            Some((host, failure)) => Outcome {
+                remote_host: host,
+                ..Outcome::new(RecipientState::Deferred, 451, "4.4.1", failure.to_string())
+            },
+            None => Outcome::new(
+                RecipientState::Deferred,
+                451,
+                "4.4.3",
+                format!("no address to deliver to for {}", job.domain),
+            ),
+        };
+        vec![outcome; pending.len()]
+    }
+}

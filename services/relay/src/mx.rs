@@ -1,0 +1,145 @@
+//! Finding where a domain's mail goes: MX records in RFC 5321 §5.1 order, the implicit MX
+//! (A/AAAA) when there is none, and the null MX of RFC 7505.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+
+/// One host to try, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host name (the MX exchange, or the domain itself).
+    pub host: String,
+    /// Its addresses with the SMTP port.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Why no target could be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The domain publishes a null MX: it accepts no mail (RFC 7505).
+    #[error("domain {0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// The domain does not exist.
+    #[error("domain {0} not found")]
+    NoSuchDomain(String),
+    /// The domain exists but has no MX and no address.
+    #[error("no mail exchanger or address for {0}")]
+    NoAddress(String),
+    /// DNS failed; try again later.
+    #[error("DNS lookup for {domain} failed: {reason}")]
+    Temporary {
+        /// The name looked up.
+        domain: String,
+        /// The resolver's error.
+        reason: String,
+    },
+}
+
+impl ResolveError {
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ResolveError::Temporary { .. })
+    }
+}
+
+/// Resolves destinations with hickory.
+#[derive(Clone)]
+pub struct MxResolver {
+    /// The hickory resolver (it caches answers by TTL).
+    resolver: TokioResolver,
+    /// The SMTP port of mail exchangers (25).
+    port: u16,
+}
+
+/// Why the resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the DNS resolver: {0}")]
+pub struct ResolverSetupError(String);
+
+impl MxResolver {
+    /// A resolver using `servers`, or the system's nameservers when empty.
+    pub fn new(servers: &[SocketAddr], port: u16) -> Result<Self, ResolverSetupError> {
+        let err = |e: hickory_resolver::net::NetError| ResolverSetupError(e.to_string());
+        let resolver = if servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(err)?
+                .build()
+                .map_err(err)?
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|s| {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = s.port();
+                    }
+                    ns
+                })
+                .collect();
+            let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+            Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .build()
+                .map_err(err)?
+        };
+        Ok(Self { resolver, port })
+    }
+
+    /// The hosts to try for `domain`, most preferred first.
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let temporary = |e: &dyn std::fmt::Display| ResolveError::Temporary {
+            domain: domain.to_string(),
+            reason: e.to_string(),
+        };
+        let hosts = match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                        _ => None,
+                    })
+                    .collect();
+                if mx.len() == 1 && mx[0].1.trim_end_matches('.').is_empty() {
+                    return Err(ResolveError::NullMx(domain.to_string()));
+                }
+                mx.sort_by_key(|(pref, _)| *pref);
+                mx.into_iter().map(|(_, host)| host).collect()
+            }
+            Err(e) if e.is_nx_domain() => {
+                return Err(ResolveError::NoSuchDomain(domain.to_string()));
+            }
+            // No MX records: the domain itself is the implicit MX (RFC 5321 §5.1).
+            Err(e) if e.is_no_records_found() => vec![fqdn.clone()],
+            Err(e) => return Err(temporary(&e)),
+        };
+        let mut targets = Vec::new();
+        let mut last_error = None;
+        for host in hosts {
+            match self.resolver.lookup_ip(host.as_str()).await {
+                Ok(ips) => {
+                    let addrs: Vec<SocketAddr> = ips
+                        .iter()
+                        .map(|ip: IpAddr| SocketAddr::new(ip, self.port))
+                        .collect();
+                    targets.push(Target {
+                        host: host.trim_end_matches('.').to_string(),
+                        addrs,
+                    });
+                }
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
+                Err(e) => last_error = Some(temporary(&e)),
+            }
+        }
+        match (targets.is_empty(), last_error) {
+            (false, _) => Ok(targets),
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(ResolveError::NoAddress(domain.to_string())),
+        }
+    }
+}

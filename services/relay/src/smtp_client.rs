@@ -1,0 +1,249 @@
+//! The SMTP client: one transaction to one host.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mailflow_smtp::{ReplyDecoder, ServerReply, dot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The envelope and content of one transaction.
+pub struct Envelope<'a> {
+    /// The reverse path, empty for `<>`.
+    pub from: &'a str,
+    /// The recipients.
+    pub rcpts: Vec<&'a str>,
+    /// The content, CRLF lines, not dot-stuffed.
+    pub body: &'a [u8],
+    /// The client declared BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// The transaction needs SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// Timeouts and our name.
+pub struct ClientConfig<'a> {
+    /// The name sent with EHLO/HELO.
+    pub helo: &'a str,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Wait for each reply.
+    pub command_timeout: Duration,
+}
+
+/// Why the transaction failed as a whole (before any recipient got its own answer).
+#[derive(Debug, thiserror::Error)]
+pub enum HostFailure {
+    /// Could not connect.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke or timed out.
+    #[error("lost connection with {addr} while {stage}: {reason}")]
+    Lost {
+        /// The address.
+        addr: SocketAddr,
+        /// What we were doing.
+        stage: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the session or the sender.
+    #[error("{addr} said: {} {}", reply.code, reply.text())]
+    Refused {
+        /// The address.
+        addr: SocketAddr,
+        /// The refusal.
+        reply: ServerReply,
+    },
+    /// The transaction needs SMTPUTF8 and the server lacks it (RFC 6531 §3.4).
+    #[error("{addr} does not support SMTPUTF8")]
+    NoSmtpUtf8 {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// One open connection.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: ReplyDecoder,
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl Conn {
+    fn lost(&self, stage: &'static str, reason: impl ToString) -> HostFailure {
+        HostFailure::Lost {
+            addr: self.addr,
+            stage,
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn read_reply(&mut self, stage: &'static str) -> Result<ServerReply, HostFailure> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(self.lost(stage, e)),
+            }
+            let read =
+                tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return Err(self.lost(stage, "timeout")),
+                Ok(Err(e)) => return Err(self.lost(stage, e)),
+                Ok(Ok(0)) => return Err(self.lost(stage, "connection closed")),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, data: &[u8], stage: &'static str) -> Result<(), HostFailure> {
+        match tokio::time::timeout(self.timeout, self.stream.write_all(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.lost(stage, e)),
+            Err(_) => Err(self.lost(stage, "timeout")),
+        }
+    }
+
+    async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<ServerReply, HostFailure> {
+        self.send(format!("{line}\r\n").as_bytes(), stage).await?;
+        self.read_reply(stage).await
+    }
+
+    fn refused(&self, reply: ServerReply) -> HostFailure {
+        HostFailure::Refused {
+            addr: self.addr,
+            reply,
+        }
+    }
+}
+
+/// Runs one transaction; returns each recipient's final reply (its RCPT refusal, or the
+/// reply to the end of DATA).
+pub async fn deliver(
+    addr: SocketAddr,
+    config: &ClientConfig<'_>,
+    env: &Envelope<'_>,
+) -> Result<Vec<ServerReply>, HostFailure> {
+    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(HostFailure::Connect {
+                addr,
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(HostFailure::Connect {
+                addr,
+                reason: "timeout".into(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::with_capacity(4096),
+        decoder: ReplyDecoder::default(),
+        addr,
+        timeout: config.command_timeout,
+    };
+    let result = transaction(&mut conn, config, env).await;
+    if !matches!(result, Err(HostFailure::Lost { .. })) {
+        // Courtesy only: the outcome is already decided.
+        let _ = conn.command("QUIT", "QUIT").await;
+    }
+    result
+}
+
+async fn transaction(
+    conn: &mut Conn,
+    config: &ClientConfig<'_>,
+    env: &Envelope<'_>,
+) -> Result<Vec<ServerReply>, HostFailure> {
+    let greeting = conn.read_reply("reading the greeting").await?;
+    if greeting.code != 220 {
+        return Err(conn.refused(greeting));
+    }
+    let ehlo = conn
+        .command(&format!("EHLO {}", config.helo), "EHLO")
+        .await?;
+    let extensions: Vec<String> = if ehlo.is_success() {
+        ehlo.lines
+            .iter()
+            .skip(1)
+            .map(|l| l.to_ascii_uppercase())
+            .collect()
+    } else {
+        let helo = conn
+            .command(&format!("HELO {}", config.helo), "HELO")
+            .await?;
+        if !helo.is_success() {
+            return Err(conn.refused(helo));
+        }
+        Vec::new()
+    };
+    let has = |ext: &str| {
+        extensions
+            .iter()
+            .any(|l| l.split_ascii_whitespace().next() == Some(ext))
+    };
+    if env.smtputf8 && !has("SMTPUTF8") {
+        return Err(HostFailure::NoSmtpUtf8 { addr: conn.addr });
+    }
+    let mut mail = format!("MAIL FROM:<{}>", env.from);
+    if has("SIZE") {
+        mail.push_str(&format!(" SIZE={}", env.body.len()));
+    }
+    // Without 8BITMIME at the peer the content is sent as it is, as Postfix does by default
+    // (smtp_send_8bitmime without downgrade): refusing it would bounce most mail for nothing.
+    if env.eight_bit && has("8BITMIME") {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    let reply = conn.command(&mail, "MAIL FROM").await?;
+    if !reply.is_success() {
+        return Err(conn.refused(reply));
+    }
+    let mut replies = Vec::with_capacity(env.rcpts.len());
+    for rcpt in &env.rcpts {
+        replies.push(
+            conn.command(&format!("RCPT TO:<{rcpt}>"), "RCPT TO")
+                .await?,
+        );
+    }
+    if !replies.iter().any(ServerReply::is_success) {
+        let _ = conn.command("RSET", "RSET").await;
+        return Ok(replies);
+    }
+    let data = conn.command("DATA", "DATA").await?;
+    if data.code != 354 {
+        return Ok(replies
+            .into_iter()
+            .map(|r| if r.is_success() { data.clone() } else { r })
+            .collect());
+    }
+    let mut encoded = Vec::new();
+    dot::encode(env.body, &mut encoded);
+    conn.send(&encoded, "sending message body").await?;
+    let fin = conn.read_reply("waiting for the end of data reply").await?;
+    Ok(replies
+        .into_iter()
+        .map(|r| if r.is_success() { fin.clone() } else { r })
+        .collect())
+}
