@@ -95,7 +95,8 @@ mod tests {
     #[test]
     fn components_are_safe() {
         assert_eq!(path_component("Demo"), "demo");
-        assert_eq!(path_component("../etc"), "%2E%2E%2Fetc");
+        assert_eq!(path_component("../etc"), "%2E.%2Fetc");
+        assert_eq!(path_component(".."), "%2E.");
         assert_eq!(path_component("a.b+c"), "a.b+c");
         assert_eq!(path_component("\"x y\""), "%22x%20y%22");
     }
