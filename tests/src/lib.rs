@@ -1,1 +1,58 @@
-//! placeholder
+//! The end-to-end test harness: everything a user would run, for real.
+//!
+//! - [`nats::Nats`]: a real `nats-server` with JetStream on an ephemeral port and a
+//!   temporary store, which a test can stop and start again;
+//! - [`dns::DnsServer`]: a real DNS server (hickory-server, in process) serving test zones
+//!   over UDP and TCP;
+//! - [`sink::Sink`]: SMTP servers on loopback addresses that record what they receive;
+//! - [`stack::Stack`]: the three service binaries with a per-test configuration;
+//! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes.
+//!
+//! Each test gets its own ports and directories, so tests run in parallel. Waiting is done
+//! by polling with a deadline ([`wait::until`]).
+
+#![forbid(unsafe_code)]
+#![allow(missing_docs, clippy::unwrap_used)]
+
+pub mod client;
+pub mod dns;
+pub mod nats;
+pub mod sink;
+pub mod stack;
+pub mod wait;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace (`scripts/test` builds them before the tests run).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that is free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a: SocketAddr| a.port())
+        .expect("an ephemeral port")
+}

@@ -101,21 +101,8 @@ impl Bus {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<(), BusError> {
-        let err = |reason: String| BusError::Publish {
-            subject: subject.clone(),
-            reason,
-        };
-        let msg = PublishMessage::build().payload(payload).message_id(msg_id);
-        let ack = self
-            .js
-            .send_publish(subject.clone(), msg)
+        self.publish_all([(subject, msg_id.to_string(), payload)])
             .await
-            .map_err(|e| err(e.to_string()))?;
-        match tokio::time::timeout(self.publish_timeout, ack).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(err(e.to_string())),
-            Err(_) => Err(err("no acknowledgement in time".into())),
-        }
     }
 
     /// Publishes several messages with their acknowledgements in flight together, then
@@ -126,6 +113,14 @@ impl Bus {
     ) -> Result<(), BusError> {
         let mut acks = Vec::new();
         for (subject, msg_id, payload) in messages {
+            // While disconnected the client would buffer the message and send it after the
+            // reconnect, long after the caller gave up on it (and told an SMTP client 451).
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(BusError::Publish {
+                    subject,
+                    reason: "not connected to NATS".into(),
+                });
+            }
             let msg = PublishMessage::build().payload(payload).message_id(msg_id);
             let ack = self
                 .js

@@ -15,10 +15,12 @@
 
 mod body;
 mod connect;
+mod consume;
 mod topology;
 
 pub use body::{BodyStore, load_body};
 pub use connect::{Bus, BusError};
+pub use consume::{ConsumerSpec, consume};
 pub use topology::{Topology, names};
 
 use prost::Message;

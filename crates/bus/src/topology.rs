@@ -78,25 +78,18 @@ impl Topology {
     async fn try_ensure(bus: &Bus) -> Result<Topology, BusError> {
         let js = &bus.js;
         let replicas = bus.replicas;
+        let work_queue = |name: &str, subject: &str| stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
         let streams = [
-            stream::Config {
-                name: names::MAIL_IN.into(),
-                subjects: vec![names::MAIL_IN_SUBJECT.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            },
-            stream::Config {
-                name: names::MAIL_OUT.into(),
-                subjects: vec!["mail.out.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            },
+            work_queue(names::MAIL_IN, names::MAIL_IN_SUBJECT),
+            work_queue(names::MAIL_OUT, "mail.out.>"),
             stream::Config {
                 name: names::MAIL_EVENTS.into(),
                 subjects: vec!["mail.events.>".into()],

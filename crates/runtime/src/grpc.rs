@@ -5,13 +5,24 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
-/// Why the gRPC server could not be built.
+/// Why a gRPC server could not be built or stopped serving.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the reflection service: {0}")]
-pub struct GrpcSetupError(#[from] tonic_reflection::server::Error);
+pub enum GrpcError {
+    /// The reflection service could not be built.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server failed (typically: the address is in use).
+    #[error("gRPC server on {addr}: {source}")]
+    Serve {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
 
 /// A router with health and reflection, plus the reporter to mark services as serving.
-pub fn server() -> Result<(HealthReporter, Router), GrpcSetupError> {
+pub fn server() -> Result<(HealthReporter, Router), GrpcError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(mailflow_proto::FILE_DESCRIPTOR_SET)

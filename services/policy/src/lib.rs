@@ -17,7 +17,7 @@ pub mod route;
 use mailflow_bus::{Bus, BusError, Topology};
 use mailflow_proto::v1::{directory_server::DirectoryServer, policy_server::PolicyServer};
 use mailflow_runtime::Config;
-use mailflow_runtime::grpc::GrpcSetupError;
+use mailflow_runtime::grpc::GrpcError;
 use tokio_util::sync::CancellationToken;
 
 pub use directory::Directory;
@@ -28,17 +28,9 @@ pub enum PolicyError {
     /// NATS could not be set up.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// The gRPC server could not be built.
+    /// The gRPC server could not be built or failed.
     #[error(transparent)]
-    GrpcSetup(#[from] GrpcSetupError),
-    /// The gRPC server failed.
-    #[error("gRPC server on {addr}: {source}")]
-    Grpc {
-        /// The listen address.
-        addr: std::net::SocketAddr,
-        /// The transport error.
-        source: tonic::transport::Error,
-    },
+    Grpc(#[from] GrpcError),
 }
 
 /// Runs the gRPC services and the route stage until `shutdown`.
@@ -71,5 +63,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     if let Ok(Err(e)) = stage.await {
         tracing::error!(error = %e, "route stage failed");
     }
-    served.map_err(|source| PolicyError::Grpc { addr, source })
+    served.map_err(|source| GrpcError::Serve { addr, source }.into())
 }

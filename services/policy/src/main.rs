@@ -1,31 +1,6 @@
-//! `mailflow-policy`: the policy service binary.
-
-use std::path::PathBuf;
-
-use clap::Parser;
-use mailflow_runtime::{EX_CONFIG, config, shutdown, telemetry};
-
-/// mailflow's policy service.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// The configuration file.
-    #[arg(long, short, env = "MAILFLOW_CONFIG")]
-    config: Option<PathBuf>,
-}
+//! `mailflow-policy`: the policy service.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            std::process::exit(EX_CONFIG);
-        }
-    };
-    telemetry::init(&config.log);
-    let shutdown = shutdown::on_signal();
-    mailflow_policy::run(config, shutdown).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    mailflow_runtime::service::main(mailflow_policy::run).await
 }

@@ -9,10 +9,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
+use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
-use futures::StreamExt;
-use mailflow_bus::{Bus, BusError, names};
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, names};
 use mailflow_proto::v1::{
     AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, RecipientState,
     RecipientStatus, RemoteRoute, Route, route,
@@ -140,7 +139,7 @@ impl RouteStage {
         }
     }
 
-    /// Consumes `MAIL_IN` until `shutdown`, resubscribing when the connection is lost.
+    /// Consumes `MAIL_IN` until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
         let status = self
             .bus
@@ -151,59 +150,14 @@ impl RouteStage {
                 name: names::STATUS_BUCKET.into(),
                 reason: e.to_string(),
             })?;
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.consume(&status, &shutdown).await {
-                tracing::warn!(error = %e, "route consumer interrupted; resubscribing");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn consume(
-        &self,
-        status: &kv::Store,
-        shutdown: &CancellationToken,
-    ) -> Result<(), BusError> {
-        let setup = |e: String| BusError::Setup {
-            name: format!("{}/{}", names::MAIL_IN, names::ROUTE_CONSUMER),
-            reason: e,
+        let spec = ConsumerSpec {
+            stream: names::MAIL_IN,
+            durable: names::ROUTE_CONSUMER,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1024,
+            concurrency: CONCURRENCY,
         };
-        let stream = self
-            .bus
-            .js
-            .get_stream(names::MAIL_IN)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                names::ROUTE_CONSUMER,
-                pull::Config {
-                    durable_name: Some(names::ROUTE_CONSUMER.into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 1024,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        messages
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(CONCURRENCY, |item| async move {
-                match item {
-                    Ok(msg) => self.handle(status, msg).await,
-                    Err(e) => tracing::warn!(error = %e, "MAIL_IN consumer error"),
-                }
-            })
-            .await;
+        consume(&self.bus, spec, &shutdown, |msg| self.handle(&status, msg)).await;
         Ok(())
     }
 

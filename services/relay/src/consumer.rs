@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
-use mailflow_bus::{Bus, BusError, load_body, names};
+use async_nats::jetstream::{self, AckKind};
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
 use mailflow_proto::v1::{DeliveryJob, RecipientState};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -37,59 +36,16 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Consumes until `shutdown`, resubscribing when the connection is lost.
+    /// Consumes until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.consume(&shutdown).await {
-                tracing::warn!(error = %e, "relay consumer interrupted; resubscribing");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        }
-    }
-
-    async fn consume(self: &Arc<Self>, shutdown: &CancellationToken) -> Result<(), BusError> {
-        let setup = |e: String| BusError::Setup {
-            name: format!("{}/{}", names::MAIL_OUT, names::RELAY_CONSUMER),
-            reason: e,
+        let spec = ConsumerSpec {
+            stream: names::MAIL_OUT,
+            durable: names::RELAY_CONSUMER,
+            ack_wait: self.ack_wait,
+            max_ack_pending: 10_000,
+            concurrency: self.concurrency,
         };
-        let stream = self
-            .bus
-            .js
-            .get_stream(names::MAIL_OUT)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                names::RELAY_CONSUMER,
-                pull::Config {
-                    durable_name: Some(names::RELAY_CONSUMER.into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.concurrency)
-            .messages()
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        messages
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(self.concurrency, |item| async move {
-                match item {
-                    Ok(msg) => self.handle(msg).await,
-                    Err(e) => tracing::warn!(error = %e, "MAIL_OUT consumer error"),
-                }
-            })
-            .await;
-        Ok(())
+        consume(&self.bus, spec, &shutdown, |msg| self.handle(msg)).await;
     }
 
     async fn handle(&self, msg: jetstream::Message) {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use mailflow_bus::{Bus, BusError, Topology};
 use mailflow_proto::v1::queue_server::QueueServer;
 use mailflow_runtime::Config;
-use mailflow_runtime::grpc::GrpcSetupError;
+use mailflow_runtime::grpc::GrpcError;
 use tokio_util::sync::CancellationToken;
 
 /// Why the relay stopped with an error.
@@ -32,17 +32,9 @@ pub enum RelayError {
     /// The resolver could not be built.
     #[error(transparent)]
     Resolver(#[from] mx::ResolverSetupError),
-    /// The gRPC server could not be built.
+    /// The gRPC server could not be built or failed.
     #[error(transparent)]
-    GrpcSetup(#[from] GrpcSetupError),
-    /// The gRPC server failed.
-    #[error("gRPC server on {addr}: {source}")]
-    Grpc {
-        /// The listen address.
-        addr: std::net::SocketAddr,
-        /// The transport error.
-        source: tonic::transport::Error,
-    },
+    Grpc(#[from] GrpcError),
 }
 
 /// Runs the consumer and the Queue service until `shutdown`.
@@ -82,5 +74,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .await;
     shutdown.cancel();
     let _ = consumer_task.await;
-    served.map_err(|source| RelayError::Grpc { addr, source })
+    served.map_err(|source| GrpcError::Serve { addr, source }.into())
 }

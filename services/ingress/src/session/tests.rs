@@ -108,6 +108,15 @@ impl Client {
         )
     }
 
+    /// A pipelined MAIL, RCPT and DATA that must be accepted.
+    async fn open_data(&mut self) {
+        self.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
+            .await;
+        self.expect(250, "2.1.0").await;
+        self.expect(250, "2.1.5").await;
+        self.expect(354, "").await;
+    }
+
     async fn ehlo(&mut self) {
         self.expect(220, "").await;
         self.send("EHLO client.test\r\n").await;
@@ -301,11 +310,7 @@ async fn size_limits() {
     c.ehlo().await;
     c.send("MAIL FROM:<a@remote.test> SIZE=10001\r\n").await;
     c.expect(552, "5.3.4").await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
-    c.expect(354, "").await;
+    c.open_data().await;
     let line = format!("{}\r\n", "y".repeat(998));
     for _ in 0..20 {
         c.send(&line).await;
@@ -320,11 +325,7 @@ async fn bare_lf_smuggling_is_refused() {
     let backend = TestBackend::default();
     let mut c = start(backend.clone());
     c.ehlo().await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
-    c.expect(354, "").await;
+    c.open_data().await;
     // A smuggled second transaction behind "\n.\n" must stay message text.
     c.send("Subject: a\r\n\r\nhi\n.\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nevil\r\n.\r\n").await;
     c.expect(550, "5.5.2").await;
@@ -340,11 +341,7 @@ async fn normalizes_bare_lf_when_configured() {
     cfg.line_endings = LineEndings::Normalize;
     let mut c = start_with(cfg, backend.clone(), CancellationToken::new());
     c.ehlo().await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
-    c.expect(354, "").await;
+    c.open_data().await;
     c.send("a\nb\r\n.\r\n").await;
     c.expect(250, "2.0.0").await;
     let queued = backend.queued.lock().unwrap();

@@ -1,0 +1,87 @@
+//! Consuming a work-queue stream through a durable pull consumer shared by every replica.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::{Bus, BusError};
+
+/// Which consumer, and how much work it may hold.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The stream.
+    pub stream: &'static str,
+    /// The durable consumer's name (shared by all replicas of a stage).
+    pub durable: &'static str,
+    /// Redelivery after this long without an acknowledgement or progress report.
+    pub ack_wait: Duration,
+    /// Messages handed out and not yet acknowledged, across replicas.
+    pub max_ack_pending: i64,
+    /// Messages handled at once by this process.
+    pub concurrency: usize,
+}
+
+async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusError> {
+    let setup = |e: String| BusError::Setup {
+        name: format!("{}/{}", spec.stream, spec.durable),
+        reason: e,
+    };
+    let stream = bus
+        .js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(spec.concurrency)
+        .messages()
+        .await
+        .map_err(|e| setup(e.to_string()))
+}
+
+/// Calls `handle` for every message, `spec.concurrency` at once, until `shutdown`;
+/// resubscribes when the subscription fails or ends (for example after NATS restarts).
+/// `handle` acknowledges each message itself.
+pub async fn consume<F, Fut>(bus: &Bus, spec: ConsumerSpec, shutdown: &CancellationToken, handle: F)
+where
+    F: Fn(jetstream::Message) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !shutdown.is_cancelled() {
+        match subscribe(bus, &spec).await {
+            Ok(messages) => {
+                let handle = &handle;
+                messages
+                    .take_until(shutdown.cancelled())
+                    .for_each_concurrent(spec.concurrency, |item| async move {
+                        match item {
+                            Ok(msg) => handle(msg).await,
+                            Err(e) => tracing::warn!(consumer = spec.durable, error = %e, "consumer error"),
+                        }
+                    })
+                    .await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}

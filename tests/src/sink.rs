@@ -1,0 +1,179 @@
+//! SMTP servers that accept mail on loopback and record it, written independently of
+//! mailflow's own SMTP code so that they check it rather than mirror it.
+//!
+//! Recipients starting with `reject` get `550 5.1.1`, with `tempfail` get `451 4.2.0`. With
+//! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// MAIL FROM address.
+    pub from: String,
+    /// Accepted RCPT TO addresses.
+    pub rcpts: Vec<String>,
+    /// The content, dot-unstuffed, as received.
+    pub data: Vec<u8>,
+}
+
+/// A recording SMTP server.
+#[derive(Clone)]
+pub struct Sink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What was accepted (the 250 was sent or is being sent).
+    received: Arc<Mutex<Vec<Delivered>>>,
+    /// Messages whose content fully arrived, held or not.
+    arrived: Arc<AtomicUsize>,
+    /// True while end-of-DATA replies are held back.
+    hold: Arc<watch::Sender<bool>>,
+}
+
+impl Sink {
+    /// Two sinks on the same port, one on each of `a` and `b` (MX records carry no port, so
+    /// every mail exchanger of a test must listen on the relay's `mx_port`).
+    pub async fn pair(a: IpAddr, b: IpAddr) -> (Sink, Sink) {
+        loop {
+            let la = TcpListener::bind(SocketAddr::new(a, 0)).await.unwrap();
+            let port = la.local_addr().unwrap().port();
+            if let Ok(lb) = TcpListener::bind(SocketAddr::new(b, port)).await {
+                return (Sink::serve(la), Sink::serve(lb));
+            }
+        }
+    }
+
+    /// A sink on `ip` with an ephemeral port.
+    pub async fn start(ip: IpAddr) -> Sink {
+        Sink::serve(TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap())
+    }
+
+    fn serve(listener: TcpListener) -> Sink {
+        let (hold, _) = watch::channel(false);
+        let sink = Sink {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            arrived: Arc::default(),
+            hold: Arc::new(hold),
+        };
+        let s = sink.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                n += 1;
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = s.session(stream, n).await;
+                });
+            }
+        });
+        sink
+    }
+
+    /// Everything accepted so far.
+    pub fn received(&self) -> Vec<Delivered> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Messages whose content arrived, including held ones.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Holds end-of-DATA replies from now on.
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Answers held and future messages at once.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    async fn session(&self, stream: TcpStream, conn: usize) -> std::io::Result<()> {
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+        let mut from = String::new();
+        let mut rcpts = Vec::new();
+        let mut count = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let upper = line.to_ascii_uppercase();
+            let arg = |prefix: &str| {
+                line[prefix.len()..]
+                    .trim()
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let reply: String = if upper.starts_with("EHLO") {
+                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+            } else if upper.starts_with("HELO") {
+                "250 sink.test\r\n".into()
+            } else if upper.starts_with("MAIL FROM:") {
+                from = arg("MAIL FROM:");
+                rcpts.clear();
+                "250 2.1.0 Ok\r\n".into()
+            } else if upper.starts_with("RCPT TO:") {
+                let rcpt = arg("RCPT TO:");
+                if rcpt.starts_with("reject") {
+                    "550 5.1.1 No such user here\r\n".into()
+                } else if rcpt.starts_with("tempfail") {
+                    "451 4.2.0 Mailbox busy, try later\r\n".into()
+                } else {
+                    rcpts.push(rcpt);
+                    "250 2.1.5 Ok\r\n".into()
+                }
+            } else if upper.starts_with("DATA") {
+                w.write_all(b"354 go ahead\r\n").await?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if r.read_until(b'\n', &mut l).await? == 0 {
+                        return Ok(());
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    let content = if l.first() == Some(&b'.') {
+                        &l[1..]
+                    } else {
+                        &l[..]
+                    };
+                    data.extend_from_slice(content);
+                }
+                self.arrived.fetch_add(1, Ordering::SeqCst);
+                let mut hold = self.hold.subscribe();
+                let _ = hold.wait_for(|held| !*held).await;
+                count += 1;
+                self.received.lock().unwrap().push(Delivered {
+                    from: from.clone(),
+                    rcpts: std::mem::take(&mut rcpts),
+                    data,
+                });
+                format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
+            } else if upper.starts_with("QUIT") {
+                w.write_all(b"221 2.0.0 Bye\r\n").await?;
+                return Ok(());
+            } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+                rcpts.clear();
+                "250 2.0.0 Ok\r\n".into()
+            } else {
+                "502 5.5.2 Error: command not recognized\r\n".into()
+            };
+            w.write_all(reply.as_bytes()).await?;
+        }
+    }
+}

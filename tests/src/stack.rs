@@ -1,0 +1,255 @@
+//! The three mailflow services as real processes with a per-test configuration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mailflow_proto::v1::{
+    AddDomainRequest, AddUserRequest, GetMessageRequest, MessageStatus, RecipientState,
+    directory_client::DirectoryClient, queue_client::QueueClient,
+};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::nats::Nats;
+use crate::{binary, free_port, wait};
+
+/// What a test can vary.
+pub struct Options {
+    /// The DNS server the relay asks.
+    pub dns: SocketAddr,
+    /// The port of the test's mail exchangers.
+    pub mx_port: u16,
+    /// `policy.relay_networks`.
+    pub relay_networks: Vec<String>,
+}
+
+/// A running stack.
+pub struct Stack {
+    /// Temporary directory: config, logs, NATS store, Maildirs.
+    pub dir: TempDir,
+    /// The NATS server.
+    pub nats: Nats,
+    /// The ingress' SMTP address.
+    pub smtp: SocketAddr,
+    /// The policy service's gRPC address.
+    pub policy: SocketAddr,
+    /// The relay's gRPC address.
+    pub queue: SocketAddr,
+    /// The config file.
+    config: PathBuf,
+    /// Running services by binary name.
+    procs: HashMap<&'static str, Child>,
+}
+
+/// The service binaries.
+pub const INGRESS: &str = "mailflow-ingress";
+/// The policy binary.
+pub const POLICY: &str = "mailflow-policy";
+/// The relay binary.
+pub const RELAY: &str = "mailflow-relay";
+
+impl Stack {
+    /// Starts NATS and the three services, and makes `example.test` local with user `demo`.
+    pub async fn start(opts: Options) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path()).await;
+        let smtp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let policy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let queue = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let networks: Vec<String> = opts
+            .relay_networks
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        let config = dir.path().join("mailflow.toml");
+        let text = format!(
+            r#"[nats]
+url = "{nats}"
+publish_timeout = "2s"
+
+[log]
+level = "info,async_nats=warn"
+
+[ingress]
+hostname = "mx.example.test"
+mx_listen = "{smtp}"
+policy_url = "http://{policy}"
+policy_timeout = "5s"
+
+[policy]
+grpc_listen = "{policy}"
+relay_networks = [{networks}]
+
+[relay]
+hostname = "relay.example.test"
+grpc_listen = "{queue}"
+maildir_root = "{maildir}"
+dns_servers = ["{dns}"]
+mx_port = {mx_port}
+ack_wait = "2s"
+connect_timeout = "5s"
+command_timeout = "10s"
+retry_delays = ["1s"]
+"#,
+            nats = nats.url(),
+            networks = networks.join(", "),
+            maildir = dir.path().join("mail").display(),
+            dns = opts.dns,
+            mx_port = opts.mx_port,
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut stack = Stack {
+            dir,
+            nats,
+            smtp,
+            policy,
+            queue,
+            config,
+            procs: HashMap::new(),
+        };
+        for name in [POLICY, RELAY, INGRESS] {
+            stack.start_service(name).await;
+        }
+        stack.add_domain("example.test").await;
+        stack.add_user("demo@example.test", "demo").await;
+        stack
+    }
+
+    /// Starts (or restarts) one service and waits until it listens.
+    pub async fn start_service(&mut self, name: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(binary(name))
+            .env("MAILFLOW_CONFIG", &self.config)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        self.procs.insert(name, child);
+        let addr = match name {
+            INGRESS => self.smtp,
+            POLICY => self.policy,
+            _ => self.queue,
+        };
+        wait::port_open(addr, Duration::from_secs(30)).await;
+    }
+
+    /// Kills a service with SIGKILL and waits until it is gone.
+    pub async fn kill(&mut self, name: &'static str) {
+        let mut child = self.procs.remove(name).expect("service running");
+        child.kill().await.unwrap();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit, returning the exit status.
+    pub async fn terminate(&mut self, name: &'static str) -> std::process::ExitStatus {
+        let mut child = self.procs.remove(name).expect("service running");
+        let pid = child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("exit within 30 s")
+            .unwrap()
+    }
+
+    /// The log of a service, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The Maildir root.
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// Files in `new/` of a local user's Maildir.
+    pub fn mailbox(&self, domain: &str, user: &str) -> Vec<Vec<u8>> {
+        let dir = self.maildir().join(domain).join(user).join("new");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    async fn directory(&self) -> DirectoryClient<tonic::transport::Channel> {
+        DirectoryClient::connect(format!("http://{}", self.policy))
+            .await
+            .expect("connect to Directory")
+    }
+
+    /// Adds a local domain through the Directory service.
+    pub async fn add_domain(&self, domain: &str) {
+        self.directory()
+            .await
+            .add_domain(AddDomainRequest {
+                domain: domain.into(),
+            })
+            .await
+            .expect("AddDomain");
+    }
+
+    /// Adds a user through the Directory service.
+    pub async fn add_user(&self, address: &str, password: &str) {
+        self.directory()
+            .await
+            .add_user(AddUserRequest {
+                address: address.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("AddUser");
+    }
+
+    /// `Queue.GetMessage`.
+    pub async fn get_message(&self, queue_id: &str) -> Result<MessageStatus, tonic::Status> {
+        let mut client = QueueClient::connect(format!("http://{}", self.queue))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        client
+            .get_message(GetMessageRequest {
+                queue_id: queue_id.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until every recipient of `queue_id` is in a final state, and returns the record.
+    pub async fn wait_final(&self, queue_id: &str, timeout: Duration) -> MessageStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let last = self.get_message(queue_id).await;
+            if let Ok(s) = &last
+                && !s.recipients.is_empty()
+                && s.recipients.iter().all(|r| {
+                    matches!(
+                        r.state(),
+                        RecipientState::Delivered | RecipientState::Bounced
+                    )
+                })
+            {
+                return s.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "message {queue_id} not final after {timeout:?}; last status {last:?}\npolicy log:\n{}\nrelay log:\n{}",
+                    self.log(POLICY),
+                    self.log(RELAY)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The first path through mailflow, end to end, on real parts: nats-server, a DNS server
+//! with MX records for two remote domains, two SMTP servers on loopback, and the service
+//! binaries.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use mailflow_proto::v1::RecipientState;
+use mailflow_tests::client::{SmtpClient, queue_id};
+use mailflow_tests::dns::{DnsServer, mx_zone, null_mx_zone};
+use mailflow_tests::sink::Sink;
+use mailflow_tests::stack::{Options, RELAY, Stack};
+use mailflow_tests::wait;
+
+const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// A stack whose relay sees `remote-a.test` at sink A and `remote-b.test` at sink B.
+struct World {
+    stack: Stack,
+    a: Sink,
+    b: Sink,
+    _dns: DnsServer,
+}
+
+async fn world() -> World {
+    let (a, b) = Sink::pair(A, B).await;
+    let zones = [
+        mx_zone("remote-a.test", "127.0.0.2"),
+        mx_zone("remote-b.test", "127.0.0.3"),
+        null_mx_zone("nomail.test"),
+    ];
+    let zones: Vec<(&str, String)> = zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
+    let dns = DnsServer::start(&zones).await;
+    let stack = Stack::start(Options {
+        dns: dns.addr,
+        mx_port: a.addr.port(),
+        relay_networks: vec!["127.0.0.1/32".into()],
+    })
+    .await;
+    World {
+        stack,
+        a,
+        b,
+        _dns: dns,
+    }
+}
+
+fn content(marker: &str) -> String {
+    format!(
+        "From: sender@client.test\r\nTo: demo@example.test\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nHello from the end-to-end test.\r\n..a line that starts with a dot\r\n\r\nbye\r\n"
+    )
+}
+
+/// The content a peer received after the headers mailflow added at the top.
+fn after_trace_headers(data: &[u8]) -> &[u8] {
+    let text = std::str::from_utf8(data).unwrap();
+    let start = text
+        .find("From: sender@client.test")
+        .expect("original headers present");
+    &data[start..]
+}
+
+fn unstuffed(content: &str) -> String {
+    content.replace("\r\n..", "\r\n.")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_recorded() {
+    let w = world().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let body = content("case-a");
+    let id = c
+        .send_mail(
+            "sender@client.test",
+            &[
+                "demo@example.test",
+                "alice@remote-a.test",
+                "bob@remote-b.test",
+            ],
+            &body,
+        )
+        .await;
+    c.command("QUIT", 221).await;
+
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    // (b) every recipient delivered, with the remote server's own reply.
+    assert_eq!(status.recipients.len(), 3);
+    for r in &status.recipients {
+        assert_eq!(r.state(), RecipientState::Delivered, "{r:?}");
+        assert_eq!(r.last_reply.as_ref().unwrap().code, 250, "{r:?}");
+    }
+    let alice = &status.recipients[1];
+    assert_eq!(alice.address, "alice@remote-a.test");
+    assert_eq!(alice.remote_host, "mx.remote-a.test");
+    assert_eq!(alice.remote_ip, "127.0.0.2");
+    assert!(
+        alice
+            .last_reply
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("queued as sink-"),
+        "{alice:?}"
+    );
+    let bob = &status.recipients[2];
+    assert_eq!(bob.remote_ip, "127.0.0.3");
+
+    // (a) exactly once each, body intact, a Received header added.
+    let expected = unstuffed(&body);
+    let local = w.stack.mailbox("example.test", "demo");
+    assert_eq!(local.len(), 1, "one local copy");
+    assert_eq!(after_trace_headers(&local[0]), expected.as_bytes());
+    assert!(String::from_utf8_lossy(&local[0]).contains(&format!("with ESMTP id {id}")));
+    for (sink, rcpt) in [(&w.a, "alice@remote-a.test"), (&w.b, "bob@remote-b.test")] {
+        let got = sink.received();
+        assert_eq!(got.len(), 1, "one copy at {rcpt}'s exchanger");
+        assert_eq!(got[0].rcpts, vec![rcpt.to_string()]);
+        assert_eq!(got[0].from, "sender@client.test");
+        assert!(
+            got[0]
+                .data
+                .starts_with(b"Received: from client.test ([127.0.0.1])\r\n\tby mx.example.test")
+        );
+        assert_eq!(after_trace_headers(&got[0].data), expected.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_unknown_local_user_and_unauthorised_relaying_are_refused_at_rcpt() {
+    let w = world().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    let r = c.command("RCPT TO:<nobody@example.test>", 550).await;
+    assert!(r.text.starts_with("5.1.1 "), "{r:?}");
+    c.command("RCPT TO:<demo@example.test>", 250).await;
+    c.command("QUIT", 221).await;
+
+    // From 127.0.0.5, outside relay_networks: local mail yes, relaying no.
+    let mut c = SmtpClient::connect_from("127.0.0.5".parse().unwrap(), w.stack.smtp).await;
+    c.command("EHLO outsider.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    let r = c.command("RCPT TO:<alice@remote-a.test>", 554).await;
+    assert!(r.text.starts_with("5.7.1 "), "{r:?}");
+    c.command("RCPT TO:<demo@example.test>", 250).await;
+    c.command("QUIT", 221).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_nats_down_gives_451_at_end_of_data_then_mail_flows_again() {
+    let mut w = world().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    c.command("RCPT TO:<demo@example.test>", 250).await;
+    c.command("DATA", 354).await;
+    c.send_raw(content("lost-while-down").as_bytes()).await;
+    w.stack.nats.kill().await;
+    let r = c.command(".", 451).await;
+    assert!(r.text.starts_with("4.3.0 "), "{r:?}");
+    c.command("QUIT", 221).await;
+
+    w.stack.nats.restart().await;
+    // The services reconnect by themselves; until they have, 4xx is the right answer.
+    let id = wait::until(
+        "a message accepted after nats-server is back",
+        Duration::from_secs(30),
+        || async {
+            let mut c = SmtpClient::connect(w.stack.smtp).await;
+            c.command("EHLO client.test", 250).await;
+            if c.command("MAIL FROM:<sender@client.test>", 250).await.code != 250 {
+                return None;
+            }
+            c.send("RCPT TO:<demo@example.test>").await;
+            if c.reply().await.code != 250 {
+                return None;
+            }
+            c.command("DATA", 354).await;
+            c.send_raw(content("after-restart").as_bytes()).await;
+            c.send(".").await;
+            let r = c.reply().await;
+            (r.code == 250).then(|| queue_id(&r.text))
+        },
+    )
+    .await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    let mailbox = w.stack.mailbox("example.test", "demo");
+    let texts: Vec<String> = mailbox
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Subject: after-restart"))
+            .count(),
+        1
+    );
+    // A 451 leaves the message to the client; at worst a lost acknowledgement makes it a
+    // duplicate later, never more than one extra copy.
+    assert!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Subject: lost-while-down"))
+            .count()
+            <= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_relay_killed_while_holding_jobs_loses_nothing() {
+    let mut w = world().await;
+    w.a.hold();
+    let mut ids = Vec::new();
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    for i in 0..5 {
+        let marker = format!("kill-{i}");
+        ids.push((
+            marker.clone(),
+            c.send_mail(
+                "sender@client.test",
+                &["carol@remote-a.test"],
+                &content(&marker),
+            )
+            .await,
+        ));
+    }
+    c.command("QUIT", 221).await;
+    wait::until(
+        "the relay to be in the middle of a delivery",
+        Duration::from_secs(30),
+        || async { (w.a.arrived() >= 1).then_some(()) },
+    )
+    .await;
+    w.stack.kill(RELAY).await;
+    w.a.release();
+    w.stack.start_service(RELAY).await;
+
+    for (marker, id) in &ids {
+        let status = w.stack.wait_final(id, Duration::from_secs(60)).await;
+        assert_eq!(
+            status.recipients[0].state(),
+            RecipientState::Delivered,
+            "{marker}"
+        );
+        let copies =
+            w.a.received()
+                .iter()
+                .filter(|d| {
+                    String::from_utf8_lossy(&d.data).contains(&format!("Subject: {marker}\r\n"))
+                })
+                .count();
+        assert!(copies >= 1, "{marker} was not delivered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_mx_and_permanent_refusals_bounce_and_temporary_ones_defer() {
+    let w = world().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "sender@client.test",
+            &[
+                "x@nomail.test",
+                "reject-me@remote-a.test",
+                "ok@remote-a.test",
+            ],
+            &content("refusals"),
+        )
+        .await;
+    let tmp = c
+        .send_mail(
+            "sender@client.test",
+            &["tempfail@remote-b.test"],
+            &content("tempfail"),
+        )
+        .await;
+    c.command("QUIT", 221).await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let states: Vec<(RecipientState, u32)> = status
+        .recipients
+        .iter()
+        .map(|r| (r.state(), r.last_reply.as_ref().unwrap().code))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (RecipientState::Bounced, 556),
+            (RecipientState::Bounced, 550),
+            (RecipientState::Delivered, 250),
+        ]
+    );
+    assert_eq!(
+        status.recipients[0].last_reply.as_ref().unwrap().enhanced,
+        "5.1.10"
+    );
+    let deferred = wait::until(
+        "the temporary failure to be recorded",
+        Duration::from_secs(30),
+        || async {
+            let s = w.stack.get_message(&tmp).await.ok()?;
+            (s.recipients[0].state() == RecipientState::Deferred).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        deferred.recipients[0].last_reply.as_ref().unwrap().code,
+        451
+    );
+    // It is tried again (retry_delays = 1s in the test config).
+    wait::until("a second attempt", Duration::from_secs(30), || async {
+        let s = w.stack.get_message(&tmp).await.ok()?;
+        (s.recipients[0].attempts >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_service_errors_are_proper_grpc_statuses() {
+    let w = world().await;
+    let missing = w
+        .stack
+        .get_message("01AAAAAAAAAAAAAAAAAAAAAAAA")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let bad = w.stack.get_message("not an id").await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
