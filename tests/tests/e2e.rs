@@ -7,12 +7,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use mailflow_proto::v1::RecipientState;
+use mailflow_proto::v1::{DeliveryEvent, RecipientState};
 use mailflow_tests::client::{SmtpClient, queue_id};
 use mailflow_tests::dns::{DnsServer, mx_zone, null_mx_zone};
 use mailflow_tests::sink::Sink;
 use mailflow_tests::stack::{Options, RELAY, Stack};
 use mailflow_tests::wait;
+use prost::Message;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
@@ -108,6 +109,20 @@ async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_rec
     );
     let bob = &status.recipients[2];
     assert_eq!(bob.remote_ip, "127.0.0.3");
+
+    // Each outcome is also an event on MAIL_EVENTS.
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let events = async_nats::jetstream::new(nats)
+        .get_stream("MAIL_EVENTS")
+        .await
+        .unwrap();
+    let last = events
+        .get_last_raw_message_by_subject(&format!("mail.events.{id}"))
+        .await
+        .unwrap();
+    let event = DeliveryEvent::decode(last.payload).unwrap();
+    assert_eq!(event.queue_id, id);
+    assert_eq!(event.state(), RecipientState::Delivered);
 
     // (a) exactly once each, body intact, a Received header added.
     let expected = unstuffed(&body);
