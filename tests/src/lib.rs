@@ -6,7 +6,9 @@
 //!   over UDP and TCP;
 //! - [`sink::Sink`]: SMTP servers on loopback addresses that record what they receive;
 //! - [`stack::Stack`]: the three service binaries with a per-test configuration;
-//! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes.
+//! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes;
+//! - [`world::World`]: a stack with two remote domains and their exchangers;
+//! - `peers/smtp_peer.py`: Python's smtplib as a client ([`peer`]).
 //!
 //! Each test gets its own ports and directories, so tests run in parallel. Waiting is done
 //! by polling with a deadline ([`wait::until`]).
@@ -17,9 +19,11 @@
 pub mod client;
 pub mod dns;
 pub mod nats;
+pub mod peer;
 pub mod sink;
 pub mod stack;
 pub mod wait;
+pub mod world;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

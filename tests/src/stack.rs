@@ -32,8 +32,15 @@ pub struct Stack {
     pub dir: TempDir,
     /// The NATS server.
     pub nats: Nats,
-    /// The ingress' SMTP address.
+    /// The ingress' SMTP (MX) address; STARTTLS is offered.
     pub smtp: SocketAddr,
+    /// The submission listener (STARTTLS and AUTH required).
+    pub submission: SocketAddr,
+    /// The implicit-TLS listener.
+    pub smtps: SocketAddr,
+    /// The server certificate (PEM, self-signed for localhost, 127.0.0.1 and
+    /// mx.example.test), which clients use as their trust anchor.
+    pub cert: PathBuf,
     /// The policy service's gRPC address.
     pub policy: SocketAddr,
     /// The relay's gRPC address.
@@ -57,6 +64,9 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path()).await;
         let smtp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let submission = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let smtps = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (cert, key) = write_certificate(dir.path());
         let policy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let queue = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let networks: Vec<String> = opts
@@ -76,12 +86,18 @@ level = "info,async_nats=warn"
 [ingress]
 hostname = "mx.example.test"
 mx_listen = "{smtp}"
+submission_listen = "{submission}"
+smtps_listen = "{smtps}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_reload_interval = "200ms"
 policy_url = "http://{policy}"
 policy_timeout = "5s"
 
 [policy]
 grpc_listen = "{policy}"
 relay_networks = [{networks}]
+auth_failure_limit = 3
 
 [relay]
 hostname = "relay.example.test"
@@ -95,6 +111,8 @@ command_timeout = "10s"
 retry_delays = ["1s"]
 "#,
             nats = nats.url(),
+            cert = cert.display(),
+            key = key.display(),
             networks = networks.join(", "),
             maildir = dir.path().join("mail").display(),
             dns = opts.dns,
@@ -105,6 +123,9 @@ retry_delays = ["1s"]
             dir,
             nats,
             smtp,
+            submission,
+            smtps,
+            cert,
             policy,
             queue,
             config,
@@ -252,4 +273,19 @@ retry_delays = ["1s"]
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Writes a fresh self-signed certificate and key; returns their paths.
+pub fn write_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "mx.example.test".to_string(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names).expect("certificate");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (cert, key)
 }

@@ -4,50 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use mailflow_proto::v1::{DeliveryEvent, RecipientState};
 use mailflow_tests::client::{SmtpClient, queue_id};
-use mailflow_tests::dns::{DnsServer, mx_zone, null_mx_zone};
-use mailflow_tests::sink::Sink;
-use mailflow_tests::stack::{Options, RELAY, Stack};
+use mailflow_tests::stack::RELAY;
 use mailflow_tests::wait;
+use mailflow_tests::world::World;
 use prost::Message;
-
-const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-
-/// A stack whose relay sees `remote-a.test` at sink A and `remote-b.test` at sink B.
-struct World {
-    stack: Stack,
-    a: Sink,
-    b: Sink,
-    _dns: DnsServer,
-}
-
-async fn world() -> World {
-    let (a, b) = Sink::pair(A, B).await;
-    let zones = [
-        mx_zone("remote-a.test", "127.0.0.2"),
-        mx_zone("remote-b.test", "127.0.0.3"),
-        null_mx_zone("nomail.test"),
-    ];
-    let zones: Vec<(&str, String)> = zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
-    let dns = DnsServer::start(&zones).await;
-    let stack = Stack::start(Options {
-        dns: dns.addr,
-        mx_port: a.addr.port(),
-        relay_networks: vec!["127.0.0.1/32".into()],
-    })
-    .await;
-    World {
-        stack,
-        a,
-        b,
-        _dns: dns,
-    }
-}
 
 fn content(marker: &str) -> String {
     format!(
@@ -70,7 +34,7 @@ fn unstuffed(content: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_recorded() {
-    let w = world().await;
+    let w = World::start().await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
     let body = content("case-a");
@@ -146,7 +110,7 @@ async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_unknown_local_user_and_unauthorised_relaying_are_refused_at_rcpt() {
-    let w = world().await;
+    let w = World::start().await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
     c.command("MAIL FROM:<sender@client.test>", 250).await;
@@ -167,7 +131,7 @@ async fn c_unknown_local_user_and_unauthorised_relaying_are_refused_at_rcpt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_nats_down_gives_451_at_end_of_data_then_mail_flows_again() {
-    let mut w = world().await;
+    let mut w = World::start().await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
     c.command("MAIL FROM:<sender@client.test>", 250).await;
@@ -229,7 +193,7 @@ async fn d_nats_down_gives_451_at_end_of_data_then_mail_flows_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_relay_killed_while_holding_jobs_loses_nothing() {
-    let mut w = world().await;
+    let mut w = World::start().await;
     w.a.hold();
     let mut ids = Vec::new();
     let mut c = SmtpClient::connect(w.stack.smtp).await;
@@ -277,7 +241,7 @@ async fn e_relay_killed_while_holding_jobs_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_mx_and_permanent_refusals_bounce_and_temporary_ones_defer() {
-    let w = world().await;
+    let w = World::start().await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
     let id = c
@@ -340,7 +304,7 @@ async fn null_mx_and_permanent_refusals_bounce_and_temporary_ones_defer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_service_errors_are_proper_grpc_statuses() {
-    let w = world().await;
+    let w = World::start().await;
     let missing = w
         .stack
         .get_message("01AAAAAAAAAAAAAAAAAAAAAAAA")

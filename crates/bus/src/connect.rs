@@ -60,7 +60,7 @@ pub struct Bus {
     /// The JetStream context every stream operation goes through.
     pub js: jetstream::Context,
     /// How many replicas new streams and buckets get.
-    pub(crate) replicas: usize,
+    replicas: usize,
     /// How long a publish waits for its acknowledgement.
     publish_timeout: Duration,
 }
@@ -91,6 +91,11 @@ impl Bus {
             replicas: config.replicas,
             publish_timeout: config.publish_timeout,
         })
+    }
+
+    /// How many replicas new streams and buckets get.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// Publishes `payload` and waits until JetStream has stored it. `msg_id` becomes the

@@ -77,7 +77,7 @@ impl Topology {
 
     async fn try_ensure(bus: &Bus) -> Result<Topology, BusError> {
         let js = &bus.js;
-        let replicas = bus.replicas;
+        let replicas = bus.replicas();
         let work_queue = |name: &str, subject: &str| stream::Config {
             name: name.into(),
             subjects: vec![subject.into()],
@@ -144,7 +144,7 @@ async fn open_kv(
             history,
             max_age,
             storage: stream::StorageType::File,
-            num_replicas: bus.replicas,
+            num_replicas: bus.replicas(),
             ..Default::default()
         })
         .await

@@ -114,8 +114,19 @@ pub enum BareLineEndings {
 pub struct IngressConfig {
     /// The name in the greeting, the EHLO reply and Received headers.
     pub hostname: String,
-    /// The MX listener (port 25 in production).
+    /// The MX listener (port 25 in production); STARTTLS is offered when a certificate is set.
     pub mx_listen: SocketAddr,
+    /// The submission listener (port 587: STARTTLS, then AUTH, are required); off when unset.
+    pub submission_listen: Option<SocketAddr>,
+    /// The implicit-TLS submission listener (port 465, RFC 8314); off when unset.
+    pub smtps_listen: Option<SocketAddr>,
+    /// The certificate chain (PEM). Needed for STARTTLS and the TLS listeners.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are checked for changes (rotation without restart).
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
     /// The policy service's gRPC endpoint.
     pub policy_url: String,
     /// How long an in-session policy check may take before the client gets `451 4.3.0`.
@@ -123,6 +134,8 @@ pub struct IngressConfig {
     pub policy_timeout: Duration,
     /// Simultaneous SMTP sessions per ingress process.
     pub max_connections: usize,
+    /// Simultaneous SMTP sessions from one client IP.
+    pub max_connections_per_ip: usize,
     /// The largest message accepted, in octets (advertised with SIZE).
     pub max_message_size: usize,
     /// Recipients per transaction; more get `452 4.5.3`.
@@ -149,9 +162,15 @@ impl Default for IngressConfig {
         Self {
             hostname: "localhost".into(),
             mx_listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            submission_listen: None,
+            smtps_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_interval: Duration::from_secs(30),
             policy_url: "http://127.0.0.1:50051".into(),
             policy_timeout: Duration::from_secs(10),
             max_connections: 1000,
+            max_connections_per_ip: 50,
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_line_length: 2048,
@@ -174,6 +193,12 @@ pub struct PolicyConfig {
     pub relay_networks: Vec<IpNet>,
     /// Number of `mail.out.<shard>` subjects delivery jobs are spread over.
     pub out_shards: u32,
+    /// Failed AUTH attempts per client IP within `auth_failure_window`; past this the
+    /// client gets `421 4.7.0` and is disconnected.
+    pub auth_failure_limit: u32,
+    /// How long a failed AUTH attempt counts against its client IP.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -182,6 +207,8 @@ impl Default for PolicyConfig {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             relay_networks: Vec::new(),
             out_shards: 16,
+            auth_failure_limit: 5,
+            auth_failure_window: Duration::from_secs(15 * 60),
         }
     }
 }

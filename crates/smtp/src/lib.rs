@@ -6,7 +6,8 @@
 //! - [`address`] parses forward and reverse paths;
 //! - [`data`] decodes a DATA body (dot-unstuffing, end marker, bare CR/LF, size bound);
 //! - [`reply`] formats server replies and parses them on the client side;
-//! - [`dot`] encodes a body for transmission (CRLF normalisation and dot-stuffing).
+//! - [`dot`] encodes a body for transmission (CRLF normalisation and dot-stuffing);
+//! - [`sasl`] decodes AUTH PLAIN and LOGIN exchanges.
 //!
 //! Everything here takes bytes and returns values, so it is unit-tested and fuzzed
 //! directly; the services own the I/O.
@@ -20,6 +21,7 @@ pub mod dot;
 pub mod line;
 pub mod params;
 pub mod reply;
+pub mod sasl;
 pub mod xtext;
 
 pub use address::{Mailbox, Path, PathError};

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mailflow_bus::{BodyStore, Bus, names};
 use mailflow_proto::v1::{
-    AcceptedMessage, CheckRecipientRequest, Verdict, policy_client::PolicyClient,
+    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest,
+    CheckSenderRequest, Verdict, policy_client::PolicyClient,
 };
 use mailflow_runtime::config::IngressConfig;
 use prost::Message;
@@ -35,6 +36,18 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         request: CheckRecipientRequest,
     ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
+
+    /// Asks whether the reverse path is accepted (called for authenticated sessions).
+    fn check_sender(
+        &self,
+        request: CheckSenderRequest,
+    ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
+
+    /// Verifies AUTH credentials.
+    fn authenticate(
+        &self,
+        request: AuthenticateRequest,
+    ) -> impl Future<Output = Result<AuthenticateResponse, BackendError>> + Send;
 
     /// Makes the message durable; returns only once it is.
     fn enqueue(
@@ -76,18 +89,40 @@ impl Services {
     }
 }
 
+impl Services {
+    /// One policy call with the configured deadline.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.policy_timeout, call).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(BackendError::Policy(status.to_string())),
+            Err(_) => Err(BackendError::Policy("timed out".into())),
+        }
+    }
+}
+
 impl Backend for Services {
     async fn check_recipient(
         &self,
         request: CheckRecipientRequest,
     ) -> Result<Verdict, BackendError> {
         let mut client = self.policy.clone();
-        let call = client.check_recipient(request);
-        match tokio::time::timeout(self.policy_timeout, call).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(BackendError::Policy(status.to_string())),
-            Err(_) => Err(BackendError::Policy("timed out".into())),
-        }
+        self.call(client.check_recipient(request)).await
+    }
+
+    async fn check_sender(&self, request: CheckSenderRequest) -> Result<Verdict, BackendError> {
+        let mut client = self.policy.clone();
+        self.call(client.check_sender(request)).await
+    }
+
+    async fn authenticate(
+        &self,
+        request: AuthenticateRequest,
+    ) -> Result<AuthenticateResponse, BackendError> {
+        let mut client = self.policy.clone();
+        self.call(client.authenticate(request)).await
     }
 
     async fn enqueue(

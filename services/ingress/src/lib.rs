@@ -1,16 +1,20 @@
 //! The mailflow ingress: the SMTP server.
 //!
-//! It accepts SMTP sessions ([`session`]), asks the policy service about every recipient
-//! over gRPC while the client waits, and answers `250 2.0.0 Ok: queued as <id>` only after
-//! the message is durable in the JetStream stream `MAIL_IN` ([`backend`]).
+//! It accepts SMTP sessions on the MX, submission and implicit-TLS listeners ([`server`],
+//! [`session`]), asks the policy service about senders, recipients and credentials over gRPC
+//! while the client waits, and answers `250 2.0.0 Ok: queued as <id>` only after the message
+//! is durable in the JetStream stream `MAIL_IN` ([`backend`]).
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod limits;
 pub mod received;
 pub mod server;
 pub mod session;
+pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mailflow_bus::{BodyStore, Bus, BusError, Topology};
@@ -19,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::{Backend, BackendError, Services};
-pub use session::{Session, SessionConfig};
+pub use session::{ListenerKind, Session, SessionConfig};
 
 /// Why the ingress stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +35,7 @@ pub enum IngressError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The configured address.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
     },
@@ -43,28 +47,72 @@ pub enum IngressError {
         /// Why it is invalid.
         reason: String,
     },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A TLS listener is configured without a certificate.
+    #[error("ingress.{listener} needs ingress.tls_cert and ingress.tls_key")]
+    NoCertificate {
+        /// The listener's key.
+        listener: &'static str,
+    },
 }
 
 /// Runs the ingress until `shutdown` is cancelled and open sessions have drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngressError> {
+    let ingress = &config.ingress;
+    let cert = match (&ingress.tls_cert, &ingress.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::ReloadingCert::new(
+            cert.clone(),
+            key.clone(),
+        )?)),
+        _ => None,
+    };
+    for (addr, listener) in [
+        (ingress.submission_listen, "submission_listen"),
+        (ingress.smtps_listen, "smtps_listen"),
+    ] {
+        if addr.is_some() && cert.is_none() {
+            return Err(IngressError::NoCertificate { listener });
+        }
+    }
+    let acceptor = cert
+        .as_ref()
+        .map(|c| tls::acceptor(c.clone()))
+        .transpose()?;
+    if let Some(cert) = &cert {
+        tokio::spawn(
+            cert.clone()
+                .watch(ingress.tls_reload_interval, shutdown.clone()),
+        );
+    }
+
     let bus = Bus::connect(&config.nats, "mailflow-ingress", &shutdown).await?;
     let topology = Topology::ensure(&bus, &shutdown).await?;
     let bodies = BodyStore::new(topology.bodies, config.nats.inline_body_limit);
-    let services = Services::new(&config.ingress, bus, bodies)?;
-    let addr = config.ingress.mx_listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngressError::Bind { addr, source })?;
-    tracing::info!(%addr, "SMTP listener (mx) ready");
-    let session_config = Arc::new(SessionConfig::from_config(&config.ingress, "mx"));
-    server::serve(
-        listener,
-        session_config,
-        services,
+    let services = Services::new(ingress, bus, bodies)?;
+
+    let mut listeners = Vec::new();
+    for (addr, kind) in [
+        (Some(ingress.mx_listen), ListenerKind::Mx),
+        (ingress.submission_listen, ListenerKind::Submission),
+        (ingress.smtps_listen, ListenerKind::Smtps),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| IngressError::Bind { addr, source })?;
+        tracing::info!(%addr, listener = kind.name(), "SMTP listener ready");
+        let session = SessionConfig::from_config(ingress, kind, acceptor.is_some());
+        listeners.push((listener, Arc::new(session)));
+    }
+    let shared = Arc::new(server::Shared {
+        backend: services,
+        tls: acceptor,
+        limits: limits::Limits::new(ingress.max_connections, ingress.max_connections_per_ip),
         shutdown,
-        config.ingress.max_connections,
-        config.ingress.shutdown_grace,
-    )
-    .await;
+        handshake_timeout: ingress.command_timeout,
+    });
+    server::serve(listeners, shared, ingress.shutdown_grace).await;
     Ok(())
 }

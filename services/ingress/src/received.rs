@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use mailflow_proto::v1::TlsInfo;
+
 /// The facts the header records.
 pub struct Trace<'a> {
     /// The EHLO/HELO name the client gave.
@@ -13,6 +15,8 @@ pub struct Trace<'a> {
     pub hostname: &'a str,
     /// The protocol keyword of RFC 3848 (SMTP, ESMTP ...).
     pub protocol: &'a str,
+    /// The TLS session, if the message came encrypted.
+    pub tls: Option<&'a TlsInfo>,
     /// The queue id.
     pub queue_id: &'a str,
     /// The single recipient, if there is exactly one (more would disclose the envelope).
@@ -33,15 +37,36 @@ pub fn header(t: &Trace<'_>) -> String {
         .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
         .take(255)
         .collect();
-    let mut out = format!(
-        "Received: from {helo} ([{ip}])\r\n\tby {} (mailflow) with {} id {}",
+    let mut out = format!("Received: from {helo} ([{ip}])\r\n");
+    if let Some(tls) = t.tls {
+        out.push_str(&format!(
+            "\t(using {} with cipher {})\r\n",
+            tls.version, tls.cipher
+        ));
+    }
+    out.push_str(&format!(
+        "\tby {} (mailflow) with {} id {}",
         t.hostname, t.protocol, t.queue_id
-    );
+    ));
     if let Some(rcpt) = t.recipient {
         out.push_str(&format!("\r\n\tfor <{rcpt}>"));
     }
     out.push_str(&format!("; {}\r\n", rfc5322_date(t.at)));
     out
+}
+
+/// The `with` keyword of RFC 3848 (and RFC 6531 for SMTPUTF8): ESMTP plus `S` for TLS and
+/// `A` for an authenticated session.
+pub fn protocol(extended: bool, utf8: bool, tls: bool, auth: bool) -> String {
+    if !extended {
+        return "SMTP".into();
+    }
+    let base = if utf8 { "UTF8SMTP" } else { "ESMTP" };
+    format!(
+        "{base}{}{}",
+        if tls { "S" } else { "" },
+        if auth { "A" } else { "" }
+    )
 }
 
 /// `Sat, 28 Nov 2026 12:00:00 +0000`: the HTTP date form with a numeric zone, as RFC 5322
@@ -65,14 +90,28 @@ mod tests {
             helo: "client.test (evil)",
             client_ip: "192.0.2.7".parse().unwrap(),
             hostname: "mx.example.test",
-            protocol: "ESMTP",
+            protocol: "ESMTPSA",
+            tls: Some(&TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
             queue_id: "01ABC",
             recipient: Some("u@example.test"),
             at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         });
         assert_eq!(
             h,
-            "Received: from client.testevil ([192.0.2.7])\r\n\tby mx.example.test (mailflow) with ESMTP id 01ABC\r\n\tfor <u@example.test>; Fri, 15 Jan 2027 08:00:00 +0000\r\n"
+            "Received: from client.testevil ([192.0.2.7])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby mx.example.test (mailflow) with ESMTPSA id 01ABC\r\n\tfor <u@example.test>; Fri, 15 Jan 2027 08:00:00 +0000\r\n"
         );
+    }
+
+    #[test]
+    fn protocol_keywords() {
+        assert_eq!(protocol(false, false, true, true), "SMTP");
+        assert_eq!(protocol(true, false, false, false), "ESMTP");
+        assert_eq!(protocol(true, false, true, false), "ESMTPS");
+        assert_eq!(protocol(true, false, false, true), "ESMTPA");
+        assert_eq!(protocol(true, false, true, true), "ESMTPSA");
+        assert_eq!(protocol(true, true, true, true), "UTF8SMTPSA");
     }
 }

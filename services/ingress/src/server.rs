@@ -1,68 +1,54 @@
-//! The accept loop: bounded connections, one task per session, graceful drain.
+//! The accept loops: one per listener, bounded connections, TLS (implicit or by STARTTLS),
+//! one task per session, and a graceful drain.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::backend::Backend;
-use crate::session::{Session, SessionConfig};
+use crate::limits::{Limits, Refusal};
+use crate::session::{Ending, ListenerKind, Session, SessionConfig};
+use crate::tls;
 
-/// Accepts sessions until `shutdown`, then waits up to the grace period for open ones.
+/// Everything the sessions of all listeners share.
+pub struct Shared<B> {
+    /// Policy and queue.
+    pub backend: B,
+    /// TLS, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Connection limits.
+    pub limits: Arc<Limits>,
+    /// Cancelled on SIGTERM.
+    pub shutdown: CancellationToken,
+    /// How long the TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Runs every listener until shutdown, then waits up to `grace` for open sessions.
 pub async fn serve<B: Backend>(
-    listener: TcpListener,
-    config: Arc<SessionConfig>,
-    backend: B,
-    shutdown: CancellationToken,
-    max_connections: usize,
-    grace: std::time::Duration,
+    listeners: Vec<(TcpListener, Arc<SessionConfig>)>,
+    shared: Arc<Shared<B>>,
+    grace: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
     let sessions = TaskTracker::new();
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Typically EMFILE: keep serving the sessions we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            sessions.spawn(async move {
-                let _ = stream
-                    .write_all(b"421 4.7.0 Error: too many connections, try again later\r\n")
-                    .await;
-            });
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let session = Session::new(
-            stream,
-            peer.ip(),
-            config.clone(),
-            backend.clone(),
-            shutdown.clone(),
-        );
-        let span = tracing::info_span!("smtp", client = %peer, listener = %config.listener);
-        sessions.spawn(
-            async move {
-                if let Err(e) = session.run().await {
-                    tracing::debug!(error = %e, "session ended");
-                }
-                drop(permit);
-            }
-            .instrument(span),
-        );
+    let mut loops = JoinSet::new();
+    for (listener, config) in listeners {
+        loops.spawn(accept_loop(
+            listener,
+            config,
+            shared.clone(),
+            sessions.clone(),
+        ));
     }
+    while loops.join_next().await.is_some() {}
     sessions.close();
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         tracing::warn!(
@@ -70,4 +56,119 @@ pub async fn serve<B: Backend>(
             "grace period over; closing open sessions"
         );
     }
+}
+
+async fn accept_loop<B: Backend>(
+    listener: TcpListener,
+    config: Arc<SessionConfig>,
+    shared: Arc<Shared<B>>,
+    sessions: TaskTracker,
+) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Typically EMFILE: keep serving the sessions we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admission = match shared.limits.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                let text: &[u8] = match refusal {
+                    Refusal::Total => b"421 4.7.0 Error: too many connections, try again later\r\n",
+                    Refusal::PerIp => {
+                        b"421 4.7.0 Error: too many connections from your address\r\n"
+                    }
+                };
+                tracing::info!(client = %peer, ?refusal, "connection refused");
+                sessions.spawn(async move {
+                    let _ = stream.write_all(text).await;
+                });
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("smtp", client = %peer, listener = config.kind.name());
+        let (config, shared) = (config.clone(), shared.clone());
+        sessions.spawn(
+            async move {
+                if let Err(e) = handle(stream, peer, config, shared).await {
+                    tracing::debug!(error = %e, "session ended");
+                }
+                drop(admission);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Why a connection ended abnormally.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    /// The TLS handshake failed or timed out.
+    #[error("TLS handshake: {0}")]
+    Handshake(String),
+}
+
+async fn handshake<B: Backend>(
+    shared: &Shared<B>,
+    stream: TcpStream,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<TcpStream>,
+        mailflow_proto::v1::TlsInfo,
+    ),
+    ConnectionError,
+> {
+    let acceptor = shared
+        .tls
+        .as_ref()
+        .ok_or_else(|| ConnectionError::Handshake("no certificate configured".into()))?;
+    let tls = tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream))
+        .await
+        .map_err(|_| ConnectionError::Handshake("timed out".into()))?
+        .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
+    let info = tls::session_info(tls.get_ref().1);
+    Ok((tls, info))
+}
+
+async fn handle<B: Backend>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<SessionConfig>,
+    shared: Arc<Shared<B>>,
+) -> Result<(), ConnectionError> {
+    let ip = peer.ip();
+    let (backend, shutdown) = (shared.backend.clone(), shared.shutdown.clone());
+    if config.kind == ListenerKind::Smtps {
+        let (tls, info) = handshake(&shared, stream).await?;
+        Session::new(tls, ip, Some(info), config, backend, shutdown)
+            .run()
+            .await?;
+        return Ok(());
+    }
+    let plain = Session::new(
+        stream,
+        ip,
+        None,
+        config.clone(),
+        backend.clone(),
+        shutdown.clone(),
+    );
+    if let Ending::StartTls(stream) = plain.run().await? {
+        let (tls, info) = handshake(&shared, stream).await?;
+        Session::new(tls, ip, Some(info), config, backend, shutdown)
+            .resume()
+            .await?;
+    }
+    Ok(())
 }

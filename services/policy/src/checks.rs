@@ -62,6 +62,19 @@ pub fn decide_recipient(rcpt: &Mailbox, dest: Destination, client: Client<'_>) -
     }
 }
 
+/// Decides on the reverse path. An authenticated client may use only its own address (and
+/// the null sender, for notifications); an unauthenticated one is not checked here.
+pub fn decide_sender(sender: &str, identity: &str) -> Verdict {
+    if identity.is_empty() || sender.is_empty() || sender.eq_ignore_ascii_case(identity) {
+        return accept();
+    }
+    reject(
+        553,
+        "5.7.1",
+        format!("<{sender}>: Sender address rejected: not owned by user {identity}"),
+    )
+}
+
 /// The verdict for a recipient address that does not parse.
 pub fn bad_address(rcpt: &str) -> Verdict {
     reject(
@@ -131,6 +144,24 @@ mod tests {
             empty.action(),
             Action::Reject,
             "relay_networks is empty by default"
+        );
+    }
+
+    #[test]
+    fn authenticated_senders_use_their_own_address() {
+        assert_eq!(decide_sender("a@x.test", "").action(), Action::Accept);
+        assert_eq!(
+            decide_sender("Demo@Example.test", "demo@example.test").action(),
+            Action::Accept
+        );
+        assert_eq!(
+            decide_sender("", "demo@example.test").action(),
+            Action::Accept
+        );
+        let v = decide_sender("boss@example.test", "demo@example.test");
+        assert_eq!(
+            (v.action(), v.code, v.enhanced.as_str()),
+            (Action::Reject, 553, "5.7.1")
         );
     }
 

@@ -204,25 +204,4 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b))
         );
     }
-
-    #[test]
-    fn password_hashes_verify() {
-        let hash = Argon2::default()
-            .hash_password(b"secret")
-            .unwrap()
-            .to_string();
-        assert!(hash.starts_with("$argon2id$"));
-        use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
-        let parsed = PasswordHash::new(&hash).unwrap();
-        assert!(
-            Argon2::default()
-                .verify_password(b"secret", &parsed)
-                .is_ok()
-        );
-        assert!(
-            Argon2::default()
-                .verify_password(b"wrong", &parsed)
-                .is_err()
-        );
-    }
 }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod checks;
 pub mod directory;
 pub mod grpc;
@@ -51,7 +52,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     health
         .set_serving::<DirectoryServer<grpc::DirectoryService>>()
         .await;
-    let policy = grpc::PolicyService::new(directory.clone(), config.policy.relay_networks.clone());
+    let failures = auth::FailureCounter::open(
+        &bus,
+        config.policy.auth_failure_limit,
+        config.policy.auth_failure_window,
+    )
+    .await?;
+    let policy = grpc::PolicyService::new(
+        directory.clone(),
+        config.policy.relay_networks.clone(),
+        failures,
+    );
     let addr = config.policy.grpc_listen;
     tracing::info!(%addr, "Policy and Directory gRPC ready");
     let served = router

@@ -61,6 +61,20 @@ impl Outcome {
     }
 }
 
+/// True when the envelope or the header section holds UTF-8, so the next hop must support
+/// SMTPUTF8. Like Postfix, a message whose only UTF-8 is in the body (carried by 8BITMIME) is
+/// delivered to a peer without SMTPUTF8 rather than bounced (RFC 6531 §3.2 leaves this to
+/// the client).
+pub fn needs_smtputf8(sender: &str, rcpts: &[Pending], content: &[u8]) -> bool {
+    let header_end = content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(content.len());
+    !sender.is_ascii()
+        || rcpts.iter().any(|(_, r)| !r.is_ascii())
+        || !content[..header_end].is_ascii()
+}
+
 /// What the deliverer needs to know.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -196,7 +210,7 @@ impl Deliverer {
             rcpts: pending.iter().map(|(_, a)| a.as_str()).collect(),
             body: content,
             eight_bit: mail_from.body() == BodyType::EightBitMime,
-            smtputf8: mail_from.smtputf8,
+            smtputf8: mail_from.smtputf8 && needs_smtputf8(&mail_from.address, pending, content),
         };
         let config = ClientConfig {
             helo: &self.hostname,
@@ -246,5 +260,32 @@ impl Deliverer {
             ),
         };
         vec![outcome; pending.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_smtputf8;
+
+    #[test]
+    fn smtputf8_needed_only_for_utf8_envelope_or_headers() {
+        let ascii = vec![(0, "bob@remote.test".to_string())];
+        assert!(!needs_smtputf8(
+            "a@x.test",
+            &ascii,
+            "Subject: hi\r\n\r\nGrüße\r\n".as_bytes()
+        ));
+        assert!(needs_smtputf8(
+            "a@x.test",
+            &ascii,
+            "Subject: Grüße\r\n\r\nhi\r\n".as_bytes()
+        ));
+        assert!(needs_smtputf8(
+            "jöran@x.test",
+            &ascii,
+            b"Subject: hi\r\n\r\n"
+        ));
+        let utf8 = vec![(0, "ü@remote.test".to_string())];
+        assert!(needs_smtputf8("a@x.test", &utf8, b"Subject: hi\r\n\r\n"));
     }
 }

@@ -80,11 +80,13 @@ where
             helo,
             client_ip: self.client_ip,
             hostname: &self.config.hostname,
-            protocol: match (extended, tx.params.smtputf8) {
-                (false, _) => "SMTP",
-                (true, false) => "ESMTP",
-                (true, true) => "UTF8SMTP",
-            },
+            protocol: &received::protocol(
+                extended,
+                tx.params.smtputf8,
+                self.tls.is_some(),
+                self.auth.is_some(),
+            ),
+            tls: self.tls.as_ref(),
             queue_id: &queue_id,
             recipient: single_rcpt.as_deref(),
             at: now,
@@ -98,12 +100,12 @@ where
             recipients: tx.rcpts.iter().map(|(m, p)| recipient(m, p)).collect(),
             client_ip: self.client_ip.to_string(),
             helo: helo.to_string(),
-            tls: None,
-            auth_identity: String::new(),
+            tls: self.tls.clone(),
+            auth_identity: self.auth.clone().unwrap_or_default(),
             received_at: Some(prost_types::Timestamp::from(now)),
             trace: None,
             body: None,
-            listener: self.config.listener.clone(),
+            listener: self.config.kind.name().to_string(),
         };
         let content: Bytes = content.freeze();
         let size = content.len();

@@ -13,15 +13,28 @@ where
     pub(super) fn ehlo(&mut self, name: String, extended: bool) -> Flow {
         self.state = State::Ready(Greeting { name, extended });
         let host = &self.config.hostname;
-        let text = if extended {
-            format!(
-                "{host}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8\nDSN",
-                self.config.max_message_size
-            )
-        } else {
-            host.clone()
-        };
-        self.reply(Reply::plain(250, text));
+        if !extended {
+            let text = host.clone();
+            self.reply(Reply::plain(250, text));
+            return Flow::Continue;
+        }
+        let mut lines = vec![
+            host.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "DSN".into(),
+        ];
+        if self.config.starttls && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        // RFC 4954 §4 and RFC 8314: credentials only travel encrypted.
+        if self.tls.is_some() && self.auth.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        self.reply(Reply::plain(250, lines.join("\n")));
         Flow::Continue
     }
 }

@@ -1,9 +1,12 @@
 //! MAIL FROM (RFC 5321 §4.1.1.2) with SIZE, BODY, SMTPUTF8, RET and ENVID.
 
+use mailflow_proto::v1::CheckSenderRequest;
 use mailflow_smtp::params::MailParams;
 use mailflow_smtp::{EnhancedCode, Path, Reply};
 
-use super::{Backend, Flow, Session, State, Transaction, bad_sequence};
+use super::{
+    Backend, Flow, Session, State, Transaction, bad_sequence, temporary_failure, verdict_reply,
+};
 
 impl<S, B> Session<S, B>
 where
@@ -11,12 +14,20 @@ where
     B: Backend,
 {
     /// Opens a transaction.
-    pub(super) fn mail(&mut self, from: Path, params: MailParams) -> Flow {
+    pub(super) async fn mail(&mut self, from: Path, params: MailParams) -> Flow {
         let greeting = match &self.state {
             State::Fresh => return self.refuse(bad_sequence("Error: send HELO/EHLO first")),
             State::Mail(..) => return self.refuse(bad_sequence("Error: nested MAIL command")),
             State::Ready(g) => g.clone(),
         };
+        if self.config.kind.requires_auth() && self.auth.is_none() {
+            let text = if self.tls.is_none() {
+                "Must issue a STARTTLS command first"
+            } else {
+                "Authentication required"
+            };
+            return self.refuse(Reply::new(530, EnhancedCode::new(5, 7, 0), text));
+        }
         if !greeting.extended && params != MailParams::default() {
             return self.refuse(Reply::new(
                 555,
@@ -43,6 +54,21 @@ where
                 EnhancedCode::new(5, 6, 7),
                 "Error: SMTPUTF8 is required for a UTF-8 sender address",
             ));
+        }
+        // Only an authenticated sender is checked in session: it must own the address.
+        if self.auth.is_some() {
+            let request = CheckSenderRequest {
+                session: Some(self.session_info(&greeting.name)),
+                sender: from.address(),
+            };
+            match self.backend.check_sender(request).await {
+                Ok(v) if v.action() == mailflow_proto::v1::verdict::Action::Accept => {}
+                Ok(v) => return self.refuse(verdict_reply(v)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sender check failed");
+                    return self.refuse(temporary_failure("policy service"));
+                }
+            }
         }
         self.state = State::Mail(
             greeting,

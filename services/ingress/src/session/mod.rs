@@ -4,11 +4,13 @@
 //! Replies are buffered and flushed only when the client has no further complete command
 //! waiting, which is what PIPELINING (RFC 2920) needs.
 
+mod auth;
 mod data;
 mod ehlo;
 mod mail;
 mod misc;
 mod rcpt;
+mod starttls;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use mailflow_proto::v1::{SessionInfo, TlsInfo, Verdict};
 use mailflow_runtime::config::{BareLineEndings, IngressConfig};
 use mailflow_smtp::params::{MailParams, RcptParams};
 use mailflow_smtp::{
@@ -27,13 +30,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
 
+/// The kinds of listener, which differ in what they require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Port 25: mail from the internet; STARTTLS offered, AUTH optional.
+    Mx,
+    /// Port 587: STARTTLS, then AUTH, before MAIL.
+    Submission,
+    /// Port 465: implicit TLS (RFC 8314), AUTH before MAIL.
+    Smtps,
+}
+
+impl ListenerKind {
+    /// The name used in logs, policy requests and the envelope.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Mx => "mx",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+        }
+    }
+
+    /// Submission listeners accept mail only from authenticated clients.
+    pub fn requires_auth(self) -> bool {
+        !matches!(self, ListenerKind::Mx)
+    }
+}
+
 /// Settings of one listener, shared by its sessions.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Our host name (greeting, EHLO, Received).
     pub hostname: String,
-    /// The listener's name, passed to policy (`mx`).
-    pub listener: String,
+    /// Which listener this is.
+    pub kind: ListenerKind,
+    /// STARTTLS can be offered (a certificate is configured).
+    pub starttls: bool,
     /// The size limit advertised with SIZE and enforced.
     pub max_message_size: usize,
     /// Recipients per transaction.
@@ -51,11 +83,12 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// The settings of `listener` from the `[ingress]` section.
-    pub fn from_config(c: &IngressConfig, listener: &str) -> Self {
+    /// The settings of a `kind` listener from the `[ingress]` section.
+    pub fn from_config(c: &IngressConfig, kind: ListenerKind, tls_available: bool) -> Self {
         Self {
             hostname: c.hostname.clone(),
-            listener: listener.into(),
+            kind,
+            starttls: tls_available && kind != ListenerKind::Smtps,
             max_message_size: c.max_message_size,
             max_recipients: c.max_recipients,
             max_line_length: c.max_line_length.max(512),
@@ -108,6 +141,17 @@ enum Flow {
     Continue,
     /// Flush and close the connection.
     Close,
+    /// Hand the connection over for the TLS handshake (STARTTLS was accepted).
+    StartTls,
+}
+
+/// How a session ended.
+pub enum Ending<S> {
+    /// The connection is finished.
+    Closed,
+    /// STARTTLS was accepted: the caller performs the handshake on the returned stream and
+    /// continues with a new session over TLS (all state is reset, RFC 3207 §4.2).
+    StartTls(S),
 }
 
 /// What reading from the client produced.
@@ -150,6 +194,10 @@ pub struct Session<S, B> {
     backend: B,
     /// The client's address, for policy and Received.
     client_ip: IpAddr,
+    /// The TLS session, once the connection is encrypted.
+    tls: Option<TlsInfo>,
+    /// The authenticated identity, once AUTH succeeded.
+    auth: Option<String>,
     /// Errors so far, against `hard_error_limit`.
     errors: u32,
     /// Cancelled when the server drains; idle sessions are then closed with 421.
@@ -164,10 +212,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     B: Backend,
 {
-    /// A session over `stream` with a client at `client_ip`.
+    /// A session over `stream` with a client at `client_ip`; `tls` describes the TLS session
+    /// when the stream is encrypted.
     pub fn new(
         stream: S,
         client_ip: IpAddr,
+        tls: Option<TlsInfo>,
         config: Arc<SessionConfig>,
         backend: B,
         shutdown: CancellationToken,
@@ -181,15 +231,22 @@ where
             config,
             backend,
             client_ip,
+            tls,
+            auth: None,
             errors: 0,
             shutdown,
         }
     }
 
-    /// Runs the session to its end.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    /// Greets the client and runs the session.
+    pub async fn run(mut self) -> Result<Ending<S>, SessionError> {
         let greeting = format!("{} ESMTP mailflow", self.config.hostname);
         self.reply(Reply::plain(220, greeting));
+        self.resume().await
+    }
+
+    /// Runs the session without a greeting (after the TLS handshake of STARTTLS).
+    pub async fn resume(mut self) -> Result<Ending<S>, SessionError> {
         loop {
             let flow = match self.next_line().await? {
                 Input::Line(line) => match Command::parse(&line) {
@@ -201,7 +258,7 @@ where
                     EnhancedCode::new(5, 5, 2),
                     "Error: line too long",
                 )),
-                Input::Closed => return Ok(()),
+                Input::Closed => return Ok(Ending::Closed),
                 Input::TimedOut => {
                     let text = format!("{} Error: timeout exceeded", self.config.hostname);
                     self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
@@ -216,10 +273,17 @@ where
                     Flow::Close
                 }
             };
-            if flow == Flow::Close {
-                self.flush().await?;
-                let _ = self.stream.shutdown().await;
-                return Ok(());
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => {
+                    self.flush().await?;
+                    let _ = self.stream.shutdown().await;
+                    return Ok(Ending::Closed);
+                }
+                Flow::StartTls => {
+                    self.flush().await?;
+                    return Ok(Ending::StartTls(self.stream));
+                }
             }
         }
     }
@@ -228,7 +292,7 @@ where
         Ok(match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
-            Command::Mail { from, params } => self.mail(from, params),
+            Command::Mail { from, params } => self.mail(from, params).await,
             Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data().await?,
             Command::Rset => self.rset(),
@@ -236,7 +300,9 @@ where
             Command::Quit => self.quit(),
             Command::Vrfy => self.vrfy(),
             Command::Help => self.help(),
-            Command::StartTls | Command::Auth(_) | Command::Bdat(_) => self.not_implemented(),
+            Command::StartTls => self.starttls(),
+            Command::Auth(args) => self.auth(&args).await?,
+            Command::Bdat(_) => self.not_implemented(),
         })
     }
 
@@ -313,6 +379,16 @@ where
         }
     }
 
+    /// What policy needs to know about this session.
+    fn session_info(&self, helo: &str) -> SessionInfo {
+        SessionInfo {
+            client_ip: self.client_ip.to_string(),
+            helo: helo.to_string(),
+            auth_identity: self.auth.clone().unwrap_or_default(),
+            listener: self.config.kind.name().to_string(),
+        }
+    }
+
     /// Drops any open transaction (RSET, EHLO, end of DATA).
     fn reset_transaction(&mut self) {
         self.state = match std::mem::replace(&mut self.state, State::Fresh) {
@@ -334,4 +410,18 @@ fn temporary_failure(what: &str) -> Reply {
         EnhancedCode::new(4, 3, 0),
         format!("Temporary failure: {what} unavailable, try again later"),
     )
+}
+
+/// Turns a policy refusal into a reply, guarding against a malformed verdict.
+fn verdict_reply(verdict: Verdict) -> Reply {
+    let code = u16::try_from(verdict.code)
+        .ok()
+        .filter(|c| (400..600).contains(c));
+    let enhanced = EnhancedCode::parse(&verdict.enhanced);
+    match (code, enhanced) {
+        (Some(code), Some(enh)) if u16::from(enh.class) == code / 100 => {
+            Reply::new(code, enh, verdict.text)
+        }
+        _ => temporary_failure("policy service"),
+    }
 }

@@ -1,10 +1,10 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): the recipient limit, then the policy service's verdict.
 
-use mailflow_proto::v1::{CheckRecipientRequest, SessionInfo, verdict::Action};
+use mailflow_proto::v1::{CheckRecipientRequest, verdict::Action};
 use mailflow_smtp::params::RcptParams;
 use mailflow_smtp::{EnhancedCode, Mailbox, Reply};
 
-use super::{Backend, Flow, Session, State, bad_sequence, temporary_failure};
+use super::{Backend, Flow, Session, State, bad_sequence, temporary_failure, verdict_reply};
 
 impl<S, B> Session<S, B>
 where
@@ -31,12 +31,7 @@ where
             ));
         }
         let request = CheckRecipientRequest {
-            session: Some(SessionInfo {
-                client_ip: self.client_ip.to_string(),
-                helo: greeting.name.clone(),
-                auth_identity: String::new(),
-                listener: self.config.listener.clone(),
-            }),
+            session: Some(self.session_info(&greeting.name)),
             sender: tx.from.address(),
             recipient: to.to_string(),
         };
@@ -55,23 +50,8 @@ where
                 self.reply(Reply::new(250, EnhancedCode::new(2, 1, 5), "Ok"));
                 Flow::Continue
             }
-            Action::Reject | Action::Tempfail => {
-                let reply = verdict_reply(verdict.code, &verdict.enhanced, verdict.text);
-                self.refuse(reply)
-            }
+            Action::Reject | Action::Tempfail => self.refuse(verdict_reply(verdict)),
             Action::Unspecified => self.refuse(temporary_failure("policy service")),
         }
-    }
-}
-
-/// Turns a policy refusal into a reply, guarding against a malformed verdict.
-fn verdict_reply(code: u32, enhanced: &str, text: String) -> Reply {
-    let code = u16::try_from(code).ok().filter(|c| (400..600).contains(c));
-    let enhanced = EnhancedCode::parse(enhanced);
-    match (code, enhanced) {
-        (Some(code), Some(enh)) if u16::from(enh.class) == code / 100 => {
-            Reply::new(code, enh, text)
-        }
-        _ => temporary_failure("policy service"),
     }
 }

@@ -1,0 +1,44 @@
+//! DATA decoding in arbitrary chunks. An accepted body has only CRLF line endings, and
+//! encoding it for transmission and decoding it again gives the same body (the relay's
+//! dot-stuffing is the inverse of the ingress' unstuffing).
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use mailflow_smtp::{DataDecoder, DataEvent, LineEndings, dot};
+
+fn decode_whole(input: &[u8], chunk: usize, endings: LineEndings) -> Option<Result<BytesMut, mailflow_smtp::DataProblem>> {
+    let mut dec = DataDecoder::new(1 << 20, endings);
+    let mut buf = BytesMut::new();
+    for piece in input.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        if let DataEvent::Done(r) = dec.decode(&mut buf) {
+            return Some(r);
+        }
+    }
+    None
+}
+
+fn no_bare_line_endings(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => body.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && body[i - 1] == b'\r',
+        _ => true,
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&chunk, input)) = data.split_first() else { return };
+    let chunk = usize::from(chunk).max(1);
+    for endings in [LineEndings::Reject, LineEndings::Normalize] {
+        if let Some(Ok(body)) = decode_whole(input, chunk, endings) {
+            assert!(no_bare_line_endings(&body));
+            let mut wire = Vec::new();
+            dot::encode(&body, &mut wire);
+            let again = decode_whole(&wire, chunk, LineEndings::Reject)
+                .expect("an encoded body ends")
+                .expect("an encoded body is clean");
+            assert_eq!(again, body);
+        }
+    }
+});

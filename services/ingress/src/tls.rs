@@ -1,0 +1,161 @@
+//! TLS for the ingress: rustls (ring), TLS 1.2 and 1.3 only, with the certificate reloaded
+//! from its PEM files when they change, so that rotation (cert-manager) needs no restart and
+//! drops no session: new handshakes use the new certificate, open sessions keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use mailflow_proto::v1::TlsInfo;
+use rustls::ServerConfig;
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration or the key.
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The certificate files and what was last loaded from them.
+#[derive(Debug)]
+struct Loaded {
+    /// Modification times of (cert, key) when loaded.
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    /// The key pair in use.
+    key: Arc<CertifiedKey>,
+}
+
+/// Serves the current certificate and reloads it when its files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    /// The chain's PEM file.
+    cert_path: PathBuf,
+    /// The key's PEM file.
+    key_path: PathBuf,
+    /// The current certificate.
+    current: RwLock<Loaded>,
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn pem_error(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a certificate chain and its key.
+pub fn load_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| pem_error(cert_path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error(cert_path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error(cert_path, "no certificate in file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e))?;
+    let signing = ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| pem_error(key_path, e))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
+impl ReloadingCert {
+    /// Loads the files once; fails if they are unusable.
+    pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Result<Self, TlsError> {
+        let stamps = (mtime(&cert_path), mtime(&key_path));
+        let key = Arc::new(load_key(&cert_path, &key_path)?);
+        Ok(Self {
+            cert_path,
+            key_path,
+            current: RwLock::new(Loaded { stamps, key }),
+        })
+    }
+
+    /// Reloads if either file changed; a broken new file keeps the old certificate in use.
+    pub fn reload_if_changed(&self) {
+        let stamps = (mtime(&self.cert_path), mtime(&self.key_path));
+        let unchanged = self
+            .current
+            .read()
+            .map(|c| c.stamps == stamps)
+            .unwrap_or(false);
+        if unchanged {
+            return;
+        }
+        match load_key(&self.cert_path, &self.key_path) {
+            Ok(key) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = Loaded {
+                        stamps,
+                        key: Arc::new(key),
+                    };
+                    tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS certificate unusable; keeping the old one")
+            }
+        }
+    }
+
+    /// Checks the files every `interval` until `shutdown`.
+    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => self.reload_if_changed(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.key.clone())
+    }
+}
+
+/// An acceptor for TLS 1.2 and 1.3 using `cert`.
+pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
+    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What the Received header and the envelope record about a TLS session.
+pub fn session_info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    TlsInfo { version, cipher }
+}

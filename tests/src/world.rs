@@ -1,0 +1,52 @@
+//! The usual test world: a stack whose relay sees `remote-a.test` at sink A (127.0.0.2) and
+//! `remote-b.test` at sink B (127.0.0.3), and `nomail.test` with a null MX.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::dns::{DnsServer, mx_zone, null_mx_zone};
+use crate::sink::Sink;
+use crate::stack::{Options, Stack};
+
+/// Sink A's address.
+pub const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// Sink B's address.
+pub const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// A stack with two remote domains and their exchangers.
+pub struct World {
+    /// The services.
+    pub stack: Stack,
+    /// `remote-a.test`'s exchanger.
+    pub a: Sink,
+    /// `remote-b.test`'s exchanger.
+    pub b: Sink,
+    /// Kept alive for the relay.
+    _dns: DnsServer,
+}
+
+impl World {
+    /// Starts everything; clients on 127.0.0.1 may relay.
+    pub async fn start() -> World {
+        let (a, b) = Sink::pair(A, B).await;
+        let zones = [
+            mx_zone("remote-a.test", "127.0.0.2"),
+            mx_zone("remote-b.test", "127.0.0.3"),
+            null_mx_zone("nomail.test"),
+        ];
+        let zones: Vec<(&str, String)> =
+            zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
+        let dns = DnsServer::start(&zones).await;
+        let stack = Stack::start(Options {
+            dns: dns.addr,
+            mx_port: a.addr.port(),
+            relay_networks: vec!["127.0.0.1/32".into()],
+        })
+        .await;
+        World {
+            stack,
+            a,
+            b,
+            _dns: dns,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! TLS and authentication with real clients: swaks and Python's smtplib, against the MX
+//! (STARTTLS), submission (STARTTLS + AUTH required) and implicit-TLS listeners.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use mailflow_proto::v1::RecipientState;
+use mailflow_tests::client::{SmtpClient, queue_id};
+use mailflow_tests::peer;
+use mailflow_tests::stack::write_certificate;
+use mailflow_tests::wait;
+use mailflow_tests::world::World;
+
+/// Runs swaks and returns (success, transcript).
+async fn swaks(args: Vec<String>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || Command::new("swaks").args(args).output())
+        .await
+        .unwrap()
+        .expect("swaks runs (scripts/install-deps peers installs it)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn queued(transcript: &str) -> String {
+    let line = transcript
+        .lines()
+        .find(|l| l.contains("queued as"))
+        .unwrap_or_else(|| panic!("no queue id in:\n{transcript}"));
+    queue_id(line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_starttls_on_mx_pipelined() {
+    let w = World::start().await;
+    let server = w.stack.smtp.to_string();
+    let (ok, t) = swaks(args(&[
+        "--server",
+        &server,
+        "--tls",
+        "--pipeline",
+        "--to",
+        "demo@example.test",
+        "--from",
+        "someone@client.test",
+        "--helo",
+        "client.test",
+        "--header",
+        "Subject: starttls",
+    ]))
+    .await;
+    assert!(ok, "{t}");
+    let id = queued(&t);
+    w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let mail = String::from_utf8(w.stack.mailbox("example.test", "demo").remove(0)).unwrap();
+    assert!(mail.contains("\t(using TLSv1.3 with cipher "), "{mail}");
+    assert!(mail.contains("with ESMTPS id"), "{mail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_submission_with_auth_relays_to_a_remote_domain() {
+    let w = World::start().await;
+    let server = w.stack.submission.to_string();
+    let (ok, t) = swaks(args(&[
+        "--server",
+        &server,
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "demo@example.test",
+        "--auth-password",
+        "demo",
+        "--from",
+        "demo@example.test",
+        "--to",
+        "alice@remote-a.test",
+        "--helo",
+        "client.test",
+        "--header",
+        "Subject: submission",
+    ]))
+    .await;
+    assert!(ok, "{t}");
+    let id = queued(&t);
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    let got = w.a.received();
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("with ESMTPSA id"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_implicit_tls_with_auth_login() {
+    let w = World::start().await;
+    let server = w.stack.smtps.to_string();
+    let (ok, t) = swaks(args(&[
+        "--server",
+        &server,
+        "--tlsc",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "demo@example.test",
+        "--auth-password",
+        "demo",
+        "--from",
+        "demo@example.test",
+        "--to",
+        "demo@example.test",
+        "--helo",
+        "client.test",
+    ]))
+    .await;
+    assert!(ok, "{t}");
+    w.stack
+        .wait_final(&queued(&t), Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_refuses_plaintext_and_unauthenticated_mail() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.submission).await;
+    let ehlo = c.command("EHLO client.test", 250).await;
+    assert!(ehlo.text.contains("STARTTLS"));
+    assert!(
+        !ehlo.text.contains("AUTH"),
+        "AUTH must not be offered in plaintext: {}",
+        ehlo.text
+    );
+    let r = c
+        .command("AUTH PLAIN AGRlbW9AZXhhbXBsZS50ZXN0AGRlbW8=", 530)
+        .await;
+    assert!(
+        r.text
+            .starts_with("5.7.0 Must issue a STARTTLS command first"),
+        "{r:?}"
+    );
+    let r = c.command("MAIL FROM:<demo@example.test>", 530).await;
+    assert!(r.text.starts_with("5.7.0 "), "{r:?}");
+    // On the MX port too, credentials never travel in plaintext.
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command("AUTH PLAIN AGRlbW9AZXhhbXBsZS50ZXN0AGRlbW8=", 530)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
+    let w = World::start().await;
+    let out = peer::run(args(&[
+        "submit",
+        "--server",
+        &w.stack.submission.to_string(),
+        "--ca",
+        w.stack.cert.to_str().unwrap(),
+        "--user",
+        "demo@example.test",
+        "--password",
+        "demo",
+        "--to",
+        "bob@remote-b.test",
+        "--subject",
+        "smtplib-utf8",
+        "--smtputf8",
+        "--mail-from",
+        "boss@example.test",
+    ]))
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.get("sender refused"), Some("553"));
+    assert_eq!(out.get("refused"), Some("0"));
+    assert!(out.get("tls").unwrap().starts_with("TLSv1."));
+    wait::until(
+        "bob's exchanger to receive the message",
+        Duration::from_secs(30),
+        || async {
+            let got = w.b.received();
+            got.iter()
+                .any(|d| String::from_utf8_lossy(&d.data).contains("Subject: smtplib-utf8"))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_implicit_tls() {
+    let w = World::start().await;
+    let out = peer::run(args(&[
+        "submit",
+        "--server",
+        &w.stack.smtps.to_string(),
+        "--ca",
+        w.stack.cert.to_str().unwrap(),
+        "--user",
+        "demo@example.test",
+        "--password",
+        "demo",
+        "--to",
+        "demo@example.test",
+        "--subject",
+        "smtps",
+        "--implicit",
+    ]))
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    wait::until("local delivery", Duration::from_secs(30), || async {
+        (!w.stack.mailbox("example.test", "demo").is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_are_limited_per_ip() {
+    let w = World::start().await;
+    let out = peer::run(args(&[
+        "bad-login",
+        "--server",
+        &w.stack.submission.to_string(),
+        "--ca",
+        w.stack.cert.to_str().unwrap(),
+        "--user",
+        "demo@example.test",
+        "--attempts",
+        "5",
+    ]))
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    // auth_failure_limit = 3 in the test configuration.
+    for i in 0..3 {
+        assert_eq!(
+            out.get(&format!("attempt {i}")),
+            Some("535"),
+            "{}",
+            out.stdout
+        );
+    }
+    for i in 3..5 {
+        let code = out.get(&format!("attempt {i}")).unwrap();
+        assert!(code == "421" || code == "disconnected", "{}", out.stdout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_injection_is_not_executed() {
+    let w = World::start().await;
+    let out = peer::run(args(&[
+        "injection",
+        "--server",
+        &w.stack.smtp.to_string(),
+        "--ca",
+        w.stack.cert.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.get("starttls"), Some("220"));
+    assert_eq!(
+        out.get("first reply in tls"),
+        Some("250 2.0.0 Ok"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.get("mail without ehlo"), Some("503"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_restart() {
+    let w = World::start().await;
+    let before = w.stack.dir.path().join("before.der");
+    let out = peer::run(args(&[
+        "peer-cert",
+        "--server",
+        &w.stack.smtps.to_string(),
+        "--out",
+        before.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    // An open session survives the rotation.
+    let mut open = SmtpClient::connect(w.stack.smtp).await;
+    open.command("EHLO client.test", 250).await;
+    let rotated = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(rotated.path());
+    std::fs::copy(&key, w.stack.dir.path().join("key.pem")).unwrap();
+    std::fs::copy(&cert, w.stack.dir.path().join("cert.pem")).unwrap();
+    let new_der = {
+        let pem = std::fs::read_to_string(&cert).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        b64
+    };
+    let after = w.stack.dir.path().join("after.der");
+    wait::until(
+        "the new certificate to be served",
+        Duration::from_secs(20),
+        || async {
+            let out = peer::run(args(&[
+                "peer-cert",
+                "--server",
+                &w.stack.smtps.to_string(),
+                "--out",
+                after.to_str().unwrap(),
+            ]))
+            .await;
+            let der = std::fs::read(&after).ok()?;
+            (out.ok && der != std::fs::read(&before).unwrap()).then_some(())
+        },
+    )
+    .await;
+    let served = std::fs::read(&after).unwrap();
+    use base64::Engine;
+    let expected = base64::engine::general_purpose::STANDARD
+        .decode(new_der)
+        .unwrap();
+    assert_eq!(served, expected);
+    open.command("NOOP", 250).await;
+}
