@@ -83,6 +83,16 @@ def bad_login(args):
     return 0
 
 
+def read_reply(f):
+    """The lines of one (possibly multi-line) SMTP reply."""
+    lines = []
+    while True:
+        line = f.readline().decode()
+        lines.append(line.strip())
+        if len(line) < 4 or line[3] != "-":
+            return lines
+
+
 def injection(args):
     """The STARTTLS command injection: a command pipelined behind STARTTLS in plaintext must
     not be executed inside the TLS session."""
@@ -91,12 +101,7 @@ def injection(args):
     f = sock.makefile("rb")
 
     def reply():
-        lines = []
-        while True:
-            line = f.readline().decode()
-            lines.append(line.strip())
-            if len(line) < 4 or line[3] != "-":
-                return lines
+        return read_reply(f)
 
     reply()  # greeting
     sock.sendall(b"EHLO attacker.test\r\n")
@@ -107,12 +112,7 @@ def injection(args):
     tf = tls.makefile("rb")
 
     def tls_reply():
-        lines = []
-        while True:
-            line = tf.readline().decode()
-            lines.append(line.strip())
-            if len(line) < 4 or line[3] != "-":
-                return lines
+        return read_reply(tf)
 
     tls.sendall(b"NOOP\r\n")
     # If the injected MAIL had been run, its 250 2.1.0 would come first.

@@ -3,12 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
-use mailflow_tests::peer;
+use mailflow_tests::peer::{self, PeerOutput};
 use mailflow_tests::stack::write_certificate;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
@@ -153,13 +154,19 @@ async fn submission_refuses_plaintext_and_unauthenticated_mail() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
-    let w = World::start().await;
-    let out = peer::run(args(&[
+/// smtplib's `submit` as demo@example.test (password `demo`) against `server`.
+async fn smtplib_submit(
+    w: &World,
+    server: SocketAddr,
+    to: &str,
+    subject: &str,
+    extra: &[&str],
+) -> PeerOutput {
+    let server = server.to_string();
+    let mut list = vec![
         "submit",
         "--server",
-        &w.stack.submission.to_string(),
+        &server,
         "--ca",
         w.stack.cert.to_str().unwrap(),
         "--user",
@@ -167,15 +174,28 @@ async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
         "--password",
         "demo",
         "--to",
-        "bob@remote-b.test",
+        to,
         "--subject",
-        "smtplib-utf8",
-        "--smtputf8",
-        "--mail-from",
-        "boss@example.test",
-    ]))
-    .await;
+        subject,
+    ];
+    list.extend_from_slice(extra);
+    let out = peer::run(args(&list)).await;
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
+    let w = World::start().await;
+    let extra = ["--smtputf8", "--mail-from", "boss@example.test"];
+    let out = smtplib_submit(
+        &w,
+        w.stack.submission,
+        "bob@remote-b.test",
+        "smtplib-utf8",
+        &extra,
+    )
+    .await;
     assert_eq!(out.get("sender refused"), Some("553"));
     assert_eq!(out.get("refused"), Some("0"));
     assert!(out.get("tls").unwrap().starts_with("TLSv1."));
@@ -195,24 +215,14 @@ async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_implicit_tls() {
     let w = World::start().await;
-    let out = peer::run(args(&[
-        "submit",
-        "--server",
-        &w.stack.smtps.to_string(),
-        "--ca",
-        w.stack.cert.to_str().unwrap(),
-        "--user",
+    smtplib_submit(
+        &w,
+        w.stack.smtps,
         "demo@example.test",
-        "--password",
-        "demo",
-        "--to",
-        "demo@example.test",
-        "--subject",
         "smtps",
-        "--implicit",
-    ]))
+        &["--implicit"],
+    )
     .await;
-    assert!(out.ok, "{}{}", out.stdout, out.stderr);
     wait::until("local delivery", Duration::from_secs(30), || async {
         (!w.stack.mailbox("example.test", "demo").is_empty()).then_some(())
     })
