@@ -150,6 +150,9 @@ pub struct IngressConfig {
     /// How long to wait for each block of DATA (RFC 5321 §4.5.3.2: 3 minutes).
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// The slowest average rate of message data tolerated after the first 30 seconds, in
+    /// octets per second; slower clients get `421 4.4.2`.
+    pub min_data_rate: u64,
     /// Bare CR or LF in DATA: `reject` or `normalize`.
     pub bare_line_endings: BareLineEndings,
     /// How long open sessions may run on after a shutdown signal.
@@ -177,6 +180,7 @@ impl Default for IngressConfig {
             hard_error_limit: 20,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
             bare_line_endings: BareLineEndings::Reject,
             shutdown_grace: Duration::from_secs(30),
         }

@@ -89,7 +89,9 @@ impl DataDecoder {
                     }
                     self.append_content(content);
                     self.append(b"\r\n");
-                    self.at_line_start = true;
+                    // Only a real CRLF starts a line that can end the data or be dot-stuffed:
+                    // after a bare LF (normalised), ".\r\n" is content, never the end.
+                    self.at_line_start = crlf;
                 }
                 None => {
                     if buf.is_empty() {
@@ -204,6 +206,18 @@ mod tests {
     fn smuggling_with_bare_cr_is_refused() {
         let (body, _) = run(b"a\r.\r\nb\r\n.\r\n", LineEndings::Reject, 1000);
         assert_eq!(body, Err(DataProblem::BareLineEnding));
+    }
+
+    #[test]
+    fn a_bare_lf_before_the_dot_never_ends_the_data_even_when_normalising() {
+        let mut dec = DataDecoder::new(1000, LineEndings::Normalize);
+        let mut buf = BytesMut::from(&b"hi\n.\r\nMAIL FROM:<e@x>\r\n"[..]);
+        assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+        buf.extend_from_slice(b".\r\n");
+        let DataEvent::Done(Ok(body)) = dec.decode(&mut buf) else {
+            panic!("not done");
+        };
+        assert_eq!(&body[..], b"hi\r\n.\r\nMAIL FROM:<e@x>\r\n");
     }
 
     #[test]

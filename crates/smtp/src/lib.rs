@@ -5,6 +5,7 @@
 //! - [`command`] parses one command line into a typed [`Command`];
 //! - [`address`] parses forward and reverse paths;
 //! - [`data`] decodes a DATA body (dot-unstuffing, end marker, bare CR/LF, size bound);
+//! - [`bdat`] accumulates a BDAT (CHUNKING) body under the same rules;
 //! - [`reply`] formats server replies and parses them on the client side;
 //! - [`dot`] encodes a body for transmission (CRLF normalisation and dot-stuffing);
 //! - [`sasl`] decodes AUTH PLAIN and LOGIN exchanges.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod bdat;
 pub mod command;
 pub mod data;
 pub mod dot;

@@ -33,6 +33,8 @@ pub struct MailParams {
     pub ret: Option<DsnReturn>,
     /// ENVID=, xtext-decoded.
     pub envid: Option<String>,
+    /// REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
 }
 
 /// NOTIFY= of RCPT TO (RFC 3461 §4.1).
@@ -111,6 +113,11 @@ impl MailParams {
                         return Err(ParamError::Duplicate("SMTPUTF8".into()));
                     }
                 }
+                ("REQUIRETLS", None) => {
+                    if std::mem::replace(&mut out.requiretls, true) {
+                        return Err(ParamError::Duplicate("REQUIRETLS".into()));
+                    }
+                }
                 ("RET", Some(v)) => {
                     let ret = match v.to_ascii_uppercase().as_str() {
                         "FULL" => DsnReturn::Full,
@@ -127,7 +134,8 @@ impl MailParams {
                     }
                     set_once(&mut out.envid, envid, "ENVID")?;
                 }
-                ("SIZE" | "BODY" | "RET" | "ENVID", None) | ("SMTPUTF8", Some(_)) => {
+                ("SIZE" | "BODY" | "RET" | "ENVID", None)
+                | ("SMTPUTF8" | "REQUIRETLS", Some(_)) => {
                     return Err(ParamError::Invalid(key));
                 }
                 _ => return Err(ParamError::Unsupported(key)),
@@ -194,6 +202,7 @@ mod tests {
         assert!(p.smtputf8);
         assert_eq!(p.ret, Some(DsnReturn::Headers));
         assert_eq!(p.envid.as_deref(), Some("abc+1"));
+        assert!(MailParams::parse("REQUIRETLS").unwrap().requiretls);
         assert_eq!(MailParams::parse("").unwrap(), MailParams::default());
     }
 

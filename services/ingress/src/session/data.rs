@@ -1,6 +1,6 @@
 //! DATA (RFC 5321 §4.1.1.4): read the body, prepend Received, queue durably, then answer.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use mailflow_proto::v1::{AcceptedMessage, BodyType, DsnNotify, DsnReturn, MailFrom, Recipient};
@@ -8,7 +8,8 @@ use mailflow_smtp::params::{self, MailParams, RcptParams};
 use mailflow_smtp::{DataDecoder, DataEvent, DataProblem, EnhancedCode, Mailbox, Reply};
 
 use super::{
-    Backend, Flow, Session, SessionError, State, Transaction, bad_sequence, temporary_failure,
+    Backend, Chunks, Flow, Session, SessionError, State, Transaction, bad_sequence,
+    temporary_failure,
 };
 use crate::received::{self, Trace};
 
@@ -20,6 +21,9 @@ where
     /// Receives the body and queues the message.
     pub(super) async fn data(&mut self) -> Result<Flow, SessionError> {
         match &self.state {
+            State::Mail(_, tx) if !matches!(tx.chunks, Chunks::None) => {
+                return Ok(self.refuse(bad_sequence("Error: DATA after BDAT")));
+            }
             State::Mail(_, tx) if !tx.rcpts.is_empty() => {}
             State::Mail(..) => return Ok(self.refuse(bad_sequence("Error: need RCPT command"))),
             _ => return Ok(self.refuse(bad_sequence("Error: need MAIL command"))),
@@ -28,42 +32,62 @@ where
         self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
         self.flush().await?;
         let mut decoder = DataDecoder::new(self.config.max_message_size, self.config.line_endings);
+        let mut rate = RateGuard::new(self.inbuf.len());
         let body = loop {
             match decoder.decode(&mut self.inbuf) {
                 DataEvent::Done(result) => break result,
-                DataEvent::NeedMore => match self.fill(self.config.data_timeout).await? {
-                    Some(true) => {}
-                    // The client went away: the transaction is void, nothing was accepted.
-                    Some(false) => return Ok(Flow::Close),
-                    None => {
-                        let text = format!("{} Error: timeout exceeded", self.config.hostname);
-                        self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
-                        return Ok(Flow::Close);
+                DataEvent::NeedMore => {
+                    if let Some(flow) = self.fill_data(&mut rate).await? {
+                        return Ok(flow);
                     }
-                },
+                }
             }
         };
+        Ok(self.complete(body).await)
+    }
+
+    /// Ends the transaction with the body's fate: queued, or refused.
+    pub(super) async fn complete(&mut self, body: Result<BytesMut, DataProblem>) -> Flow {
         let State::Mail(greeting, tx) = std::mem::replace(&mut self.state, State::Fresh) else {
-            unreachable!("checked above");
+            unreachable!("only called in a transaction");
         };
         self.state = State::Ready(greeting.clone());
         let reply = match body {
-            Err(DataProblem::TooBig) => Reply::new(
-                552,
-                EnhancedCode::new(5, 3, 4),
-                "Message size exceeds fixed limit",
-            ),
-            Err(DataProblem::BareLineEnding) => Reply::new(
-                550,
-                EnhancedCode::new(5, 5, 2),
-                "Message refused: bare CR or LF in message text (RFC 5321 section 2.3.8)",
-            ),
+            Err(problem) => problem_reply(problem),
             Ok(body) => {
                 self.enqueue(&greeting.name, greeting.extended, tx, body)
                     .await
             }
         };
-        Ok(self.answer(reply))
+        self.answer(reply)
+    }
+
+    /// Reads more message data; `Some(flow)` when the session must end instead (the client
+    /// left, went silent, or sends too slowly).
+    pub(super) async fn fill_data(
+        &mut self,
+        rate: &mut RateGuard,
+    ) -> Result<Option<Flow>, SessionError> {
+        let before = self.inbuf.len();
+        match self.fill(self.config.data_timeout).await? {
+            // The client went away: the transaction is void, nothing was accepted.
+            Some(false) => return Ok(Some(Flow::Close)),
+            None => {
+                let text = format!("{} Error: timeout exceeded", self.config.hostname);
+                self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
+                return Ok(Some(Flow::Close));
+            }
+            Some(true) => {}
+        }
+        if rate.too_slow(
+            self.inbuf.len().saturating_sub(before),
+            self.config.min_data_rate,
+        ) {
+            let text = format!("{} Error: data rate too low", self.config.hostname);
+            self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
+            return Ok(Some(Flow::Close));
+        }
+        Ok(None)
     }
 
     async fn enqueue(
@@ -133,6 +157,58 @@ where
     }
 }
 
+/// The refusal for a body that cannot be queued.
+pub(super) fn problem_reply(problem: DataProblem) -> Reply {
+    match problem {
+        DataProblem::TooBig => Reply::new(
+            552,
+            EnhancedCode::new(5, 3, 4),
+            "Message size exceeds fixed limit",
+        ),
+        DataProblem::BareLineEnding => Reply::new(
+            550,
+            EnhancedCode::new(5, 5, 2),
+            "Message refused: bare CR or LF in message text (RFC 5321 section 2.3.8)",
+        ),
+    }
+}
+
+/// The minimum data rate (a defence against clients that hold a session open by trickling
+/// data just fast enough to beat the per-read timeout). It is judged only after a grace
+/// period, so a slow start or a pause is not punished.
+pub(super) struct RateGuard {
+    /// When the body started.
+    started: Instant,
+    /// Octets received so far.
+    received: u64,
+}
+
+/// The grace period before the rate is judged.
+const RATE_GRACE: Duration = Duration::from_secs(30);
+
+impl RateGuard {
+    /// Starts measuring with `already` octets buffered.
+    pub(super) fn new(already: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            received: already as u64,
+        }
+    }
+
+    /// A guard that started at `started` (tests look back in time with it).
+    #[cfg(test)]
+    pub(super) fn started_at(started: Instant, received: u64) -> Self {
+        Self { started, received }
+    }
+
+    /// Adds `n` octets; true when the average is below `min_rate` after the grace period.
+    pub(super) fn too_slow(&mut self, n: usize, min_rate: u64) -> bool {
+        self.received += n as u64;
+        let elapsed = self.started.elapsed();
+        elapsed > RATE_GRACE && self.received < min_rate.saturating_mul(elapsed.as_secs())
+    }
+}
+
 fn mail_from(tx: &Transaction) -> MailFrom {
     let MailParams {
         size,
@@ -140,6 +216,7 @@ fn mail_from(tx: &Transaction) -> MailFrom {
         smtputf8,
         ret,
         envid,
+        requiretls,
     } = &tx.params;
     MailFrom {
         address: tx.from.address(),
@@ -156,7 +233,7 @@ fn mail_from(tx: &Transaction) -> MailFrom {
             Some(params::DsnReturn::Headers) => DsnReturn::Headers,
         } as i32,
         dsn_envid: envid.clone().unwrap_or_default(),
-        requiretls: false,
+        requiretls: *requiretls,
     }
 }
 

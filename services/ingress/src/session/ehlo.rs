@@ -26,6 +26,7 @@ where
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
             "DSN".into(),
+            "CHUNKING".into(),
         ];
         if self.config.starttls && self.tls.is_none() {
             lines.push("STARTTLS".into());
@@ -33,6 +34,10 @@ where
         // RFC 4954 §4 and RFC 8314: credentials only travel encrypted.
         if self.tls.is_some() && self.auth.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
+        }
+        // RFC 8689 §4: only offered over TLS.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
         }
         self.reply(Reply::plain(250, lines.join("\n")));
         Flow::Continue

@@ -5,7 +5,8 @@ use mailflow_smtp::params::MailParams;
 use mailflow_smtp::{EnhancedCode, Path, Reply};
 
 use super::{
-    Backend, Flow, Session, State, Transaction, bad_sequence, temporary_failure, verdict_reply,
+    Backend, Chunks, Flow, Session, State, Transaction, bad_sequence, temporary_failure,
+    verdict_reply,
 };
 
 impl<S, B> Session<S, B>
@@ -45,6 +46,13 @@ where
                 "Message size exceeds fixed limit",
             ));
         }
+        if params.requiretls && self.tls.is_none() {
+            return self.refuse(Reply::new(
+                530,
+                EnhancedCode::new(5, 7, 10),
+                "Error: REQUIRETLS needs an encrypted session",
+            ));
+        }
         if let Path::Mailbox(m) = &from
             && !m.is_ascii()
             && !params.smtputf8
@@ -76,6 +84,7 @@ where
                 from,
                 params,
                 rcpts: Vec::new(),
+                chunks: Chunks::None,
             },
         );
         self.reply(Reply::new(250, EnhancedCode::new(2, 1, 0), "Ok"));

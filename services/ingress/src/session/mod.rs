@@ -5,6 +5,7 @@
 //! waiting, which is what PIPELINING (RFC 2920) needs.
 
 mod auth;
+mod bdat;
 mod data;
 mod ehlo;
 mod mail;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mailflow_proto::v1::{SessionInfo, TlsInfo, Verdict};
 use mailflow_runtime::config::{BareLineEndings, IngressConfig};
+use mailflow_smtp::bdat::BdatBody;
 use mailflow_smtp::params::{MailParams, RcptParams};
 use mailflow_smtp::{
     Command, EnhancedCode, LineDecoder, LineEndings, LineEvent, Mailbox, Path, Reply,
@@ -72,6 +74,8 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// The longest command line.
     pub max_line_length: usize,
+    /// The slowest average DATA/BDAT rate tolerated, in octets per second.
+    pub min_data_rate: u64,
     /// Errors before the session is closed.
     pub hard_error_limit: u32,
     /// Wait for a command.
@@ -92,6 +96,7 @@ impl SessionConfig {
             max_message_size: c.max_message_size,
             max_recipients: c.max_recipients,
             max_line_length: c.max_line_length.max(512),
+            min_data_rate: c.min_data_rate,
             hard_error_limit: c.hard_error_limit,
             command_timeout: c.command_timeout,
             data_timeout: c.data_timeout,
@@ -121,6 +126,19 @@ struct Transaction {
     params: MailParams,
     /// Accepted recipients, in order.
     rcpts: Vec<(Mailbox, RcptParams)>,
+    /// BDAT chunks received so far, once the client started with BDAT.
+    chunks: Chunks,
+}
+
+/// The BDAT side of a transaction (RFC 3030).
+#[derive(Debug)]
+enum Chunks {
+    /// No BDAT yet (DATA is still possible).
+    None,
+    /// Chunks are arriving.
+    Receiving(BdatBody),
+    /// A chunk was refused: later chunks are read and refused the same way until LAST.
+    Failed(Reply),
 }
 
 /// Where the session stands.
@@ -302,7 +320,7 @@ where
             Command::Help => self.help(),
             Command::StartTls => self.starttls(),
             Command::Auth(args) => self.auth(&args).await?,
-            Command::Bdat(_) => self.not_implemented(),
+            Command::Bdat(args) => self.bdat(&args).await?,
         })
     }
 

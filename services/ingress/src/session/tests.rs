@@ -102,6 +102,7 @@ fn config() -> SessionConfig {
         max_message_size: 10_000,
         max_recipients: 3,
         max_line_length: 512,
+        min_data_rate: 500,
         hard_error_limit: 10,
         command_timeout: Duration::from_secs(5),
         data_timeout: Duration::from_secs(5),
@@ -689,4 +690,193 @@ async fn submission_requires_tls_then_auth_and_owned_sender() {
         "{text}"
     );
     assert!(text.contains("with ESMTPSA id"), "{text}");
+}
+
+#[tokio::test]
+async fn bdat_chunks_make_one_message() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.expect(220, "").await;
+    c.send("EHLO client.test\r\n").await;
+    let r = c.expect(250, "").await;
+    assert!(r.lines.iter().any(|l| l == "CHUNKING"));
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    // A chunk may hold what would end DATA; here it is plain content.
+    c.send("BDAT 19\r\nSubject: x\r\n\r\n.\r\nab").await;
+    c.expect(250, "2.0.0").await;
+    c.send("BDAT 5 LAST\r\nc\r\n\r\n").await;
+    c.expect(250, "2.0.0").await;
+    c.send("NOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert!(
+        queued[0]
+            .1
+            .ends_with(b"\r\nSubject: x\r\n\r\n.\r\nabc\r\n\r\n")
+    );
+}
+
+#[tokio::test]
+async fn bdat_refusals_keep_the_session_in_step() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    // No transaction: the chunk is read and refused, and what follows is a command again.
+    c.send("BDAT 10 LAST\r\n0123456789NOOP\r\n").await;
+    c.expect(503, "5.5.1").await;
+    c.expect(250, "2.0.0").await;
+    // A bare LF inside a chunk refuses the message at LAST.
+    c.send(
+        "MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 3\r\na\nbBDAT 2 LAST\r\nc\n",
+    )
+    .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(550, "5.5.2").await;
+    // DATA after BDAT is a sequence error.
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 1\r\nxDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(503, "5.5.1").await;
+    // A size that cannot be read ends the session.
+    c.send("BDAT lots\r\n").await;
+    c.expect(501, "5.5.4").await;
+    assert!(c.closed().await);
+    assert!(backend.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bdat_over_the_size_limit_is_refused() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    let chunk = "z".repeat(6000);
+    c.send(&format!("BDAT 6000\r\n{chunk}BDAT 6000 LAST\r\n{chunk}"))
+        .await;
+    c.expect(250, "2.0.0").await;
+    c.expect(552, "5.3.4").await;
+    c.send("NOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+    assert!(backend.queued.lock().unwrap().is_empty());
+}
+
+/// Every way of hiding a second transaction behind a non-CRLF end marker: each gives exactly
+/// one reply to the DATA (a refusal by default), never a second queued message.
+#[tokio::test]
+async fn smuggling_endings_never_make_two_messages() {
+    let endings = [
+        "\n.\n",
+        "\r.\r",
+        "\n.\r\n",
+        "\r.\r\n",
+        "\r\n.\n",
+        "\n.\r",
+        "\r\n.\r",
+        ".\n",
+        "\r\n.\r\r\n",
+    ];
+    for normalize in [false, true] {
+        for ending in endings {
+            let backend = TestBackend::default();
+            let mut cfg = config();
+            if normalize {
+                cfg.line_endings = LineEndings::Normalize;
+            }
+            let mut c = start_with(cfg, backend.clone(), CancellationToken::new());
+            c.ehlo().await;
+            c.open_data().await;
+            c.send(&format!(
+                "Subject: a\r\n\r\nhi{ending}MAIL FROM:<evil@remote.test>\r\nRCPT TO:<u@local.test>\r\nDATA\r\nevil\r\n.\r\nNOOP\r\n"
+            ))
+            .await;
+            let r = c.reply().await;
+            if normalize {
+                assert_eq!(r.code, 250, "{ending:?}: {r:?}");
+            } else {
+                assert_eq!(
+                    (r.code, r.enhanced.map(|e| e.to_string())),
+                    (550, Some("5.5.2".into())),
+                    "{ending:?}"
+                );
+            }
+            c.expect(250, "2.0.0").await; // the NOOP
+            let queued = backend.queued.lock().unwrap();
+            assert_eq!(queued.len(), usize::from(normalize), "{ending:?}");
+            if normalize {
+                let text = String::from_utf8_lossy(&queued[0].1);
+                assert!(
+                    text.contains("MAIL FROM:<evil@remote.test>"),
+                    "{ending:?}: smuggled text stays content"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn requiretls_is_offered_and_accepted_only_over_tls() {
+    let mut c = start(TestBackend::default());
+    c.expect(220, "").await;
+    c.send("EHLO client.test\r\n").await;
+    assert!(
+        !c.expect(250, "")
+            .await
+            .lines
+            .iter()
+            .any(|l| l == "REQUIRETLS")
+    );
+    c.send("MAIL FROM:<a@remote.test> REQUIRETLS\r\n").await;
+    c.expect(530, "5.7.10").await;
+
+    let backend = TestBackend::default();
+    let mut c = start_encrypted(config(), backend.clone());
+    c.expect(220, "").await;
+    c.send("EHLO client.test\r\n").await;
+    assert!(
+        c.expect(250, "")
+            .await
+            .lines
+            .iter()
+            .any(|l| l == "REQUIRETLS")
+    );
+    c.send("MAIL FROM:<a@remote.test> REQUIRETLS\r\n").await;
+    c.expect(250, "2.1.0").await;
+    c.send("RCPT TO:<u@local.test>\r\nDATA\r\n").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    c.send("x\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    assert!(
+        backend.queued.lock().unwrap()[0]
+            .0
+            .mail_from
+            .as_ref()
+            .unwrap()
+            .requiretls
+    );
+}
+
+#[test]
+fn data_rate_is_judged_after_the_grace_period() {
+    use super::data::RateGuard;
+    let mut fresh = RateGuard::new(0);
+    assert!(
+        !fresh.too_slow(0, 500),
+        "no verdict during the grace period"
+    );
+    let mut slow = RateGuard::started_at(std::time::Instant::now() - Duration::from_secs(60), 0);
+    assert!(slow.too_slow(1000, 500));
+    let mut fast = RateGuard::started_at(std::time::Instant::now() - Duration::from_secs(60), 0);
+    assert!(!fast.too_slow(60_000, 500));
 }

@@ -1,0 +1,36 @@
+//! BDAT bodies fed in arbitrary pieces: a refused body is refused whatever the chunking, and
+//! an accepted one has only CRLF line endings and is the same however it was split.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mailflow_smtp::LineEndings;
+use mailflow_smtp::bdat::{self, BdatBody};
+
+fn no_bare_line_endings(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => body.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && body[i - 1] == b'\r',
+        _ => true,
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&chunk, input)) = data.split_first() else { return };
+    let chunk = usize::from(chunk).max(1);
+    if let Ok(text) = std::str::from_utf8(input) {
+        let _ = bdat::parse_args(text);
+    }
+    for endings in [LineEndings::Reject, LineEndings::Normalize] {
+        let mut whole = BdatBody::new(1 << 20, endings);
+        whole.feed(input);
+        let mut pieces = BdatBody::new(1 << 20, endings);
+        for piece in input.chunks(chunk) {
+            pieces.feed(piece);
+        }
+        let (a, b) = (whole.finish(), pieces.finish());
+        assert_eq!(a, b, "chunking changed the result");
+        if let Ok(body) = a {
+            assert!(no_bare_line_endings(&body));
+        }
+    }
+});
