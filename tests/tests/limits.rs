@@ -1,0 +1,158 @@
+//! Limits and hostile input against the running ingress: recipient and size limits, the
+//! open-relay tricks, BDAT, and a 40 MB message through a nats-server with the default
+//! 1 MB max_payload.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use mailflow_proto::v1::RecipientState;
+use mailflow_tests::client::{SmtpClient, queue_id};
+use mailflow_tests::wait;
+use mailflow_tests::world::World;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_101st_recipient_gets_452_and_the_100_are_delivered() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    for i in 0..100 {
+        c.command(&format!("RCPT TO:<user{i}@remote-a.test>"), 250)
+            .await;
+    }
+    let r = c.command("RCPT TO:<user100@remote-a.test>", 452).await;
+    assert!(r.text.starts_with("4.5.3 "), "{r:?}");
+    c.command("DATA", 354).await;
+    c.send_raw(b"Subject: many\r\n\r\nhello\r\n").await;
+    let id = queue_id(&c.command(".", 250).await.text);
+    let status = w.stack.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(status.recipients.len(), 100);
+    assert!(
+        status
+            .recipients
+            .iter()
+            .all(|r| r.state() == RecipientState::Delivered)
+    );
+    let got = w.a.received();
+    let rcpts: usize = got.iter().map(|d| d.rcpts.len()).sum();
+    assert_eq!(rcpts, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_at_mail_and_at_the_end_of_data() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let r = c
+        .command("MAIL FROM:<sender@client.test> SIZE=60000000", 552)
+        .await;
+    assert!(r.text.starts_with("5.3.4 "), "{r:?}");
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    c.command("RCPT TO:<demo@example.test>", 250).await;
+    c.command("DATA", 354).await;
+    let line = format!("{}\r\n", "x".repeat(998));
+    let block = line.repeat(1000);
+    for _ in 0..55 {
+        c.send_raw(block.as_bytes()).await;
+    }
+    let r = c.command(".", 552).await;
+    assert!(r.text.starts_with("5.3.4 "), "{r:?}");
+    c.command("NOOP", 250).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_relay_tricks_are_refused() {
+    let w = World::start().await;
+    // From outside relay_networks and unauthenticated.
+    let mut c = SmtpClient::connect_from("127.0.0.9".parse().unwrap(), w.stack.smtp).await;
+    c.command("EHLO outsider.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    for (rcpt, code) in [
+        ("alice@remote-a.test", 554),
+        // The percent hack and a bang path through a local domain: no such local user.
+        ("alice%remote-a.test@example.test", 550),
+        ("remote-a.test!alice@example.test", 550),
+        // A quoted local part hiding a remote address.
+        ("\"alice@remote-a.test\"@example.test", 550),
+        // A source route through us to a remote domain is the remote domain.
+        ("@example.test:alice@remote-a.test", 554),
+        ("alice@[127.0.0.2]", 554),
+    ] {
+        let r = c.command(&format!("RCPT TO:<{rcpt}>"), code).await;
+        assert!(
+            r.text.starts_with(&format!("{}.", code / 100)),
+            "{rcpt}: {r:?}"
+        );
+    }
+    c.command("QUIT", 221).await;
+    // Even a trusted client cannot route through a remote domain with routing syntax.
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO inside.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    c.command("RCPT TO:<bob%remote-b.test@remote-a.test>", 554)
+        .await;
+    c.command("RCPT TO:<remote-b.test!bob@remote-a.test>", 554)
+        .await;
+    c.command("QUIT", 221).await;
+    assert!(w.a.received().is_empty() && w.b.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bdat_message_is_delivered() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    let ehlo = c.command("EHLO client.test", 250).await;
+    assert!(ehlo.text.contains("CHUNKING"));
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    c.command("RCPT TO:<carol@remote-a.test>", 250).await;
+    let part1 = "Subject: chunked\r\n\r\nfirst part\r\n.\r\n";
+    let part2 = ".dot at line start\r\nend\r\n";
+    c.send_raw(format!("BDAT {}\r\n{part1}", part1.len()).as_bytes())
+        .await;
+    c.expect(250).await;
+    c.send_raw(format!("BDAT {} LAST\r\n{part2}", part2.len()).as_bytes())
+        .await;
+    let id = queue_id(&c.expect(250).await.text);
+    w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let got = w.a.received();
+    assert!(got[0].data.ends_with(format!("{part1}{part2}").as_bytes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_40_mb_message_is_delivered_byte_identical() {
+    let w = World::start().await;
+    let mut body = String::from("Subject: big\r\n\r\n");
+    let mut i = 0u64;
+    while body.len() < 40 * 1024 * 1024 {
+        body.push_str(&format!(
+            "{i:08} {}\r\n",
+            "abcdefghijklmnopqrstuvwxyz0123456789".repeat(2)
+        ));
+        if i % 97 == 0 {
+            body.push_str(".a line the relay must dot-stuff\r\n");
+        }
+        i += 1;
+    }
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command(
+        &format!("MAIL FROM:<sender@client.test> SIZE={}", body.len()),
+        250,
+    )
+    .await;
+    c.command("RCPT TO:<big@remote-b.test>", 250).await;
+    c.command("DATA", 354).await;
+    let wire = body.replace("\r\n.", "\r\n..");
+    c.send_raw(wire.as_bytes()).await;
+    let id = queue_id(&c.command(".", 250).await.text);
+    w.stack.wait_final(&id, Duration::from_secs(120)).await;
+    let got = wait::until(
+        "the big message at the sink",
+        Duration::from_secs(10),
+        || async { w.b.received().into_iter().next() },
+    )
+    .await;
+    assert!(got.data.len() > body.len());
+    assert!(got.data.ends_with(body.as_bytes()), "content differs");
+}
