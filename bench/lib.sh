@@ -1,0 +1,126 @@
+# Shared helpers of the benchmarks: a mailflow stack and a Postfix instance, both on
+# loopback with their own ports and directories under $WORK, and an smtp-sink.
+# Sourced by the bench scripts; expects ROOT and WORK to be set.
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    if [ -n "${PF:-}" ] && [ -d "$PF" ]; then postfix -c "$PF" stop >/dev/null 2>&1 || true; fi
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    local port=$1 deadline=$((SECONDS + 60))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || { echo "nothing listens on $port" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
+# rss_kb PID: resident memory of a process in KiB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# cpu_ticks PID...: user+system clock ticks used so far by the processes.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+start_sink() {
+    SINK_PORT=$(free_port)
+    # smtp-sink refuses to run as root without a user to switch to.
+    smtp-sink -u postfix 127.0.0.1:"$SINK_PORT" 2000 >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$SINK_PORT"
+}
+
+# start_mailflow EXTRA_INGRESS_TOML: nats-server and the three release binaries; sets
+# SMTP_PORT and MAILFLOW_PIDS. Remote mail goes to the smtp-sink.
+start_mailflow() {
+    local nats_port policy_port queue_port
+    nats_port=$(free_port); policy_port=$(free_port); queue_port=$(free_port); SMTP_PORT=$(free_port)
+    "$ROOT/.tools/venv/bin/nats-server" -js -a 127.0.0.1 -p "$nats_port" -sd "$WORK/nats" >/dev/null 2>&1 &
+    pids+=($!); NATS_PID=$!
+    wait_port "$nats_port"
+    cat > "$WORK/mailflow.toml" <<TOML
+[nats]
+url = "nats://127.0.0.1:$nats_port"
+[log]
+level = "warn"
+[ingress]
+hostname = "mx.bench.test"
+mx_listen = "127.0.0.1:$SMTP_PORT"
+policy_url = "http://127.0.0.1:$policy_port"
+$1
+[policy]
+grpc_listen = "127.0.0.1:$policy_port"
+relay_networks = ["127.0.0.0/8"]
+[relay]
+hostname = "relay.bench.test"
+grpc_listen = "127.0.0.1:$queue_port"
+maildir_root = "$WORK/mail"
+smarthost = "127.0.0.1:$SINK_PORT"
+TOML
+    export MAILFLOW_CONFIG="$WORK/mailflow.toml"
+    MAILFLOW_PIDS=("$NATS_PID")
+    for svc in policy relay ingress; do
+        "$ROOT/target/release/mailflow-$svc" 2>>"$WORK/$svc.log" &
+        pids+=($!); MAILFLOW_PIDS+=($!)
+        [ "$svc" = ingress ] && INGRESS_PID=$!
+    done
+    wait_port "$policy_port"; wait_port "$queue_port"; wait_port "$SMTP_PORT"
+}
+
+# start_postfix: a private Postfix instance relaying everything to the smtp-sink; sets
+# PF_PORT. It writes one line to the default instance's main.cf
+# (alternate_config_directories), which Postfix requires for a second instance.
+start_postfix() {
+    PF="$WORK/postfix"
+    PF_PORT=$(free_port)
+    # Postfix' daemons run as the postfix user and must reach their directories.
+    chmod 755 "$WORK"
+    mkdir -p "$PF/queue" "$PF/data"
+    cp /etc/postfix/main.cf /etc/postfix/master.cf "$PF/"
+    postconf -c "$PF" -e \
+        "queue_directory=$PF/queue" "data_directory=$PF/data" "meta_directory=/etc/postfix" \
+        "shlib_directory=/usr/lib/postfix" "inet_interfaces=127.0.0.1" "inet_protocols=ipv4" \
+        "mynetworks=127.0.0.0/8" "relayhost=[127.0.0.1]:$SINK_PORT" "myhostname=postfix.bench.test" \
+        "mydestination=" "default_process_limit=200" "maillog_file=$PF/maillog" \
+        "maillog_file_prefixes=/var,/dev/stdout,$WORK" \
+        "smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination" \
+        "compatibility_level=3.6" "alternate_config_directories="
+    local alt
+    alt=$(postconf -h alternate_config_directories)
+    case " $alt " in *" $PF "*) ;; *) postconf -e "alternate_config_directories=${alt:+$alt }$PF" ;; esac
+    sed -i "s|^smtp      inet  n       -       y       -       -       smtpd|127.0.0.1:$PF_PORT inet n - n - - smtpd|" "$PF/master.cf"
+    chown postfix "$PF/data"
+    # check creates the queue directories.
+    postfix -c "$PF" check >/dev/null 2>&1 || true
+    postfix -c "$PF" start >/dev/null 2>&1
+    wait_port "$PF_PORT"
+}
+
+# postfix_pids: the processes of the private instance.
+postfix_pids() {
+    local master
+    master=$(head -1 "$PF/queue/pid/master.pid" | tr -d ' ')
+    echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
+}
+
+# source_rate PORT: runs smtp-source with the benchmark's load and prints messages/second.
+source_rate() {
+    local start end
+    start=$(date +%s.%N)
+    smtp-source -s "$SESSIONS" -l "$SIZE" -m "$MESSAGES" -f bench@client.bench.test \
+        -t rcpt@remote.bench.test 127.0.0.1:"$1" >/dev/null
+    end=$(date +%s.%N)
+    python3 -c "print(f'{$MESSAGES / ($end - $start):.0f}')"
+}
