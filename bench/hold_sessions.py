@@ -6,16 +6,20 @@ import sys
 
 
 async def session(host, port, source, opened, writers):
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-    line = await reader.readline()
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(source, 0)), 30)
+        writers.append(writer)
+        line = await asyncio.wait_for(reader.readline(), 30)
+    except (OSError, asyncio.TimeoutError):
+        return
     if line.startswith(b"220"):
         opened.append(1)
-    writers.append(writer)
 
 
 async def main(host, port, count, pid):
     opened, writers = [], []
-    batch = 500
+    batch = 200
     for start in range(0, count, batch):
         tasks = []
         for i in range(start, min(count, start + batch)):

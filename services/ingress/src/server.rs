@@ -147,28 +147,47 @@ async fn handle<B: Backend>(
     config: Arc<SessionConfig>,
     shared: Arc<Shared<B>>,
 ) -> Result<(), ConnectionError> {
-    let ip = peer.ip();
-    let (backend, shutdown) = (shared.backend.clone(), shared.shutdown.clone());
+    // The TLS part is boxed: its future is large (rustls state), and most sessions of an
+    // MX never get there, so idle plaintext sessions stay small.
     if config.kind == ListenerKind::Smtps {
-        let (tls, info) = handshake(&shared, stream).await?;
-        Session::new(tls, ip, Some(info), config, backend, shutdown)
-            .run()
-            .await?;
-        return Ok(());
+        return Box::pin(encrypted(stream, peer, config, shared, false)).await;
     }
     let plain = Session::new(
         stream,
-        ip,
+        peer.ip(),
         None,
         config.clone(),
-        backend.clone(),
-        shutdown.clone(),
+        shared.backend.clone(),
+        shared.shutdown.clone(),
     );
     if let Ending::StartTls(stream) = plain.run().await? {
-        let (tls, info) = handshake(&shared, stream).await?;
-        Session::new(tls, ip, Some(info), config, backend, shutdown)
-            .resume()
-            .await?;
+        Box::pin(encrypted(stream, peer, config, shared, true)).await?;
+    }
+    Ok(())
+}
+
+/// A session over TLS: implicit (greeting after the handshake) or after STARTTLS (no
+/// greeting; the client speaks first).
+async fn encrypted<B: Backend>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<SessionConfig>,
+    shared: Arc<Shared<B>>,
+    after_starttls: bool,
+) -> Result<(), ConnectionError> {
+    let (tls, info) = handshake(&shared, stream).await?;
+    let session = Session::new(
+        tls,
+        peer.ip(),
+        Some(info),
+        config,
+        shared.backend.clone(),
+        shared.shutdown.clone(),
+    );
+    if after_starttls {
+        session.resume().await?;
+    } else {
+        session.run().await?;
     }
     Ok(())
 }
