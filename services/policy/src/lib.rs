@@ -38,7 +38,7 @@ pub enum PolicyError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), PolicyError> {
     let bus = Bus::connect(&config.nats, "mailflow-policy", &shutdown).await?;
     let topology = Topology::ensure(&bus, &shutdown).await?;
-    let directory = Directory::new(topology.directory.clone());
+    let directory = Directory::open(topology.directory.clone(), shutdown.clone());
 
     let router_stage =
         route::RouteStage::new(bus.clone(), directory.clone(), config.policy.out_shards);

@@ -99,7 +99,13 @@ impl Consumer {
 
     /// One attempt; `Ok(true)` when some recipients were deferred.
     async fn work(&self, job: &DeliveryJob, attempt: u32) -> Result<bool, BusError> {
-        let current = self.status.get(&job.queue_id).await?;
+        // On a first attempt no recipient can be final yet: skip the read. Later attempts
+        // (a retry, or a redelivery after a crash) skip recipients already done.
+        let current = if attempt > 1 {
+            self.status.get(&job.queue_id).await?
+        } else {
+            None
+        };
         let pending: Vec<Pending> = job
             .recipients
             .iter()
