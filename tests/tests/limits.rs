@@ -129,7 +129,7 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
             "{i:08} {}\r\n",
             "abcdefghijklmnopqrstuvwxyz0123456789".repeat(2)
         ));
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             body.push_str(".a line the relay must dot-stuff\r\n");
         }
         i += 1;

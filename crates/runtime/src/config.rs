@@ -132,6 +132,10 @@ pub struct IngressConfig {
     /// How long an in-session policy check may take before the client gets `451 4.3.0`.
     #[serde(with = "humantime_serde")]
     pub policy_timeout: Duration,
+    /// How long a recipient verdict of the policy service is reused for the same question;
+    /// `0s` asks every time.
+    #[serde(with = "humantime_serde")]
+    pub policy_cache_ttl: Duration,
     /// Simultaneous SMTP sessions per ingress process.
     pub max_connections: usize,
     /// Simultaneous SMTP sessions from one client IP.
@@ -172,6 +176,7 @@ impl Default for IngressConfig {
             tls_reload_interval: Duration::from_secs(30),
             policy_url: "http://127.0.0.1:50051".into(),
             policy_timeout: Duration::from_secs(10),
+            policy_cache_ttl: Duration::from_secs(30),
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_message_size: 50 * 1024 * 1024,

@@ -4,6 +4,7 @@
 //! over in-memory I/O in unit tests.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::IngressError;
+use crate::verdicts::VerdictCache;
 
 /// Why a backend call failed; the client gets `451 4.3.0` for any of them.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,8 @@ pub struct Services {
     policy: PolicyClient<Channel>,
     /// Per-call deadline for policy checks.
     policy_timeout: Duration,
+    /// Recent recipient verdicts.
+    verdicts: Arc<VerdictCache>,
     /// The NATS connection.
     bus: Bus,
     /// Where bodies go (inline or object store).
@@ -83,6 +87,7 @@ impl Services {
         Ok(Self {
             policy: PolicyClient::new(endpoint.connect_lazy()),
             policy_timeout: config.policy_timeout,
+            verdicts: Arc::new(VerdictCache::new(config.policy_cache_ttl)),
             bus,
             bodies,
         })
@@ -108,8 +113,14 @@ impl Backend for Services {
         &self,
         request: CheckRecipientRequest,
     ) -> Result<Verdict, BackendError> {
+        let key = request.encode_to_vec();
+        if let Some(verdict) = self.verdicts.get(&key) {
+            return Ok(verdict);
+        }
         let mut client = self.policy.clone();
-        self.call(client.check_recipient(request)).await
+        let verdict = self.call(client.check_recipient(request)).await?;
+        self.verdicts.put(key, &verdict);
+        Ok(verdict)
     }
 
     async fn check_sender(&self, request: CheckSenderRequest) -> Result<Verdict, BackendError> {

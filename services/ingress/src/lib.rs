@@ -13,6 +13,7 @@ pub mod received;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod verdicts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
