@@ -79,12 +79,11 @@ where
         let mut rate = RateGuard::new(self.inbuf.len());
         loop {
             let take = remaining.min(self.inbuf.len() as u64) as usize;
-            if keep {
-                if let State::Mail(_, tx) = &mut self.state
-                    && let Chunks::Receiving(body) = &mut tx.chunks
-                {
-                    body.feed(&self.inbuf[..take]);
-                }
+            if keep
+                && let State::Mail(_, tx) = &mut self.state
+                && let Chunks::Receiving(body) = &mut tx.chunks
+            {
+                body.feed(&self.inbuf[..take]);
             }
             self.inbuf.advance(take);
             remaining -= take as u64;
