@@ -156,3 +156,22 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
     assert!(got.data.len() > body.len());
     assert!(got.data.ends_with(body.as_bytes()), "content differs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10_mb_line_is_refused_and_other_clients_are_served_meanwhile() {
+    let w = World::start().await;
+    let mut flood = SmtpClient::connect(w.stack.smtp).await;
+    flood.command("EHLO flood.test", 250).await;
+    flood.send_raw(b"NOOP ").await;
+    let chunk = vec![b'x'; 1024 * 1024];
+    for _ in 0..10 {
+        flood.send_raw(&chunk).await;
+        // Another client is served while the flood is in progress.
+        let mut other = SmtpClient::connect(w.stack.smtp).await;
+        other.command("EHLO other.test", 250).await;
+        other.command("QUIT", 221).await;
+    }
+    let r = flood.command("", 500).await;
+    assert!(r.text.starts_with("5.5.2 "), "{r:?}");
+    flood.command("NOOP", 250).await;
+}
