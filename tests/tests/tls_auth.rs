@@ -333,3 +333,65 @@ async fn a_rotated_certificate_is_served_without_restart() {
     assert_eq!(served, expected);
     open.command("NOOP", 250).await;
 }
+
+/// lettre, a Rust client, over STARTTLS (submission) and implicit TLS, verifying the
+/// server certificate against the test's own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lettre_starttls_and_implicit_tls() {
+    use lettre::message::Mailbox;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let w = World::start().await;
+    let pem = std::fs::read(&w.stack.cert).unwrap();
+    let tls = TlsParameters::builder("localhost".into())
+        .certificate_store(CertificateStore::None)
+        .add_root_certificate(Certificate::from_pem(&pem).unwrap())
+        .build_rustls()
+        .unwrap();
+    for (port, mode, subject) in [
+        (
+            w.stack.submission.port(),
+            Tls::Required(tls.clone()),
+            "lettre-starttls",
+        ),
+        (
+            w.stack.smtps.port(),
+            Tls::Wrapper(tls.clone()),
+            "lettre-implicit",
+        ),
+    ] {
+        let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("localhost")
+            .port(port)
+            .tls(mode)
+            .credentials(Credentials::new("demo@example.test".into(), "demo".into()))
+            .build();
+        let from: Mailbox = "Demo <demo@example.test>".parse().unwrap();
+        let email = Message::builder()
+            .from(from.clone())
+            .to("Carol <carol@remote-a.test>".parse().unwrap())
+            .subject(subject)
+            .body(String::from("Sent by lettre.\n"))
+            .unwrap();
+        let response = mailer.send(email).await.expect("lettre sends");
+        assert_eq!(response.code().to_string(), "250");
+        let text: String = response.message().collect::<Vec<_>>().join(" ");
+        w.stack
+            .wait_final(&queue_id(&text), Duration::from_secs(30))
+            .await;
+    }
+    let subjects: Vec<String> =
+        w.a.received()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+            .collect();
+    for subject in ["lettre-starttls", "lettre-implicit"] {
+        assert!(
+            subjects
+                .iter()
+                .any(|s| s.contains(&format!("Subject: {subject}"))),
+            "{subject}"
+        );
+    }
+}
