@@ -32,6 +32,8 @@ pub struct Sink {
     received: Arc<Mutex<Vec<Delivered>>>,
     /// Messages whose content fully arrived, held or not.
     arrived: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     /// True while end-of-DATA replies are held back.
     hold: Arc<watch::Sender<bool>>,
 }
@@ -60,6 +62,7 @@ impl Sink {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             arrived: Arc::default(),
+            connections: Arc::default(),
             hold: Arc::new(hold),
         };
         let s = sink.clone();
@@ -67,6 +70,7 @@ impl Sink {
             let mut n = 0;
             while let Ok((stream, _)) = listener.accept().await {
                 n += 1;
+                s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _ = s.session(stream, n).await;
@@ -84,6 +88,11 @@ impl Sink {
     /// Messages whose content arrived, including held ones.
     pub fn arrived(&self) -> usize {
         self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Holds end-of-DATA replies from now on.

@@ -314,3 +314,27 @@ async fn queue_service_errors_are_proper_grpc_statuses() {
     let bad = w.stack.get_message("not an id").await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_messages_to_one_destination_reuse_the_connection() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    for i in 0..5 {
+        let id = c
+            .send_mail(
+                "sender@client.test",
+                &["dave@remote-b.test"],
+                &content(&format!("reuse-{i}")),
+            )
+            .await;
+        w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    }
+    assert_eq!(w.b.received().len(), 5);
+    // One connection carried them all (two if the machine stalled past the reuse window).
+    assert!(
+        w.b.connections() <= 2,
+        "{} connections for 5 messages",
+        w.b.connections()
+    );
+}

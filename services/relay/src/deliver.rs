@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
 use crate::mx::{MxResolver, Target};
-use crate::smtp_client::{self, ClientConfig, Envelope, HostFailure};
+use crate::smtp_client::{self, ClientConfig, ConnectionCache, Envelope, HostFailure};
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +91,8 @@ pub struct Deliverer {
     pub connect_timeout: Duration,
     /// Per-reply timeout.
     pub command_timeout: Duration,
+    /// Idle connections to reuse.
+    pub connections: Arc<ConnectionCache>,
 }
 
 /// A recipient of the job still to be delivered: its index in the message and address.
@@ -220,7 +223,7 @@ impl Deliverer {
         let mut last_failure = None;
         for target in &targets {
             for addr in &target.addrs {
-                match smtp_client::deliver(*addr, &config, &env).await {
+                match smtp_client::deliver(*addr, &config, &env, &self.connections).await {
                     Ok(replies) => {
                         return replies
                             .iter()

@@ -50,6 +50,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),
         connect_timeout: relay.connect_timeout,
         command_timeout: relay.command_timeout,
+        connections: Arc::default(),
     };
     let consumer = Arc::new(consumer::Consumer {
         bus,

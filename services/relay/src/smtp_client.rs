@@ -1,7 +1,9 @@
 //! The SMTP client: one transaction to one host.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mailflow_smtp::{ReplyDecoder, ServerReply, dot};
@@ -130,13 +132,104 @@ impl Conn {
     }
 }
 
-/// Runs one transaction; returns each recipient's final reply (its RCPT refusal, or the
-/// reply to the end of DATA).
+/// A connection that has been greeted and has said EHLO, ready for a transaction.
+struct Ready {
+    /// The connection.
+    conn: Conn,
+    /// The EHLO keywords, upper case (empty after a HELO fallback).
+    extensions: Vec<String>,
+    /// When it last finished a transaction.
+    idle_since: Instant,
+}
+
+impl Ready {
+    fn has(&self, ext: &str) -> bool {
+        self.extensions
+            .iter()
+            .any(|l| l.split_ascii_whitespace().next() == Some(ext))
+    }
+}
+
+/// How long an idle connection is kept for the next message to the same address (Postfix
+/// keeps them 2 s by default; servers commonly allow minutes).
+const REUSE_TIME: Duration = Duration::from_secs(5);
+/// Idle connections kept per address.
+const MAX_IDLE_PER_ADDR: usize = 20;
+
+/// Idle connections by address, so consecutive messages to one destination skip the
+/// connect, greeting and EHLO.
+#[derive(Default)]
+pub struct ConnectionCache {
+    /// Idle, ready connections.
+    idle: Mutex<HashMap<SocketAddr, Vec<Ready>>>,
+}
+
+impl ConnectionCache {
+    fn take(&self, addr: SocketAddr) -> Option<Ready> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(ready) = list.pop() {
+            if ready.idle_since.elapsed() < REUSE_TIME {
+                return Some(ready);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, mut ready: Ready) {
+        ready.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        list.retain(|r| r.idle_since.elapsed() < REUSE_TIME);
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(ready);
+        }
+    }
+}
+
+/// Runs one transaction, on a cached connection when there is one; returns each
+/// recipient's final reply (its RCPT refusal, or the reply to the end of DATA).
 pub async fn deliver(
     addr: SocketAddr,
     config: &ClientConfig<'_>,
     env: &Envelope<'_>,
+    cache: &ConnectionCache,
 ) -> Result<Vec<ServerReply>, HostFailure> {
+    if let Some(mut ready) = cache.take(addr) {
+        match transaction(&mut ready, env).await {
+            // The server closed the idle connection (or says it will): start afresh.
+            Err(HostFailure::Lost {
+                stage: "MAIL FROM", ..
+            }) => {}
+            Err(HostFailure::Refused { reply, .. }) if reply.code == 421 => {}
+            result => return finish(addr, ready, result, cache).await,
+        }
+    }
+    let mut ready = open(addr, config).await?;
+    let result = transaction(&mut ready, env).await;
+    finish(addr, ready, result, cache).await
+}
+
+/// Keeps a healthy connection for the next message; ends the others politely.
+async fn finish(
+    addr: SocketAddr,
+    mut ready: Ready,
+    result: Result<Vec<ServerReply>, HostFailure>,
+    cache: &ConnectionCache,
+) -> Result<Vec<ServerReply>, HostFailure> {
+    match &result {
+        Ok(_) => cache.put(addr, ready),
+        Err(HostFailure::Lost { .. }) => {}
+        Err(_) => {
+            // Courtesy only: the outcome is already decided.
+            let _ = ready.conn.command("QUIT", "QUIT").await;
+        }
+    }
+    result
+}
+
+/// Connects, reads the greeting and says EHLO (HELO when EHLO is refused).
+async fn open(addr: SocketAddr, config: &ClientConfig<'_>) -> Result<Ready, HostFailure> {
     let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
     {
         Ok(Ok(s)) => s,
@@ -161,21 +254,9 @@ pub async fn deliver(
         addr,
         timeout: config.command_timeout,
     };
-    let result = transaction(&mut conn, config, env).await;
-    if !matches!(result, Err(HostFailure::Lost { .. })) {
-        // Courtesy only: the outcome is already decided.
-        let _ = conn.command("QUIT", "QUIT").await;
-    }
-    result
-}
-
-async fn transaction(
-    conn: &mut Conn,
-    config: &ClientConfig<'_>,
-    env: &Envelope<'_>,
-) -> Result<Vec<ServerReply>, HostFailure> {
     let greeting = conn.read_reply("reading the greeting").await?;
     if greeting.code != 220 {
+        let _ = conn.command("QUIT", "QUIT").await;
         return Err(conn.refused(greeting));
     }
     let ehlo = conn
@@ -192,30 +273,42 @@ async fn transaction(
             .command(&format!("HELO {}", config.helo), "HELO")
             .await?;
         if !helo.is_success() {
+            let _ = conn.command("QUIT", "QUIT").await;
             return Err(conn.refused(helo));
         }
         Vec::new()
     };
-    let has = |ext: &str| {
-        extensions
-            .iter()
-            .any(|l| l.split_ascii_whitespace().next() == Some(ext))
-    };
-    if env.smtputf8 && !has("SMTPUTF8") {
-        return Err(HostFailure::NoSmtpUtf8 { addr: conn.addr });
+    Ok(Ready {
+        conn,
+        extensions,
+        idle_since: Instant::now(),
+    })
+}
+
+/// One transaction from MAIL FROM to the reply to the end of data, leaving the connection
+/// ready for the next one.
+async fn transaction(
+    ready: &mut Ready,
+    env: &Envelope<'_>,
+) -> Result<Vec<ServerReply>, HostFailure> {
+    if env.smtputf8 && !ready.has("SMTPUTF8") {
+        return Err(HostFailure::NoSmtpUtf8 {
+            addr: ready.conn.addr,
+        });
     }
     let mut mail = format!("MAIL FROM:<{}>", env.from);
-    if has("SIZE") {
+    if ready.has("SIZE") {
         mail.push_str(&format!(" SIZE={}", env.body.len()));
     }
     // Without 8BITMIME at the peer the content is sent as it is, as Postfix does by default
     // (smtp_send_8bitmime without downgrade): refusing it would bounce most mail for nothing.
-    if env.eight_bit && has("8BITMIME") {
+    if env.eight_bit && ready.has("8BITMIME") {
         mail.push_str(" BODY=8BITMIME");
     }
     if env.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
+    let conn = &mut ready.conn;
     let reply = conn.command(&mail, "MAIL FROM").await?;
     if !reply.is_success() {
         return Err(conn.refused(reply));
@@ -228,7 +321,10 @@ async fn transaction(
         );
     }
     if !replies.iter().any(ServerReply::is_success) {
-        let _ = conn.command("RSET", "RSET").await;
+        let reset = conn.command("RSET", "RSET").await?;
+        if !reset.is_success() {
+            return Err(conn.refused(reset));
+        }
         return Ok(replies);
     }
     let data = conn.command("DATA", "DATA").await?;
