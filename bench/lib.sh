@@ -34,6 +34,18 @@ cpu_ticks() {
     echo "$total"
 }
 
+# wait_idle PID...: waits (at most 120 s) until the processes stop using CPU, so that one
+# system's delivery backlog does not slow the next system's measurement.
+wait_idle() {
+    local before after deadline=$((SECONDS + 120))
+    while [ $SECONDS -lt $deadline ]; do
+        before=$(cpu_ticks "$@")
+        sleep 0.5
+        after=$(cpu_ticks "$@")
+        [ $((after - before)) -ge 3 ] || return 0
+    done
+}
+
 start_sink() {
     SINK_PORT=$(free_port)
     # smtp-sink refuses to run as root without a user to switch to.
