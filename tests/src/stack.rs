@@ -163,6 +163,24 @@ retry_delays = ["1s"]
         wait::port_open(addr, Duration::from_secs(30)).await;
     }
 
+    /// Starts a second policy replica on its own port (same NATS, same buckets); it runs
+    /// until the returned process is dropped.
+    pub async fn start_policy_replica(&self) -> (SocketAddr, Child) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(self.dir.path().join("policy-replica.log")).unwrap();
+        let child = Command::new(binary(POLICY))
+            .env("MAILFLOW_CONFIG", &self.config)
+            .env("MAILFLOW_POLICY__GRPC_LISTEN", addr.to_string())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("a second policy starts");
+        wait::port_open(addr, Duration::from_secs(30)).await;
+        (addr, child)
+    }
+
     /// Kills a service with SIGKILL and waits until it is gone.
     pub async fn kill(&mut self, name: &'static str) {
         let mut child = self.procs.remove(name).expect("service running");

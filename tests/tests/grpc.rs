@@ -165,3 +165,43 @@ async fn services_exit_cleanly_on_sigterm() {
         assert!(status.success(), "{name} exited with {status}");
     }
 }
+
+/// Two policy replicas share the directory: a user added through one is known to the other
+/// within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_change_reaches_another_replica_within_a_second() {
+    use mailflow_proto::v1::{
+        CheckRecipientRequest, SessionInfo, policy_client::PolicyClient, verdict::Action,
+    };
+    use std::time::{Duration, Instant};
+
+    let (stack, _dns) = stack().await;
+    let (replica, _child) = stack.start_policy_replica().await;
+    let mut other = PolicyClient::new(channel(replica).await);
+    let ask = || CheckRecipientRequest {
+        session: Some(SessionInfo {
+            client_ip: "192.0.2.1".into(),
+            helo: "client.test".into(),
+            auth_identity: String::new(),
+            listener: "mx".into(),
+        }),
+        sender: "someone@client.test".into(),
+        recipient: "newcomer@example.test".into(),
+    };
+    let before = other.check_recipient(ask()).await.unwrap().into_inner();
+    assert_eq!(before.action(), Action::Reject);
+    assert_eq!(before.code, 550);
+    stack.add_user("newcomer@example.test", "pw").await;
+    let added = Instant::now();
+    loop {
+        let v = other.check_recipient(ask()).await.unwrap().into_inner();
+        if v.action() == Action::Accept {
+            break;
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(1),
+            "the other replica did not see the user within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
