@@ -16,11 +16,13 @@
 mod body;
 mod connect;
 mod consume;
+mod kv;
 mod topology;
 
 pub use body::{BodyStore, load_body};
 pub use connect::{Bus, BusError};
 pub use consume::{ConsumerSpec, consume};
+pub use kv::compare_and_set;
 pub use topology::{Topology, names};
 
 use prost::Message;

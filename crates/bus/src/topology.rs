@@ -106,8 +106,10 @@ impl Topology {
                 .await
                 .map_err(|e| setup(&name, e))?;
         }
-        let status = open_kv(bus, names::STATUS_BUCKET, 1, RETENTION).await?;
-        let directory = open_kv(bus, names::DIRECTORY_BUCKET, 5, Duration::ZERO).await?;
+        let status = bus.open_kv(names::STATUS_BUCKET, 1, RETENTION).await?;
+        let directory = bus
+            .open_kv(names::DIRECTORY_BUCKET, 5, Duration::ZERO)
+            .await?;
         let bodies = match js.get_object_store(names::BODIES_STORE).await {
             Ok(store) => store,
             Err(_) => js
@@ -129,29 +131,7 @@ impl Topology {
     }
 }
 
-async fn open_kv(
-    bus: &Bus,
-    bucket: &str,
-    history: i64,
-    max_age: Duration,
-) -> Result<kv::Store, BusError> {
-    if let Ok(store) = bus.js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    bus.js
-        .create_key_value(kv::Config {
-            bucket: bucket.into(),
-            history,
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: bus.replicas(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(bucket, e))
-}
-
-fn setup(name: &str, e: impl std::fmt::Display) -> BusError {
+pub(crate) fn setup(name: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Setup {
         name: name.into(),
         reason: e.to_string(),

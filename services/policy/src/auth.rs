@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
-use async_nats::jetstream::{kv, stream::StorageType};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
-use mailflow_bus::{Bus, BusError};
+use mailflow_bus::{Bus, BusError, compare_and_set};
 use mailflow_proto::v1::StoredUser;
 
 /// The KV bucket of failure counts.
@@ -41,73 +41,37 @@ fn key(ip: IpAddr) -> String {
 impl FailureCounter {
     /// Opens (or creates) the bucket.
     pub async fn open(bus: &Bus, limit: u32, window: Duration) -> Result<Self, BusError> {
-        let kv = match bus.js.get_key_value(FAILURES_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => bus
-                .js
-                .create_key_value(kv::Config {
-                    bucket: FAILURES_BUCKET.into(),
-                    history: 1,
-                    max_age: window,
-                    storage: StorageType::File,
-                    num_replicas: bus.replicas(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| BusError::Setup {
-                    name: FAILURES_BUCKET.into(),
-                    reason: e.to_string(),
-                })?,
-        };
+        let kv = bus.open_kv(FAILURES_BUCKET, 1, window).await?;
         Ok(Self { kv, limit })
     }
 
     /// True when `ip` has used up its attempts.
     pub async fn exhausted(&self, ip: IpAddr) -> Result<bool, AuthError> {
-        Ok(self.count(ip).await?.0 >= self.limit)
+        Ok(self.count(ip).await? >= self.limit)
     }
 
-    async fn count(&self, ip: IpAddr) -> Result<(u32, Option<u64>), AuthError> {
-        match self.kv.entry(key(ip)).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let n = std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                Ok((n, Some(e.revision)))
-            }
-            Ok(_) => Ok((0, None)),
+    async fn count(&self, ip: IpAddr) -> Result<u32, AuthError> {
+        match self.kv.get(key(ip)).await {
+            Ok(value) => Ok(parse_count(value)),
             Err(e) => Err(AuthError::Storage(e.to_string())),
         }
     }
 
     /// Counts one failure for `ip` (compare-and-set, so concurrent failures all count).
     pub async fn record_failure(&self, ip: IpAddr) -> Result<(), AuthError> {
-        for _ in 0..20 {
-            let (n, revision) = self.count(ip).await?;
-            let value = Bytes::from((n + 1).to_string());
-            let written = match revision {
-                Some(rev) => self
-                    .kv
-                    .update(key(ip), value, rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => self
-                    .kv
-                    .create(key(ip), value)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            };
-            if written.is_ok() {
-                return Ok(());
-            }
-        }
-        Err(AuthError::Storage(
-            "too much contention on the failure counter".into(),
-        ))
+        compare_and_set(&self.kv, &key(ip), 20, |current| {
+            Ok(Bytes::from((parse_count(current) + 1).to_string()))
+        })
+        .await
+        .map_err(|e| AuthError::Storage(e.to_string()))
     }
+}
+
+/// A stored count; a missing or unreadable one counts as zero.
+fn parse_count(value: Option<Bytes>) -> u32 {
+    value
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Checks `password` against the user's stored argon2id hash. Slow by design: call it from

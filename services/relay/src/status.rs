@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use mailflow_bus::{Bus, BusError, names};
+use mailflow_bus::{Bus, BusError, compare_and_set, names};
 use mailflow_proto::v1::{
     DeliveryEvent, DeliveryJob, MessageStatus, RecipientState, RecipientStatus,
 };
@@ -64,30 +64,21 @@ impl StatusBook {
         results: &[(u32, String, Outcome)],
     ) -> Result<(), BusError> {
         let now = prost_types::Timestamp::from(SystemTime::now());
-        let key = job.queue_id.as_str();
-        loop {
-            let entry = self
-                .kv
-                .entry(key)
-                .await
-                .map_err(|e| storage("get", key, e))?;
-            let (mut status, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    (MessageStatus::decode(e.value)?, Some(e.revision))
-                }
-                _ => (
-                    MessageStatus {
-                        queue_id: job.queue_id.clone(),
-                        sender: job
-                            .mail_from
-                            .as_ref()
-                            .map(|m| m.address.clone())
-                            .unwrap_or_default(),
-                        received_at: job.received_at,
-                        ..Default::default()
-                    },
-                    None,
-                ),
+        // Jobs of one message may finish at the same moment: no bound on the retries, as a
+        // conflict means another writer made progress.
+        compare_and_set(&self.kv, &job.queue_id, usize::MAX, |current| {
+            let mut status = match current {
+                Some(value) => MessageStatus::decode(value)?,
+                None => MessageStatus {
+                    queue_id: job.queue_id.clone(),
+                    sender: job
+                        .mail_from
+                        .as_ref()
+                        .map(|m| m.address.clone())
+                        .unwrap_or_default(),
+                    received_at: job.received_at,
+                    ..Default::default()
+                },
             };
             for (index, address, outcome) in results {
                 let i = *index as usize;
@@ -103,33 +94,9 @@ impl StatusBook {
                 r.last_reply = Some(outcome.reply.clone());
                 r.updated_at = Some(now);
             }
-            let value = Bytes::from(status.encode_to_vec());
-            let written = match revision {
-                Some(rev) => self
-                    .kv
-                    .update(key, value, rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => self.kv.create(key, value).await.map(|_| ()).map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
-            match written {
-                Ok(()) => break,
-                // Another job of the same message got there first: read again.
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(storage("update", key, e)),
-            }
-        }
+            Ok(Bytes::from(status.encode_to_vec()))
+        })
+        .await?;
         let events: Vec<(String, String, Bytes)> = results
             .iter()
             .map(|(index, address, outcome)| {
