@@ -5,6 +5,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
 use mailflow_smtp::{DataDecoder, DataEvent, LineEndings, dot};
 
 fn decode_whole(input: &[u8], chunk: usize, endings: LineEndings) -> Option<Result<BytesMut, mailflow_smtp::DataProblem>> {
@@ -19,20 +22,12 @@ fn decode_whole(input: &[u8], chunk: usize, endings: LineEndings) -> Option<Resu
     None
 }
 
-fn no_bare_line_endings(body: &[u8]) -> bool {
-    body.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => body.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && body[i - 1] == b'\r',
-        _ => true,
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk, input)) = data.split_first() else { return };
     let chunk = usize::from(chunk).max(1);
     for endings in [LineEndings::Reject, LineEndings::Normalize] {
         if let Some(Ok(body)) = decode_whole(input, chunk, endings) {
-            assert!(no_bare_line_endings(&body));
+            assert!(common::only_crlf_line_endings(&body));
             let mut wire = Vec::new();
             dot::encode(&body, &mut wire);
             let again = decode_whole(&wire, chunk, LineEndings::Reject)

@@ -293,6 +293,19 @@ retry_delays = ["1s"]
     }
 }
 
+/// A stack for tests of local mail only: no remote domains, no relaying, and an empty DNS
+/// server (returned so that it lives as long as the stack).
+pub async fn local() -> (Stack, crate::dns::DnsServer) {
+    let dns = crate::dns::DnsServer::start(&[]).await;
+    let stack = Stack::start(Options {
+        dns: dns.addr,
+        mx_port: 25,
+        relay_networks: vec![],
+    })
+    .await;
+    (stack, dns)
+}
+
 /// Writes a fresh self-signed certificate and key; returns their paths.
 pub fn write_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let names = vec![

@@ -9,18 +9,11 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::binary;
 use mailflow_tests::client::queue_id;
-use mailflow_tests::dns::DnsServer;
-use mailflow_tests::stack::{Options, Stack};
+use mailflow_tests::stack::local;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_to_demo_is_delivered_and_mailctl_shows_it() {
-    let dns = DnsServer::start(&[]).await;
-    let stack = Stack::start(Options {
-        dns: dns.addr,
-        mx_port: 25,
-        relay_networks: vec![],
-    })
-    .await;
+    let (stack, _dns) = local().await;
     let server = stack.smtp.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("swaks")

@@ -7,8 +7,7 @@ use mailflow_proto::v1::{
     AddDomainRequest, AddUserRequest, ListDomainsRequest, ListUsersRequest,
     directory_client::DirectoryClient,
 };
-use mailflow_tests::dns::DnsServer;
-use mailflow_tests::stack::{INGRESS, Options, POLICY, RELAY, Stack};
+use mailflow_tests::stack::{INGRESS, POLICY, RELAY, local};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -16,17 +15,6 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
-
-async fn stack() -> (Stack, DnsServer) {
-    let dns = DnsServer::start(&[]).await;
-    let stack = Stack::start(Options {
-        dns: dns.addr,
-        mx_port: 25,
-        relay_networks: vec![],
-    })
-    .await;
-    (stack, dns)
-}
 
 async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -70,7 +58,7 @@ async fn services(addr: std::net::SocketAddr) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grpc_server_has_health_and_reflection() {
-    let (stack, _dns) = stack().await;
+    let (stack, _dns) = local().await;
     for service in ["", "mailflow.v1.Policy", "mailflow.v1.Directory"] {
         assert_eq!(
             serving(stack.policy, service).await,
@@ -102,7 +90,7 @@ async fn every_grpc_server_has_health_and_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_lists_and_refuses_bad_input_with_proper_codes() {
-    let (stack, _dns) = stack().await;
+    let (stack, _dns) = local().await;
     let mut dir = DirectoryClient::connect(format!("http://{}", stack.policy))
         .await
         .unwrap();
@@ -159,7 +147,7 @@ async fn directory_lists_and_refuses_bad_input_with_proper_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_exit_cleanly_on_sigterm() {
-    let (mut stack, _dns) = stack().await;
+    let (mut stack, _dns) = local().await;
     for name in [INGRESS, RELAY, POLICY] {
         let status = stack.terminate(name).await;
         assert!(status.success(), "{name} exited with {status}");
@@ -175,7 +163,7 @@ async fn a_directory_change_reaches_another_replica_within_a_second() {
     };
     use std::time::{Duration, Instant};
 
-    let (stack, _dns) = stack().await;
+    let (stack, _dns) = local().await;
     let (replica, _child) = stack.start_policy_replica().await;
     let mut other = PolicyClient::new(channel(replica).await);
     let ask = || CheckRecipientRequest {

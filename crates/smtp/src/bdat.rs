@@ -4,32 +4,23 @@
 
 use bytes::BytesMut;
 
-use crate::data::{DataProblem, LineEndings};
+use crate::data::{BodyBuffer, DataProblem, LineEndings};
 
 /// Accumulates the chunks of one message.
 #[derive(Debug)]
 pub struct BdatBody {
     /// The body so far.
-    body: BytesMut,
-    /// The most octets it may hold.
-    max_size: usize,
-    /// Bare CR/LF policy.
-    endings: LineEndings,
+    buffer: BodyBuffer,
     /// The last octet fed was a CR whose LF may still come in the next chunk.
     pending_cr: bool,
-    /// The first reason to refuse the message, if any.
-    problem: Option<DataProblem>,
 }
 
 impl BdatBody {
     /// An empty body of at most `max_size` octets.
     pub fn new(max_size: usize, endings: LineEndings) -> Self {
         Self {
-            body: BytesMut::new(),
-            max_size,
-            endings,
+            buffer: BodyBuffer::new(max_size, endings),
             pending_cr: false,
-            problem: None,
         }
     }
 
@@ -41,21 +32,21 @@ impl BdatBody {
                 (true, b'\n') => self.pending_cr = false,
                 (true, _) => {
                     // The CR before this octet was bare.
-                    self.append(&bytes[start..i]);
+                    self.buffer.append(&bytes[start..i]);
                     self.bare(b"\n");
                     start = i;
                     self.pending_cr = b == b'\r';
                 }
                 (false, b'\r') => self.pending_cr = true,
                 (false, b'\n') => {
-                    self.append(&bytes[start..i]);
+                    self.buffer.append(&bytes[start..i]);
                     self.bare(b"\r\n");
                     start = i + 1;
                 }
                 (false, _) => {}
             }
         }
-        self.append(&bytes[start..]);
+        self.buffer.append(&bytes[start..]);
     }
 
     /// The message after the LAST chunk.
@@ -63,42 +54,24 @@ impl BdatBody {
         if self.pending_cr {
             self.bare(b"\n");
         }
-        match self.problem {
-            Some(p) => Err(p),
-            None => Ok(self.body),
-        }
+        self.buffer.finish()
     }
 
     /// Octets received so far (for the `250` of each chunk).
     pub fn len(&self) -> usize {
-        self.body.len()
+        self.buffer.len()
     }
 
     /// True before any content.
     pub fn is_empty(&self) -> bool {
-        self.body.is_empty()
+        self.len() == 0
     }
 
-    /// A bare CR or LF: `fix` completes it to CRLF when normalising.
+    /// A bare CR or LF: `fix` completes it to CRLF when normalising (after a refusal the
+    /// buffer drops it).
     fn bare(&mut self, fix: &[u8]) {
-        match self.endings {
-            LineEndings::Reject => {
-                self.problem.get_or_insert(DataProblem::BareLineEnding);
-            }
-            LineEndings::Normalize => self.append(fix),
-        }
-    }
-
-    fn append(&mut self, bytes: &[u8]) {
-        if self.problem.is_some() {
-            return;
-        }
-        if self.body.len() + bytes.len() > self.max_size {
-            self.problem = Some(DataProblem::TooBig);
-            self.body = BytesMut::new();
-            return;
-        }
-        self.body.extend_from_slice(bytes);
+        self.buffer.bare();
+        self.buffer.append(fix);
     }
 }
 

@@ -35,30 +35,81 @@ pub enum DataEvent {
     Done(Result<BytesMut, DataProblem>),
 }
 
+/// A message body being received, DATA or BDAT: bounded in size, and remembering the first
+/// reason to refuse it. Once there is one, further content is dropped.
+#[derive(Debug)]
+pub(crate) struct BodyBuffer {
+    /// The body so far (CRLF line endings).
+    body: BytesMut,
+    /// The most octets it may hold.
+    max_size: usize,
+    /// Bare CR/LF policy.
+    endings: LineEndings,
+    /// The first reason to refuse the body, if any.
+    problem: Option<DataProblem>,
+}
+
+impl BodyBuffer {
+    /// An empty body of at most `max_size` octets.
+    pub(crate) fn new(max_size: usize, endings: LineEndings) -> Self {
+        Self {
+            body: BytesMut::new(),
+            max_size,
+            endings,
+            problem: None,
+        }
+    }
+
+    /// Appends content, or records that the body is too big.
+    pub(crate) fn append(&mut self, bytes: &[u8]) {
+        if self.problem.is_some() {
+            return;
+        }
+        if self.body.len() + bytes.len() > self.max_size {
+            self.problem = Some(DataProblem::TooBig);
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// Notes a bare CR or LF: a refusal under [`LineEndings::Reject`]; when normalising, the
+    /// caller appends the CRLF that replaces it.
+    pub(crate) fn bare(&mut self) {
+        if self.endings == LineEndings::Reject {
+            self.problem.get_or_insert(DataProblem::BareLineEnding);
+        }
+    }
+
+    /// Octets held so far.
+    pub(crate) fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The body, or why it is refused.
+    pub(crate) fn finish(&mut self) -> Result<BytesMut, DataProblem> {
+        match self.problem {
+            Some(p) => Err(p),
+            None => Ok(std::mem::take(&mut self.body)),
+        }
+    }
+}
+
 /// Decodes one DATA body.
 #[derive(Debug)]
 pub struct DataDecoder {
     /// The decoded body (dot-unstuffed, CRLF line endings).
-    body: BytesMut,
-    /// The most octets the body may hold.
-    max_size: usize,
-    /// Bare CR/LF policy.
-    endings: LineEndings,
+    buffer: BodyBuffer,
     /// True when the next octet starts a line.
     at_line_start: bool,
-    /// The first reason to refuse the body, if any.
-    problem: Option<DataProblem>,
 }
 
 impl DataDecoder {
     /// A decoder for a body of at most `max_size` octets.
     pub fn new(max_size: usize, endings: LineEndings) -> Self {
         Self {
-            body: BytesMut::new(),
-            max_size,
-            endings,
+            buffer: BodyBuffer::new(max_size, endings),
             at_line_start: true,
-            problem: None,
         }
     }
 
@@ -69,7 +120,7 @@ impl DataDecoder {
                 match buf.get(1..3) {
                     Some(b"\r\n") => {
                         buf.advance(3);
-                        return DataEvent::Done(self.finish());
+                        return DataEvent::Done(self.buffer.finish());
                     }
                     // Not enough to tell ".\r\n" from a stuffed dot.
                     None if buf.get(1).is_none_or(|&b| b == b'\r') => return DataEvent::NeedMore,
@@ -85,10 +136,10 @@ impl DataDecoder {
                         None => (&line[..lf], false),
                     };
                     if !crlf {
-                        self.bare_ending();
+                        self.buffer.bare();
                     }
                     self.append_content(content);
-                    self.append(b"\r\n");
+                    self.buffer.append(b"\r\n");
                     // Only a real CRLF starts a line that can end the data or be dot-stuffed:
                     // after a bare LF (normalised), ".\r\n" is content, never the end.
                     self.at_line_start = crlf;
@@ -116,37 +167,12 @@ impl DataDecoder {
     fn append_content(&mut self, content: &[u8]) {
         let mut rest = content;
         while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
-            self.append(&rest[..cr]);
-            self.bare_ending();
-            self.append(b"\r\n");
+            self.buffer.append(&rest[..cr]);
+            self.buffer.bare();
+            self.buffer.append(b"\r\n");
             rest = &rest[cr + 1..];
         }
-        self.append(rest);
-    }
-
-    fn bare_ending(&mut self) {
-        if self.endings == LineEndings::Reject {
-            self.problem.get_or_insert(DataProblem::BareLineEnding);
-        }
-    }
-
-    fn append(&mut self, bytes: &[u8]) {
-        if self.problem.is_some() {
-            return;
-        }
-        if self.body.len() + bytes.len() > self.max_size {
-            self.problem = Some(DataProblem::TooBig);
-            self.body = BytesMut::new();
-            return;
-        }
-        self.body.extend_from_slice(bytes);
-    }
-
-    fn finish(&mut self) -> Result<BytesMut, DataProblem> {
-        match self.problem {
-            Some(p) => Err(p),
-            None => Ok(std::mem::take(&mut self.body)),
-        }
+        self.buffer.append(rest);
     }
 }
 
@@ -249,7 +275,7 @@ mod tests {
         for _ in 0..100 {
             buf.extend_from_slice(&[b'x'; 1000]);
             assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
-            assert!(dec.body.len() <= 10);
+            assert!(dec.buffer.len() <= 10);
         }
         buf.extend_from_slice(b"\r\n.\r\n");
         assert_eq!(
