@@ -25,6 +25,37 @@ async fn swaks(args: Vec<String>) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// swaks authenticating as demo@example.test (password `demo`) and sending from it; `tls`
+/// is `--tls` (STARTTLS) or `--tlsc` (implicit TLS).
+async fn swaks_as_demo(
+    server: SocketAddr,
+    tls: &str,
+    mechanism: &str,
+    to: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let server = server.to_string();
+    let mut list = vec![
+        "--server",
+        &server,
+        tls,
+        "--auth",
+        mechanism,
+        "--auth-user",
+        "demo@example.test",
+        "--auth-password",
+        "demo",
+        "--from",
+        "demo@example.test",
+        "--to",
+        to,
+        "--helo",
+        "client.test",
+    ];
+    list.extend_from_slice(extra);
+    swaks(args(&list)).await
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -67,26 +98,13 @@ async fn swaks_starttls_on_mx_pipelined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_submission_with_auth_relays_to_a_remote_domain() {
     let w = World::start().await;
-    let server = w.stack.submission.to_string();
-    let (ok, t) = swaks(args(&[
-        "--server",
-        &server,
+    let (ok, t) = swaks_as_demo(
+        w.stack.submission,
         "--tls",
-        "--auth",
         "PLAIN",
-        "--auth-user",
-        "demo@example.test",
-        "--auth-password",
-        "demo",
-        "--from",
-        "demo@example.test",
-        "--to",
         "alice@remote-a.test",
-        "--helo",
-        "client.test",
-        "--header",
-        "Subject: submission",
-    ]))
+        &["--header", "Subject: submission"],
+    )
     .await;
     assert!(ok, "{t}");
     let id = queued(&t);
@@ -101,25 +119,7 @@ async fn swaks_submission_with_auth_relays_to_a_remote_domain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_implicit_tls_with_auth_login() {
     let w = World::start().await;
-    let server = w.stack.smtps.to_string();
-    let (ok, t) = swaks(args(&[
-        "--server",
-        &server,
-        "--tlsc",
-        "--auth",
-        "LOGIN",
-        "--auth-user",
-        "demo@example.test",
-        "--auth-password",
-        "demo",
-        "--from",
-        "demo@example.test",
-        "--to",
-        "demo@example.test",
-        "--helo",
-        "client.test",
-    ]))
-    .await;
+    let (ok, t) = swaks_as_demo(w.stack.smtps, "--tlsc", "LOGIN", "demo@example.test", &[]).await;
     assert!(ok, "{t}");
     w.stack
         .wait_final(&queued(&t), Duration::from_secs(30))
