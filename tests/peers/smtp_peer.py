@@ -148,7 +148,7 @@ def main():
     s.add_argument("--subject", required=True)
     s.add_argument("--implicit", action="store_true")
     s.add_argument("--smtputf8", action="store_true")
-    s.add_argument("--mail-from", help="first try this sender, which the server must refuse")
+    s.add_argument("--mail-from", help="first try this sender; prints whether the server refused it")
     b = sub.add_parser("bad-login")
     b.add_argument("--server", required=True)
     b.add_argument("--ca", required=True)

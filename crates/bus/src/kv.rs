@@ -36,8 +36,9 @@ impl Bus {
 }
 
 /// Read-modify-write of one key. `change` gets the current value (`None` when the key is
-/// missing or deleted) and returns the new one; when another writer got there first the
-/// value is read again and `change` called again, at most `attempts` times in all.
+/// missing or deleted) and returns the new one, or `None` to delete the key; when another
+/// writer got there first the value is read again and `change` called again, at most
+/// `attempts` times in all.
 pub async fn compare_and_set<F>(
     store: &kv::Store,
     key: &str,
@@ -45,7 +46,7 @@ pub async fn compare_and_set<F>(
     mut change: F,
 ) -> Result<(), BusError>
 where
-    F: FnMut(Option<Bytes>) -> Result<Bytes, BusError>,
+    F: FnMut(Option<Bytes>) -> Result<Option<Bytes>, BusError>,
 {
     let err = |op: &'static str, reason: String| BusError::Storage {
         op,
@@ -53,33 +54,35 @@ where
         reason,
     };
     for _ in 0..attempts {
-        let entry = store
-            .entry(key)
-            .await
-            .map_err(|e| err("get", e.to_string()))?;
-        let (current, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => (Some(e.value), Some(e.revision)),
-            _ => (None, None),
-        };
-        let value = change(current)?;
-        let written = match revision {
-            Some(rev) => store
-                .update(key, value, rev)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
+        let (value, revision) = live(store, key).await.map_err(|e| err("get", e))?;
+        let written =
+            match (change(value)?, revision) {
+                (Some(value), Some(rev)) => store
+                    .update(key, value, rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    }),
+                (Some(value), None) => store.create(key, value).await.map(|_| ()).map_err(|e| {
                     (
-                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
                         e.to_string(),
                     )
                 }),
-            None => store.create(key, value).await.map(|_| ()).map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    e.to_string(),
-                )
-            }),
-        };
+                (None, None) => return Ok(()),
+                (None, Some(rev)) => match store.delete_expect_revision(key, Some(rev)).await {
+                    Ok(()) => Ok(()),
+                    // The delete error does not say why; a changed revision means a conflict.
+                    Err(e) => {
+                        let (_, now) = live(store, key).await.map_err(|e| err("get", e))?;
+                        Err((now != Some(rev), e.to_string()))
+                    }
+                },
+            };
         match written {
             Ok(()) => return Ok(()),
             // Another writer got there first: read again.
@@ -88,4 +91,12 @@ where
         }
     }
     Err(err("update", "too much contention".into()))
+}
+
+/// The live value of `key` and its revision, `(None, None)` when missing or deleted.
+async fn live(store: &kv::Store, key: &str) -> Result<(Option<Bytes>, Option<u64>), String> {
+    match store.entry(key).await.map_err(|e| e.to_string())? {
+        Some(e) if e.operation == kv::Operation::Put => Ok((Some(e.value), Some(e.revision))),
+        _ => Ok((None, None)),
+    }
 }

@@ -60,7 +60,7 @@ impl FailureCounter {
     /// Counts one failure for `ip` (compare-and-set, so concurrent failures all count).
     pub async fn record_failure(&self, ip: IpAddr) -> Result<(), AuthError> {
         compare_and_set(&self.kv, &key(ip), 20, |current| {
-            Ok(Bytes::from((parse_count(current) + 1).to_string()))
+            Ok(Some(Bytes::from((parse_count(current) + 1).to_string())))
         })
         .await
         .map_err(|e| AuthError::Storage(e.to_string()))

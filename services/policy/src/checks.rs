@@ -9,9 +9,10 @@ use mailflow_smtp::Mailbox;
 /// What the directory says about a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
-    /// The domain is local and the user exists.
+    /// The domain is local and the address exists: a user, an alias, or caught by the
+    /// domain's catch-all.
     LocalUser,
-    /// The domain is local but there is no such user.
+    /// The domain is local but nothing takes mail for the address.
     UnknownLocalUser,
     /// The domain is not local.
     Remote,
@@ -62,10 +63,11 @@ pub fn decide_recipient(rcpt: &Mailbox, dest: Destination, client: Client<'_>) -
     }
 }
 
-/// Decides on the reverse path. An authenticated client may use only its own address (and
-/// the null sender, for notifications); an unauthenticated one is not checked here.
-pub fn decide_sender(sender: &str, identity: &str) -> Verdict {
-    if identity.is_empty() || sender.is_empty() || sender.eq_ignore_ascii_case(identity) {
+/// Decides on the reverse path. An authenticated client may use only addresses it owns
+/// (`owned`: its own, or an alias of it) and the null sender, for notifications; an
+/// unauthenticated one is not checked here.
+pub fn decide_sender(sender: &str, identity: &str, owned: bool) -> Verdict {
+    if identity.is_empty() || sender.is_empty() || owned {
         return accept();
     }
     reject(
@@ -149,16 +151,19 @@ mod tests {
 
     #[test]
     fn authenticated_senders_use_their_own_address() {
-        assert_eq!(decide_sender("a@x.test", "").action(), Action::Accept);
         assert_eq!(
-            decide_sender("Demo@Example.test", "demo@example.test").action(),
+            decide_sender("a@x.test", "", false).action(),
             Action::Accept
         );
         assert_eq!(
-            decide_sender("", "demo@example.test").action(),
+            decide_sender("sales@example.test", "demo@example.test", true).action(),
             Action::Accept
         );
-        let v = decide_sender("boss@example.test", "demo@example.test");
+        assert_eq!(
+            decide_sender("", "demo@example.test", false).action(),
+            Action::Accept
+        );
+        let v = decide_sender("boss@example.test", "demo@example.test", false);
         assert_eq!(
             (v.action(), v.code, v.enhanced.as_str()),
             (Action::Reject, 553, "5.7.1")

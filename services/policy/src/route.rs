@@ -1,6 +1,8 @@
-//! The route stage: one delivery job per destination domain.
+//! The route stage: aliases expanded, then one delivery job per destination domain.
 //!
-//! For each accepted message it records the initial status (every recipient queued),
+//! For each accepted message it expands every recipient through the directory's aliases
+//! and catch-alls, records the initial status (every final recipient queued, or bounced
+//! when its alias cannot be expanded),
 //! publishes the jobs to `MAIL_OUT` with their acknowledgements in flight together, and only
 //! then acknowledges the message on `MAIL_IN`. A crash anywhere in between redelivers the
 //! message; the status record is only created if missing and the jobs carry a
@@ -13,13 +15,13 @@ use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, names};
 use mailflow_proto::v1::{
-    AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, RecipientState,
-    RecipientStatus, RemoteRoute, Route, route,
+    AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, Recipient,
+    RecipientState, RecipientStatus, RemoteReply, RemoteRoute, Route, route,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::directory::{Directory, DirectoryError};
+use crate::directory::{Directory, DirectoryError, ExpandError, Snapshot};
 
 /// Messages routed at once by one replica.
 const CONCURRENCY: usize = 64;
@@ -65,15 +67,76 @@ fn shard_of(domain: &str, shards: u32) -> u32 {
     hash % shards.max(1)
 }
 
-/// Splits a message into jobs (subject, job), one per destination domain, in the order the
-/// domains first appear among the recipients.
+/// One final recipient of a message, after alias expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expanded {
+    /// The recipient to deliver to, with the client's DSN parameters; ORCPT names the
+    /// address the client gave when an alias changed it (RFC 3461 §4.2).
+    pub recipient: Recipient,
+    /// The address the client gave, when an alias changed it; empty otherwise.
+    pub original: String,
+    /// Why the client's address could not be expanded; such a recipient is not delivered.
+    pub failure: Option<ExpandError>,
+}
+
+/// Expands every recipient of a message through the directory's aliases.
+pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
+    let mut out: Vec<Expanded> = Vec::with_capacity(recipients.len());
+    for rcpt in recipients {
+        let finals = match directory.expand(&rcpt.address) {
+            Ok(finals) => finals,
+            Err(failure) => {
+                out.push(Expanded {
+                    recipient: rcpt.clone(),
+                    original: String::new(),
+                    failure: Some(failure),
+                });
+                continue;
+            }
+        };
+        for address in finals {
+            // Two recipients that reach the same mailbox get one copy, as in Postfix.
+            if out
+                .iter()
+                .any(|e| e.failure.is_none() && e.recipient.address.eq_ignore_ascii_case(&address))
+            {
+                continue;
+            }
+            let changed = address != rcpt.address;
+            let mut recipient = rcpt.clone();
+            if changed && recipient.dsn_orcpt.is_empty() {
+                recipient.dsn_orcpt = format!("rfc822;{}", rcpt.address);
+            }
+            recipient.address = address;
+            out.push(Expanded {
+                recipient,
+                original: if changed {
+                    rcpt.address.clone()
+                } else {
+                    String::new()
+                },
+                failure: None,
+            });
+        }
+    }
+    out
+}
+
+/// Splits the deliverable recipients into jobs (subject, job), one per destination domain,
+/// in the order the domains first appear. A job recipient's index is its position in
+/// `recipients`, which is also its position in the status record.
 pub fn split(
     msg: &AcceptedMessage,
+    recipients: &[Expanded],
     local_domains: &HashSet<String>,
     shards: u32,
 ) -> Vec<(String, DeliveryJob)> {
     let mut jobs: Vec<(String, DeliveryJob)> = Vec::new();
-    for (index, rcpt) in msg.recipients.iter().enumerate() {
+    for (index, expanded) in recipients.iter().enumerate() {
+        if expanded.failure.is_some() {
+            continue;
+        }
+        let rcpt = &expanded.recipient;
         let domain = domain_of(&rcpt.address);
         let entry = JobRecipient {
             recipient: Some(rcpt.clone()),
@@ -104,8 +167,23 @@ pub fn split(
     jobs
 }
 
-/// The status record of a freshly routed message: every recipient queued.
-pub fn initial_status(msg: &AcceptedMessage) -> MessageStatus {
+/// The reply recorded for a recipient whose alias cannot be expanded (RFC 3463: X.4.6
+/// routing loop, X.2.4 mailing list expansion problem).
+fn expansion_reply(failure: &ExpandError) -> RemoteReply {
+    let enhanced = match failure {
+        ExpandError::Loop(_) | ExpandError::TooDeep => "5.4.6",
+        ExpandError::TooMany => "5.2.4",
+    };
+    RemoteReply {
+        code: 550,
+        enhanced: enhanced.into(),
+        text: failure.to_string(),
+    }
+}
+
+/// The status record of a freshly routed message: every final recipient queued, and those
+/// whose alias could not be expanded bounced.
+pub fn initial_status(msg: &AcceptedMessage, recipients: &[Expanded]) -> MessageStatus {
     MessageStatus {
         queue_id: msg.queue_id.clone(),
         sender: msg
@@ -116,12 +194,16 @@ pub fn initial_status(msg: &AcceptedMessage) -> MessageStatus {
         client_ip: msg.client_ip.clone(),
         received_at: msg.received_at,
         size: msg.body.as_ref().map_or(0, |b| b.size),
-        recipients: msg
-            .recipients
+        recipients: recipients
             .iter()
             .map(|r| RecipientStatus {
-                address: r.address.clone(),
-                state: RecipientState::Queued as i32,
+                address: r.recipient.address.clone(),
+                original: r.original.clone(),
+                state: match r.failure {
+                    None => RecipientState::Queued,
+                    Some(_) => RecipientState::Bounced,
+                } as i32,
+                last_reply: r.failure.as_ref().map(expansion_reply),
                 updated_at: msg.received_at,
                 ..Default::default()
             })
@@ -189,24 +271,31 @@ impl RouteStage {
     }
 
     async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<usize, RouteError> {
-        let mut local = HashSet::new();
-        let domains: HashSet<String> = msg
-            .recipients
+        let (recipients, local) = self
+            .directory
+            .view(|d| {
+                let recipients = expand(d, &msg.recipients);
+                let local: HashSet<String> = recipients
+                    .iter()
+                    .map(|r| domain_of(&r.recipient.address))
+                    .filter(|domain| d.is_local(domain))
+                    .collect();
+                (recipients, local)
+            })
+            .await?;
+        for failed in recipients
             .iter()
-            .map(|r| domain_of(&r.address))
-            .collect();
-        for domain in domains {
-            if self.directory.is_local_domain(&domain).await? {
-                local.insert(domain);
-            }
+            .filter_map(|r| r.failure.as_ref().map(|f| (r, f)))
+        {
+            tracing::warn!(queue_id = %msg.queue_id, recipient = %failed.0.recipient.address, error = %failed.1, "alias expansion failed");
         }
-        let record = Bytes::from(initial_status(msg).encode_to_vec());
+        let record = Bytes::from(initial_status(msg, &recipients).encode_to_vec());
         match status.create(&msg.queue_id, record).await {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(RouteError::Status(e.to_string())),
         }
-        let jobs = split(msg, &local, self.shards);
+        let jobs = split(msg, &recipients, &local, self.shards);
         let count = jobs.len();
         self.bus
             .publish_all(jobs.into_iter().map(|(subject, job)| {
@@ -221,7 +310,7 @@ impl RouteStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailflow_proto::v1::Recipient;
+    use mailflow_proto::v1::AliasInfo;
 
     fn message(rcpts: &[&str]) -> AcceptedMessage {
         AcceptedMessage {
@@ -246,7 +335,8 @@ mod tests {
             "y@other.test",
         ]);
         let local: HashSet<String> = ["local.test".to_string()].into();
-        let jobs = split(&msg, &local, 16);
+        let recipients = expand(&Snapshot::default(), &msg.recipients);
+        let jobs = split(&msg, &recipients, &local, 16);
         assert_eq!(jobs.len(), 3);
         let (subject, first) = &jobs[0];
         assert!(subject.starts_with("mail.out."));
@@ -277,12 +367,72 @@ mod tests {
 
     #[test]
     fn initial_status_queues_every_recipient() {
-        let st = initial_status(&message(&["a@x.test", "b@y.test"]));
+        let msg = message(&["a@x.test", "b@y.test"]);
+        let st = initial_status(&msg, &expand(&Snapshot::default(), &msg.recipients));
         assert_eq!(st.recipients.len(), 2);
         assert!(
             st.recipients
                 .iter()
-                .all(|r| r.state() == RecipientState::Queued)
+                .all(|r| r.state() == RecipientState::Queued && r.original.is_empty())
+        );
+    }
+
+    fn alias(s: &mut Snapshot, source: &str, targets: &[&str]) {
+        let (l, d) = source.split_once('@').unwrap();
+        s.aliases.insert(
+            (d.into(), l.into()),
+            AliasInfo {
+                source: source.into(),
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+            },
+        );
+    }
+
+    #[test]
+    fn aliases_are_expanded_deduplicated_and_loops_bounced() {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
+        alias(&mut dir, "loop@x.test", &["loop2@x.test"]);
+        alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
+        let mut msg = message(&["sales@x.test", "A@x.test", "loop@x.test"]);
+        msg.recipients[0].dsn_notify = vec![mailflow_proto::v1::DsnNotify::Success as i32];
+        let expanded = expand(&dir, &msg.recipients);
+        let addresses: Vec<&str> = expanded
+            .iter()
+            .map(|e| e.recipient.address.as_str())
+            .collect();
+        assert_eq!(addresses, vec!["a@x.test", "far@r.test", "loop@x.test"]);
+        assert_eq!(expanded[0].original, "sales@x.test");
+        assert_eq!(expanded[0].recipient.dsn_orcpt, "rfc822;sales@x.test");
+        assert_eq!(
+            expanded[0].recipient.dsn_notify,
+            msg.recipients[0].dsn_notify
+        );
+        assert!(matches!(expanded[2].failure, Some(ExpandError::Loop(_))));
+
+        let st = initial_status(&msg, &expanded);
+        let states: Vec<RecipientState> = st.recipients.iter().map(|r| r.state()).collect();
+        assert_eq!(
+            states,
+            vec![
+                RecipientState::Queued,
+                RecipientState::Queued,
+                RecipientState::Bounced
+            ]
+        );
+        let reply = st.recipients[2].last_reply.as_ref().unwrap();
+        assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.4.6"));
+
+        let local: HashSet<String> = ["x.test".to_string()].into();
+        let jobs = split(&msg, &expanded, &local, 4);
+        let indexes: Vec<(String, u32)> = jobs
+            .iter()
+            .flat_map(|(_, j)| j.recipients.iter().map(|r| (j.domain.clone(), r.index)))
+            .collect();
+        assert_eq!(
+            indexes,
+            vec![("x.test".to_string(), 0), ("r.test".to_string(), 1)]
         );
     }
 }

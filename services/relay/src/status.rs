@@ -94,7 +94,7 @@ impl StatusBook {
                 r.last_reply = Some(outcome.reply.clone());
                 r.updated_at = Some(now);
             }
-            Ok(Bytes::from(status.encode_to_vec()))
+            Ok(Some(Bytes::from(status.encode_to_vec())))
         })
         .await?;
         let events: Vec<(String, String, Bytes)> = results

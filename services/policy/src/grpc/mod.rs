@@ -1,13 +1,15 @@
 //! The gRPC services: `Policy` (in-session checks) and `Directory`.
 
+mod directory;
+
+pub use directory::DirectoryService;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use mailflow_proto::v1::{
-    AddDomainRequest, AddUserRequest, AuthenticateRequest, AuthenticateResponse,
-    CheckRecipientRequest, CheckSenderRequest, DomainInfo, ListDomainsRequest, ListDomainsResponse,
-    ListUsersRequest, ListUsersResponse, SessionInfo, UserInfo, Verdict,
-    authenticate_response::Result as AuthResult, directory_server, policy_server,
+    AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest, CheckSenderRequest,
+    SessionInfo, Verdict, authenticate_response::Result as AuthResult, policy_server,
 };
 use mailflow_smtp::address;
 use tonic::{Request, Response, Status};
@@ -65,25 +67,17 @@ impl policy_server::Policy for PolicyService {
         let Ok(rcpt) = address::parse_mailbox(&req.recipient) else {
             return Ok(Response::new(checks::bad_address(&req.recipient)));
         };
-        let dest = if !rcpt.is_address_literal()
-            && self
-                .directory
-                .is_local_domain(&rcpt.domain)
+        let dest = if rcpt.is_address_literal() {
+            Destination::Remote
+        } else {
+            self.directory
+                .view(|d| match d.is_local(&rcpt.domain) {
+                    false => Destination::Remote,
+                    true if d.exists(&rcpt.local, &rcpt.domain) => Destination::LocalUser,
+                    true => Destination::UnknownLocalUser,
+                })
                 .await
                 .map_err(unavailable_dir)?
-        {
-            let user = self
-                .directory
-                .user(&rcpt.local, &rcpt.domain)
-                .await
-                .map_err(unavailable_dir)?;
-            if user.is_some() {
-                Destination::LocalUser
-            } else {
-                Destination::UnknownLocalUser
-            }
-        } else {
-            Destination::Remote
         };
         let client = Client {
             ip,
@@ -100,7 +94,18 @@ impl policy_server::Policy for PolicyService {
         let req = request.into_inner();
         client_ip(req.session.as_ref())?;
         let identity = req.session.map(|s| s.auth_identity).unwrap_or_default();
-        Ok(Response::new(checks::decide_sender(&req.sender, &identity)))
+        let owned = identity.is_empty()
+            || req.sender.is_empty()
+            || self
+                .directory
+                .view(|d| d.owns(&identity, &req.sender))
+                .await
+                .map_err(unavailable_dir)?;
+        Ok(Response::new(checks::decide_sender(
+            &req.sender,
+            &identity,
+            owned,
+        )))
     }
 
     async fn authenticate(
@@ -153,91 +158,5 @@ impl policy_server::Policy for PolicyService {
                 answer(AuthResult::BadCredentials, String::new())
             }
         }
-    }
-}
-
-/// gRPC `Directory`.
-pub struct DirectoryService {
-    /// The shared directory.
-    directory: Directory,
-}
-
-impl DirectoryService {
-    /// The service over `directory`.
-    pub fn new(directory: Directory) -> Self {
-        Self { directory }
-    }
-}
-
-fn status(e: DirectoryError) -> Status {
-    match e {
-        DirectoryError::InvalidDomain(_)
-        | DirectoryError::InvalidAddress(_)
-        | DirectoryError::EmptyPassword => Status::invalid_argument(e.to_string()),
-        DirectoryError::UnknownDomain(_) => Status::failed_precondition(e.to_string()),
-        DirectoryError::Storage(_) => Status::unavailable(e.to_string()),
-        DirectoryError::Hash(_) => Status::internal(e.to_string()),
-    }
-}
-
-#[tonic::async_trait]
-impl directory_server::Directory for DirectoryService {
-    async fn add_domain(
-        &self,
-        request: Request<AddDomainRequest>,
-    ) -> Result<Response<DomainInfo>, Status> {
-        let domain = self
-            .directory
-            .add_domain(&request.into_inner().domain)
-            .await
-            .map_err(status)?;
-        tracing::info!(%domain, "domain added");
-        Ok(Response::new(DomainInfo { domain }))
-    }
-
-    async fn list_domains(
-        &self,
-        _request: Request<ListDomainsRequest>,
-    ) -> Result<Response<ListDomainsResponse>, Status> {
-        let domains = self.directory.domains().await.map_err(status)?;
-        Ok(Response::new(ListDomainsResponse {
-            domains: domains
-                .into_iter()
-                .map(|domain| DomainInfo { domain })
-                .collect(),
-        }))
-    }
-
-    async fn add_user(
-        &self,
-        request: Request<AddUserRequest>,
-    ) -> Result<Response<UserInfo>, Status> {
-        let req = request.into_inner();
-        let address = self
-            .directory
-            .add_user(&req.address, &req.password)
-            .await
-            .map_err(status)?;
-        tracing::info!(%address, "user added");
-        Ok(Response::new(UserInfo { address }))
-    }
-
-    async fn list_users(
-        &self,
-        request: Request<ListUsersRequest>,
-    ) -> Result<Response<ListUsersResponse>, Status> {
-        let domain = request.into_inner().domain;
-        let domain = (!domain.is_empty()).then_some(domain);
-        let users = self
-            .directory
-            .users(domain.as_deref())
-            .await
-            .map_err(status)?;
-        Ok(Response::new(ListUsersResponse {
-            users: users
-                .into_iter()
-                .map(|address| UserInfo { address })
-                .collect(),
-        }))
     }
 }

@@ -1,0 +1,352 @@
+//! The in-memory copy of the directory bucket, and the decisions made over it: whether an
+//! address exists, what it expands to, and who owns it. Pure logic, tested without NATS.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use mailflow_proto::v1::{AliasInfo, StoredUser};
+use mailflow_smtp::address;
+use prost::Message;
+
+use super::keys::Key;
+
+/// How deep aliases may point at aliases (Postfix stops at 1000; nobody needs more than a
+/// handful, and a deep chain is almost always a mistake).
+pub const MAX_ALIAS_DEPTH: usize = 20;
+
+/// How many addresses one recipient may expand to (Postfix's
+/// `virtual_alias_expansion_limit` is 1000 too).
+pub const MAX_EXPANSION: usize = 1000;
+
+/// Why a recipient could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// An alias leads back to itself through other aliases.
+    #[error("alias loop through <{0}>")]
+    Loop(String),
+    /// Aliases point at aliases more than [`MAX_ALIAS_DEPTH`] deep.
+    #[error("aliases nested more than {MAX_ALIAS_DEPTH} deep")]
+    TooDeep,
+    /// More than [`MAX_EXPANSION`] addresses.
+    #[error("alias expands to more than {MAX_EXPANSION} addresses")]
+    TooMany,
+}
+
+/// The directory's contents.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Local domains.
+    pub domains: BTreeSet<String>,
+    /// Users by (domain, local part), both lower case.
+    pub users: BTreeMap<(String, String), StoredUser>,
+    /// Aliases by (domain, local part), both lower case; an empty local part is the
+    /// domain's catch-all.
+    pub aliases: BTreeMap<(String, String), AliasInfo>,
+}
+
+/// `(domain, local)` lower-cased, the way the maps are keyed.
+fn lookup_key(local: &str, domain: &str) -> (String, String) {
+    (domain.to_lowercase(), local.to_lowercase())
+}
+
+impl Snapshot {
+    /// Sets `key` to `value`, or removes it when `None`.
+    pub fn set(&mut self, key: &str, value: Option<&Bytes>) {
+        let Some(key) = Key::decode(key) else {
+            return;
+        };
+        match key {
+            Key::Domain(domain) => {
+                if value.is_some() {
+                    self.domains.insert(domain);
+                } else {
+                    self.domains.remove(&domain);
+                }
+            }
+            Key::User(d, l) => update(&mut self.users, (d, l), value),
+            Key::Alias(d, l) => update(&mut self.aliases, (d, l), value),
+        }
+    }
+
+    /// True when `domain` is local.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.domains.contains(&domain.to_lowercase())
+    }
+
+    /// The user `local@domain`.
+    pub fn user(&self, local: &str, domain: &str) -> Option<&StoredUser> {
+        self.users.get(&lookup_key(local, domain))
+    }
+
+    /// Where mail for `local@domain` goes instead, if anywhere: its alias, or, when it is
+    /// neither an alias nor a user, the domain's catch-all. An alias wins over a user of the
+    /// same name, as in Postfix's `virtual_alias_maps`; a catch-all never hides a user.
+    pub fn redirect(&self, local: &str, domain: &str) -> Option<&AliasInfo> {
+        let key = lookup_key(local, domain);
+        if let Some(alias) = self.aliases.get(&key) {
+            return Some(alias);
+        }
+        if self.users.contains_key(&key) {
+            return None;
+        }
+        self.aliases.get(&(key.0, String::new()))
+    }
+
+    /// True when mail for `local@domain` (of a local domain) has somewhere to go.
+    pub fn exists(&self, local: &str, domain: &str) -> bool {
+        self.user(local, domain).is_some() || self.redirect(local, domain).is_some()
+    }
+
+    /// The final addresses mail for `address` is delivered to, in order and without
+    /// duplicates. Remote addresses and local ones that are not redirected stay as they are
+    /// (an unknown local user is the delivery's business to refuse).
+    pub fn expand(&self, address: &str) -> Result<Vec<String>, ExpandError> {
+        let mut out = Vec::new();
+        self.expand_into(address, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
+    fn expand_into(
+        &self,
+        address: &str,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), ExpandError> {
+        let parsed = address::parse_mailbox(address).ok();
+        let alias = parsed
+            .as_ref()
+            .filter(|m| self.is_local(&m.domain))
+            .and_then(|m| self.redirect(&m.local, &m.domain));
+        let Some(alias) = alias else {
+            push_unique(out, address, self);
+            return Ok(());
+        };
+        let me = normal(address, self);
+        if path.contains(&me) {
+            return Err(ExpandError::Loop(address.to_string()));
+        }
+        if path.len() >= MAX_ALIAS_DEPTH {
+            return Err(ExpandError::TooDeep);
+        }
+        path.push(me.clone());
+        for target in &alias.targets {
+            if normal(target, self) == me {
+                // `a -> a, b`: keep a copy in a's own mailbox.
+                push_unique(out, target, self);
+            } else {
+                self.expand_into(target, path, out)?;
+            }
+            if out.len() > MAX_EXPANSION {
+                return Err(ExpandError::TooMany);
+            }
+        }
+        path.pop();
+        Ok(())
+    }
+
+    /// True when the authenticated user `identity` may use `sender` as its reverse path:
+    /// its own address, or one whose mail reaches it through aliases (including a
+    /// catch-all that names it).
+    pub fn owns(&self, identity: &str, sender: &str) -> bool {
+        let identity = normal(identity, self);
+        if normal(sender, self) == identity {
+            return true;
+        }
+        self.expand(sender)
+            .is_ok_and(|all| all.iter().any(|a| normal(a, self) == identity))
+    }
+}
+
+/// The form addresses are compared in: local addresses wholly lower-cased (the directory
+/// ignores case), remote ones only in the domain (their local part belongs to the remote
+/// host, RFC 5321 §2.4).
+fn normal(address: &str, snapshot: &Snapshot) -> String {
+    match address::parse_mailbox(address) {
+        Ok(m) if snapshot.is_local(&m.domain) => format!("{}@{}", m.local.to_lowercase(), m.domain),
+        Ok(m) => m.to_string(),
+        Err(_) => address.to_string(),
+    }
+}
+
+fn push_unique(out: &mut Vec<String>, address: &str, snapshot: &Snapshot) {
+    let key = normal(address, snapshot);
+    if !out.iter().any(|a| normal(a, snapshot) == key) {
+        out.push(address.to_string());
+    }
+}
+
+/// The records of one map keyed by (domain, local part), of one domain or of all.
+pub fn of_domain<'a, T>(
+    map: &'a BTreeMap<(String, String), T>,
+    domain: Option<&'a str>,
+) -> impl Iterator<Item = &'a T> {
+    map.iter()
+        .filter(move |((d, _), _)| domain.is_none_or(|want| want == d))
+        .map(|(_, record)| record)
+}
+
+/// Applies a put (decoding the record) or a delete to one map.
+fn update<T: Message + Default>(
+    map: &mut BTreeMap<(String, String), T>,
+    key: (String, String),
+    value: Option<&Bytes>,
+) {
+    match value.map(|v| T::decode(v.clone())) {
+        Some(Ok(record)) => {
+            map.insert(key, record);
+        }
+        Some(Err(e)) => tracing::warn!(error = %e, "undecodable directory record"),
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory with `x.test` local, the given users and aliases (`"@x.test"` for the
+    /// catch-all).
+    fn snapshot(users: &[&str], aliases: &[(&str, &[&str])]) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.domains.insert("x.test".into());
+        for u in users {
+            let (l, d) = u.split_once('@').unwrap();
+            s.users.insert(
+                (d.into(), l.into()),
+                StoredUser {
+                    address: u.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        for (source, targets) in aliases {
+            let (l, d) = source.split_once('@').unwrap();
+            s.aliases.insert(
+                (d.into(), l.into()),
+                AliasInfo {
+                    source: source.to_string(),
+                    targets: targets.iter().map(|t| t.to_string()).collect(),
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn aliases_expand_recursively_without_duplicates() {
+        let s = snapshot(
+            &["a@x.test", "b@x.test"],
+            &[
+                (
+                    "team@x.test",
+                    &["a@x.test", "list@x.test", "Far@remote.test"],
+                ),
+                ("list@x.test", &["b@x.test", "A@X.test"]),
+            ],
+        );
+        assert_eq!(
+            s.expand("Team@x.test").unwrap(),
+            vec!["a@x.test", "b@x.test", "Far@remote.test"]
+        );
+        assert_eq!(s.expand("a@x.test").unwrap(), vec!["a@x.test"]);
+        assert_eq!(
+            s.expand("Someone@remote.test").unwrap(),
+            vec!["Someone@remote.test"]
+        );
+        // Remote local parts keep their case and are not merged.
+        let r = snapshot(&[], &[("l@x.test", &["u@r.test", "U@r.test"])]);
+        assert_eq!(r.expand("l@x.test").unwrap(), vec!["u@r.test", "U@r.test"]);
+    }
+
+    #[test]
+    fn an_alias_may_keep_a_copy_for_itself() {
+        let s = snapshot(&["a@x.test"], &[("a@x.test", &["a@x.test", "b@r.test"])]);
+        assert_eq!(s.expand("a@x.test").unwrap(), vec!["a@x.test", "b@r.test"]);
+    }
+
+    #[test]
+    fn catch_all_takes_only_what_nobody_else_takes() {
+        let s = snapshot(
+            &["a@x.test", "boss@x.test"],
+            &[
+                ("@x.test", &["boss@x.test"]),
+                ("sales@x.test", &["a@x.test"]),
+            ],
+        );
+        assert_eq!(s.expand("a@x.test").unwrap(), vec!["a@x.test"]);
+        assert_eq!(s.expand("sales@x.test").unwrap(), vec!["a@x.test"]);
+        assert_eq!(s.expand("random@x.test").unwrap(), vec!["boss@x.test"]);
+        assert!(s.exists("random", "x.test"));
+        let without = snapshot(&["a@x.test"], &[]);
+        assert!(!without.exists("random", "x.test"));
+        assert!(without.exists("A", "X.test"));
+    }
+
+    #[test]
+    fn loops_and_runaways_are_errors() {
+        let s = snapshot(
+            &[],
+            &[("a@x.test", &["b@x.test"]), ("b@x.test", &["a@x.test"])],
+        );
+        assert!(matches!(s.expand("a@x.test"), Err(ExpandError::Loop(_))));
+        // Two catch-alls sending each other's strays around.
+        let mut strays = snapshot(
+            &[],
+            &[("@x.test", &["a@y.test"]), ("@y.test", &["b@x.test"])],
+        );
+        strays.domains.insert("y.test".into());
+        assert!(matches!(
+            strays.expand("other@x.test"),
+            Err(ExpandError::Loop(_))
+        ));
+        // A catch-all naming an address of its own domain delivers there (and the
+        // delivery reports an unknown user), rather than looping.
+        let nobody = snapshot(&[], &[("@x.test", &["nobody@x.test"])]);
+        assert_eq!(nobody.expand("x@x.test").unwrap(), vec!["nobody@x.test"]);
+        let chain: Vec<(String, Vec<String>)> = (0..30)
+            .map(|i| (format!("l{i}@x.test"), vec![format!("l{}@x.test", i + 1)]))
+            .collect();
+        let chain_refs: Vec<(&str, Vec<&str>)> = chain
+            .iter()
+            .map(|(s, t)| (s.as_str(), t.iter().map(String::as_str).collect()))
+            .collect();
+        let slices: Vec<(&str, &[&str])> =
+            chain_refs.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+        assert_eq!(
+            snapshot(&[], &slices).expand("l0@x.test"),
+            Err(ExpandError::TooDeep)
+        );
+        let many: Vec<String> = (0..=MAX_EXPANSION)
+            .map(|i| format!("u{i}@r.test"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            snapshot(&[], &[("big@x.test", &many)]).expand("big@x.test"),
+            Err(ExpandError::TooMany)
+        );
+    }
+
+    #[test]
+    fn ownership_follows_aliases() {
+        let s = snapshot(
+            &["a@x.test", "b@x.test"],
+            &[
+                ("sales@x.test", &["a@x.test"]),
+                ("team@x.test", &["sales@x.test", "b@x.test"]),
+                ("@x.test", &["b@x.test"]),
+            ],
+        );
+        assert!(s.owns("a@x.test", "A@x.test"));
+        assert!(s.owns("a@x.test", "sales@x.test"));
+        assert!(s.owns("a@x.test", "team@x.test"));
+        assert!(s.owns("b@x.test", "team@x.test"));
+        assert!(!s.owns("b@x.test", "sales@x.test"));
+        assert!(!s.owns("a@x.test", "b@x.test"));
+        // The catch-all owner may use addresses nobody else has, not other users'.
+        assert!(s.owns("b@x.test", "whatever@x.test"));
+        assert!(!s.owns("b@x.test", "a@x.test"));
+        assert!(!s.owns("a@x.test", "someone@remote.test"));
+    }
+}
