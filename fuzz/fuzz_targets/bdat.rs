@@ -1,5 +1,6 @@
 //! BDAT bodies fed in arbitrary pieces: a refused body is refused whatever the chunking, and
-//! an accepted one has only CRLF line endings and is the same however it was split.
+//! an accepted one has only CRLF line endings and is the same however it was split, and
+//! whether or not its content was taken along the way.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,10 +20,18 @@ fuzz_target!(|data: &[u8]| {
         let mut whole = BdatBody::new(1 << 20, endings);
         whole.feed(input);
         let mut pieces = BdatBody::new(1 << 20, endings);
+        let mut taken = Vec::new();
         for piece in input.chunks(chunk) {
             pieces.feed(piece);
+            taken.extend_from_slice(&pieces.body().take());
         }
-        let (a, b) = (whole.finish(), pieces.finish());
+        let (a, b) = (
+            whole.finish(),
+            pieces.finish().map(|rest| {
+                taken.extend_from_slice(&rest);
+                bytes::BytesMut::from(&taken[..])
+            }),
+        );
         assert_eq!(a, b, "chunking changed the result");
         if let Ok(body) = a {
             assert!(common::only_crlf_line_endings(&body));

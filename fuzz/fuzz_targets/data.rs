@@ -1,6 +1,7 @@
 //! DATA decoding in arbitrary chunks. An accepted body has only CRLF line endings, and
 //! encoding it for transmission and decoding it again gives the same body (the relay's
-//! dot-stuffing is the inverse of the ingress' unstuffing).
+//! dot-stuffing is the inverse of the ingress' unstuffing). Content is taken along the way,
+//! as the ingress does when it streams a large body to storage.
 #![no_main]
 
 use bytes::BytesMut;
@@ -13,10 +14,17 @@ use mailflow_smtp::{DataDecoder, DataEvent, LineEndings, dot};
 fn decode_whole(input: &[u8], chunk: usize, endings: LineEndings) -> Option<Result<BytesMut, mailflow_smtp::DataProblem>> {
     let mut dec = DataDecoder::new(1 << 20, endings);
     let mut buf = BytesMut::new();
+    let mut taken = BytesMut::new();
     for piece in input.chunks(chunk) {
         buf.extend_from_slice(piece);
-        if let DataEvent::Done(r) = dec.decode(&mut buf) {
-            return Some(r);
+        match dec.decode(&mut buf) {
+            DataEvent::Done(r) => {
+                return Some(r.map(|rest| {
+                    taken.extend_from_slice(&rest);
+                    taken
+                }));
+            }
+            DataEvent::NeedMore => taken.extend_from_slice(&dec.body().take()),
         }
     }
     None

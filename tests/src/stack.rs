@@ -202,6 +202,18 @@ retry_delays = ["1s"]
             .unwrap()
     }
 
+    /// The peak resident memory of a running service so far (`VmHWM`), in octets.
+    pub fn peak_rss(&self, name: &'static str) -> u64 {
+        let pid = self.procs[name].id().expect("service running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kb * 1024
+    }
+
     /// The log of a service, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
+use mailflow_tests::stack::INGRESS;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -59,6 +60,14 @@ async fn oversized_messages_are_refused_at_mail_and_at_the_end_of_data() {
     let r = c.command(".", 552).await;
     assert!(r.text.starts_with("5.3.4 "), "{r:?}");
     c.command("NOOP", 250).await;
+    // The 50 MB streamed into the object store before the limit was hit are gone again.
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let mut bodies = async_nats::jetstream::new(nats)
+        .get_stream("OBJ_mail-bodies")
+        .await
+        .unwrap();
+    let stored = bodies.info().await.unwrap().state.bytes;
+    assert!(stored < 64 * 1024, "{stored} octets left in mail-bodies");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +153,7 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
     c.command("RCPT TO:<big@remote-b.test>", 250).await;
     c.command("DATA", 354).await;
     let wire = body.replace("\r\n.", "\r\n..");
+    let before = w.stack.peak_rss(INGRESS);
     c.send_raw(wire.as_bytes()).await;
     let id = queue_id(&c.command(".", 250).await.text);
     w.stack.wait_final(&id, Duration::from_secs(120)).await;
@@ -155,6 +165,14 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
     .await;
     assert!(got.data.len() > body.len());
     assert!(got.data.ends_with(body.as_bytes()), "content differs");
+    // The body streamed through the ingress into the object store: the ingress never held
+    // it whole (that alone would add 40 MB to its peak).
+    let grown = w.stack.peak_rss(INGRESS) - before;
+    assert!(
+        grown < 8 * 1024 * 1024,
+        "ingress peak RSS grew by {} kB while receiving a 40 MB message",
+        grown >> 10
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

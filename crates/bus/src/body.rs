@@ -1,14 +1,16 @@
 //! Message bodies: inline in the bus payload when small, in the object store otherwise
 //! (NATS' max_payload is 1 MB by default).
 
-use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::object_store::{ObjectInfo, ObjectStore};
 use bytes::Bytes;
 use mailflow_proto::v1::{Body, body::Location};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::connect::BusError;
 
-/// Decides where a body goes and puts it there.
+/// The `mail-bodies` object store, and the size up to which a body travels inline instead.
 #[derive(Clone)]
 pub struct BodyStore {
     /// The `mail-bodies` object store.
@@ -16,6 +18,10 @@ pub struct BodyStore {
     /// Bodies up to this size stay inline.
     inline_limit: usize,
 }
+
+/// How much body the pipe to an upload holds before the writer waits (backpressure: a
+/// client sending faster than JetStream stores waits in TCP, not in ingress memory).
+const PIPE_BUFFER: usize = 256 * 1024;
 
 impl BodyStore {
     /// A store that keeps bodies up to `inline_limit` octets inline.
@@ -26,28 +32,127 @@ impl BodyStore {
         }
     }
 
-    /// Stores `content` for message `queue_id` and returns its reference.
-    pub async fn store(&self, queue_id: &str, content: Bytes) -> Result<Body, BusError> {
-        let size = content.len() as u64;
-        if content.len() <= self.inline_limit {
-            return Ok(Body {
-                location: Some(Location::Inline(content)),
-                size,
-            });
+    /// Bodies up to this size travel inside the bus message.
+    pub fn inline_limit(&self) -> usize {
+        self.inline_limit
+    }
+
+    /// Starts writing the body of message `name` into the object store while it arrives.
+    pub fn spool(&self, name: &str) -> Spool {
+        let (writer, mut reader) = tokio::io::duplex(PIPE_BUFFER);
+        let (commit, committed) = oneshot::channel::<()>();
+        let (store, object) = (self.store.clone(), name.to_string());
+        let upload = tokio::spawn(async move {
+            let put = store.put(object.as_str(), &mut reader).await;
+            drop(reader);
+            if committed.await.is_err() {
+                // The writer went away without finishing: what was stored is a truncated
+                // body that nothing refers to. Remove it rather than wait for max_age.
+                if put.is_ok() {
+                    let _ = store.delete(object.as_str()).await;
+                }
+                return Err(storage_error(
+                    "put",
+                    &object,
+                    "the body was abandoned".into(),
+                ));
+            }
+            put.map_err(|e| storage_error("put", &object, e.to_string()))
+        });
+        Spool {
+            name: name.to_string(),
+            writer,
+            commit,
+            upload,
+            size: 0,
         }
-        let mut reader = &content[..];
-        self.store
-            .put(queue_id, &mut reader)
+    }
+}
+
+fn storage_error(op: &'static str, name: &str, reason: String) -> BusError {
+    BusError::Storage {
+        op,
+        name: format!("mail-bodies/{name}"),
+        reason,
+    }
+}
+
+/// A body on its way into the object store. [`Spool::finish`] makes it whole; dropping the
+/// spool (or [`Spool::abort`]) removes whatever was written.
+#[derive(Debug)]
+pub struct Spool {
+    /// The object's name (the queue id).
+    name: String,
+    /// The pipe the upload reads from.
+    writer: DuplexStream,
+    /// Sent by `finish`: the end of the pipe is the end of the body, not an abandonment.
+    commit: oneshot::Sender<()>,
+    /// The upload task.
+    upload: JoinHandle<Result<ObjectInfo, BusError>>,
+    /// Octets written so far.
+    size: u64,
+}
+
+impl Spool {
+    /// Appends content; waits while the upload is behind.
+    pub async fn write(&mut self, content: &[u8]) -> Result<(), BusError> {
+        if self.writer.write_all(content).await.is_err() {
+            // The upload ended early: it says why.
+            return Err(self.upload_error().await);
+        }
+        self.size += content.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the body and waits until it is stored.
+    pub async fn finish(self) -> Result<Body, BusError> {
+        let Spool {
+            name,
+            mut writer,
+            commit,
+            upload,
+            size,
+        } = self;
+        let _ = commit.send(());
+        let _ = writer.shutdown().await;
+        drop(writer);
+        let info = upload
             .await
-            .map_err(|e| BusError::Storage {
-                op: "put",
-                name: format!("mail-bodies/{queue_id}"),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| storage_error("put", &name, e.to_string()))??;
+        if info.size as u64 != size {
+            return Err(storage_error(
+                "put",
+                &name,
+                format!("stored {} octets of {size}", info.size),
+            ));
+        }
         Ok(Body {
-            location: Some(Location::Object(queue_id.to_string())),
+            location: Some(Location::Object(name)),
             size,
         })
+    }
+
+    /// Gives the body up and waits until what was written is removed.
+    pub async fn abort(self) {
+        let Spool {
+            writer,
+            commit,
+            upload,
+            ..
+        } = self;
+        // Both ends go now (fields left in a pattern would live to the end of this scope,
+        // and the upload waits for the commit signal).
+        drop((writer, commit));
+        let _ = upload.await;
+    }
+
+    /// The error that ended the upload.
+    async fn upload_error(&mut self) -> BusError {
+        match (&mut self.upload).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => storage_error("put", &self.name, "upload ended early".into()),
+            Err(e) => storage_error("put", &self.name, e.to_string()),
+        }
     }
 }
 
@@ -56,11 +161,7 @@ pub async fn load_body(store: &ObjectStore, body: &Body) -> Result<Bytes, BusErr
     match &body.location {
         Some(Location::Inline(b)) => Ok(b.clone()),
         Some(Location::Object(name)) => {
-            let err = |e: String| BusError::Storage {
-                op: "get",
-                name: format!("mail-bodies/{name}"),
-                reason: e,
-            };
+            let err = |e: String| storage_error("get", name, e);
             let mut object = store.get(name).await.map_err(|e| err(e.to_string()))?;
             let mut buf = Vec::with_capacity(usize::try_from(body.size).unwrap_or(0));
             object

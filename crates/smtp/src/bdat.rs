@@ -49,7 +49,7 @@ impl BdatBody {
         self.buffer.append(&bytes[start..]);
     }
 
-    /// The message after the LAST chunk.
+    /// The content not yet taken after the LAST chunk, or why the message is refused.
     pub fn finish(mut self) -> Result<BytesMut, DataProblem> {
         if self.pending_cr {
             self.bare(b"\n");
@@ -57,14 +57,9 @@ impl BdatBody {
         self.buffer.finish()
     }
 
-    /// Octets received so far (for the `250` of each chunk).
-    pub fn len(&self) -> usize {
-        self.buffer.len()
-    }
-
-    /// True before any content.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The body received so far (its `len` is the total for the `250` of each chunk).
+    pub fn body(&mut self) -> &mut BodyBuffer {
+        &mut self.buffer
     }
 
     /// A bare CR or LF: `fix` completes it to CRLF when normalising (after a refusal the

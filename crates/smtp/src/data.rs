@@ -31,17 +31,24 @@ pub enum DataProblem {
 pub enum DataEvent {
     /// The input so far was consumed; more is needed.
     NeedMore,
-    /// The end marker was consumed; the body is complete.
+    /// The end marker was consumed; the body is complete. The content is what was not
+    /// [taken](BodyBuffer::take) before.
     Done(Result<BytesMut, DataProblem>),
 }
 
 /// A message body being received, DATA or BDAT: bounded in size, and remembering the first
 /// reason to refuse it. Once there is one, further content is dropped.
+///
+/// The caller may [`take`](BodyBuffer::take) the content received so far at any time (to
+/// stream a large body to storage while it arrives); the size limit counts every octet
+/// received, taken or not.
 #[derive(Debug)]
-pub(crate) struct BodyBuffer {
-    /// The body so far (CRLF line endings).
+pub struct BodyBuffer {
+    /// The content received and not yet taken (CRLF line endings).
     body: BytesMut,
-    /// The most octets it may hold.
+    /// Octets received in all, taken or not.
+    total: usize,
+    /// The most octets the whole body may have.
     max_size: usize,
     /// Bare CR/LF policy.
     endings: LineEndings,
@@ -54,6 +61,7 @@ impl BodyBuffer {
     pub(crate) fn new(max_size: usize, endings: LineEndings) -> Self {
         Self {
             body: BytesMut::new(),
+            total: 0,
             max_size,
             endings,
             problem: None,
@@ -65,28 +73,50 @@ impl BodyBuffer {
         if self.problem.is_some() {
             return;
         }
-        if self.body.len() + bytes.len() > self.max_size {
+        if self.total + bytes.len() > self.max_size {
             self.problem = Some(DataProblem::TooBig);
             self.body = BytesMut::new();
             return;
         }
+        self.total += bytes.len();
         self.body.extend_from_slice(bytes);
     }
 
     /// Notes a bare CR or LF: a refusal under [`LineEndings::Reject`]; when normalising, the
     /// caller appends the CRLF that replaces it.
     pub(crate) fn bare(&mut self) {
-        if self.endings == LineEndings::Reject {
-            self.problem.get_or_insert(DataProblem::BareLineEnding);
+        if self.endings == LineEndings::Reject && self.problem.is_none() {
+            self.problem = Some(DataProblem::BareLineEnding);
+            self.body = BytesMut::new();
         }
     }
 
-    /// Octets held so far.
-    pub(crate) fn len(&self) -> usize {
+    /// Octets received in all.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// True before any content.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Octets received and not yet taken.
+    pub fn buffered(&self) -> usize {
         self.body.len()
     }
 
-    /// The body, or why it is refused.
+    /// Takes the content received since the last call.
+    pub fn take(&mut self) -> BytesMut {
+        self.body.split()
+    }
+
+    /// True once the body is sure to be refused (nothing more is kept).
+    pub fn refused(&self) -> bool {
+        self.problem.is_some()
+    }
+
+    /// The content not yet taken, or why the body is refused.
     pub(crate) fn finish(&mut self) -> Result<BytesMut, DataProblem> {
         match self.problem {
             Some(p) => Err(p),
@@ -161,6 +191,11 @@ impl DataDecoder {
                 }
             }
         }
+    }
+
+    /// The body received so far.
+    pub fn body(&mut self) -> &mut BodyBuffer {
+        &mut self.buffer
     }
 
     /// Appends line content, handling bare CRs inside it.
@@ -275,12 +310,49 @@ mod tests {
         for _ in 0..100 {
             buf.extend_from_slice(&[b'x'; 1000]);
             assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
-            assert!(dec.buffer.len() <= 10);
+            assert!(dec.buffer.buffered() <= 10);
         }
         buf.extend_from_slice(b"\r\n.\r\n");
         assert_eq!(
             dec.decode(&mut buf),
             DataEvent::Done(Err(DataProblem::TooBig))
         );
+    }
+
+    #[test]
+    fn content_taken_along_the_way_adds_up_to_the_body_and_counts_toward_the_limit() {
+        let input = b"line one\r\n..dot\r\nline three\r\n.\r\n";
+        for split in 0..input.len() {
+            let mut dec = DataDecoder::new(1000, LineEndings::Reject);
+            let mut buf = BytesMut::from(&input[..split]);
+            assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+            let mut body = dec.body().take();
+            buf.extend_from_slice(&input[split..]);
+            match dec.decode(&mut buf) {
+                DataEvent::Done(Ok(rest)) => body.extend_from_slice(&rest),
+                other => panic!("split at {split}: {other:?}"),
+            }
+            assert_eq!(&body[..], b"line one\r\n.dot\r\nline three\r\n");
+        }
+        let mut dec = DataDecoder::new(15, LineEndings::Reject);
+        let mut buf = BytesMut::from(&b"0123456789\r\n"[..]);
+        assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+        assert_eq!(dec.body().take().len(), 12);
+        assert!(!dec.body().refused());
+        buf.extend_from_slice(b"0123456789\r\n.\r\n");
+        assert_eq!(
+            dec.decode(&mut buf),
+            DataEvent::Done(Err(DataProblem::TooBig))
+        );
+    }
+
+    #[test]
+    fn a_refused_body_keeps_nothing() {
+        let mut dec = DataDecoder::new(1000, LineEndings::Reject);
+        let mut buf = BytesMut::from(&b"good line\r\nbad\nmore\r\n"[..]);
+        assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
+        assert!(dec.body().refused());
+        assert_eq!(dec.body().buffered(), 0);
+        assert_eq!(dec.body().len(), 11, "only what came before the refusal");
     }
 }

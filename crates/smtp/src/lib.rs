@@ -28,6 +28,6 @@ pub mod xtext;
 
 pub use address::{Mailbox, Path, PathError};
 pub use command::{Command, CommandError};
-pub use data::{DataDecoder, DataEvent, DataProblem, LineEndings};
+pub use data::{BodyBuffer, DataDecoder, DataEvent, DataProblem, LineEndings};
 pub use line::{LineDecoder, LineEvent};
 pub use reply::{EnhancedCode, Reply, ReplyDecoder, ReplyError, ServerReply};

@@ -1,5 +1,5 @@
-//! What a session needs from the rest of mailflow: the policy verdict for a recipient and a
-//! durable queue for the message. [`Services`] is the real implementation (gRPC policy
+//! What a session needs from the rest of mailflow: the policy verdict for a recipient, a
+//! place to stream a large body while it arrives, and a durable queue for the message. [`Services`] is the real implementation (gRPC policy
 //! client and JetStream); the session is generic so that its state machine can be driven
 //! over in-memory I/O in unit tests.
 
@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailflow_bus::{BodyStore, Bus, names};
+use mailflow_bus::{BodyStore, Bus, BusError, names};
 use mailflow_proto::v1::{
-    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest,
+    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckRecipientRequest,
     CheckSenderRequest, Verdict, policy_client::PolicyClient,
 };
 use mailflow_runtime::config::IngressConfig;
@@ -31,8 +31,35 @@ pub enum BackendError {
     Queue(String),
 }
 
+impl From<BusError> for BackendError {
+    fn from(e: BusError) -> Self {
+        BackendError::Queue(e.to_string())
+    }
+}
+
+/// A body being stored while it arrives (the object store, for the real backend).
+pub trait Spool: Send + std::fmt::Debug + 'static {
+    /// Appends content.
+    fn write(&mut self, content: &[u8]) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Ends the body; returns its reference once it is durable.
+    fn finish(self) -> impl Future<Output = Result<Body, BackendError>> + Send;
+
+    /// Gives the body up, removing what was written.
+    fn abort(self) -> impl Future<Output = ()> + Send;
+}
+
 /// The services a session calls.
 pub trait Backend: Clone + Send + Sync + 'static {
+    /// Where large bodies are streamed.
+    type Spool: Spool;
+
+    /// Bodies up to this size travel inline in the queued message; larger ones are spooled.
+    fn inline_limit(&self) -> usize;
+
+    /// Starts storing the body of message `queue_id`.
+    fn spool(&self, queue_id: &str) -> Self::Spool;
+
     /// Asks whether a recipient is accepted.
     fn check_recipient(
         &self,
@@ -51,11 +78,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
         request: AuthenticateRequest,
     ) -> impl Future<Output = Result<AuthenticateResponse, BackendError>> + Send;
 
-    /// Makes the message durable; returns only once it is.
+    /// Makes the message (its body already inline or spooled) durable; returns only once it
+    /// is.
     fn enqueue(
         &self,
         message: AcceptedMessage,
-        content: Bytes,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
@@ -70,7 +97,7 @@ pub struct Services {
     verdicts: Arc<VerdictCache>,
     /// The NATS connection.
     bus: Bus,
-    /// Where bodies go (inline or object store).
+    /// Where large bodies go.
     bodies: BodyStore,
 }
 
@@ -108,7 +135,31 @@ impl Services {
     }
 }
 
+impl Spool for mailflow_bus::Spool {
+    async fn write(&mut self, content: &[u8]) -> Result<(), BackendError> {
+        Ok(mailflow_bus::Spool::write(self, content).await?)
+    }
+
+    async fn finish(self) -> Result<Body, BackendError> {
+        Ok(mailflow_bus::Spool::finish(self).await?)
+    }
+
+    async fn abort(self) {
+        mailflow_bus::Spool::abort(self).await;
+    }
+}
+
 impl Backend for Services {
+    type Spool = mailflow_bus::Spool;
+
+    fn inline_limit(&self) -> usize {
+        self.bodies.inline_limit()
+    }
+
+    fn spool(&self, queue_id: &str) -> Self::Spool {
+        self.bodies.spool(queue_id)
+    }
+
     async fn check_recipient(
         &self,
         request: CheckRecipientRequest,
@@ -136,22 +187,11 @@ impl Backend for Services {
         self.call(client.authenticate(request)).await
     }
 
-    async fn enqueue(
-        &self,
-        mut message: AcceptedMessage,
-        content: Bytes,
-    ) -> Result<(), BackendError> {
-        let queue_err = |e: mailflow_bus::BusError| BackendError::Queue(e.to_string());
-        let body = self
-            .bodies
-            .store(&message.queue_id, content)
-            .await
-            .map_err(queue_err)?;
-        message.body = Some(body);
+    async fn enqueue(&self, message: AcceptedMessage) -> Result<(), BackendError> {
         let payload = Bytes::from(message.encode_to_vec());
-        self.bus
+        Ok(self
+            .bus
             .publish(names::MAIL_IN_SUBJECT.into(), &message.queue_id, payload)
-            .await
-            .map_err(queue_err)
+            .await?)
     }
 }

@@ -25,24 +25,20 @@ where
             ));
             return Ok(Flow::Close);
         };
-        // Where this chunk's content goes, or why it is refused.
-        let refusal = match &mut self.state {
+        // Why this chunk is refused, if it is.
+        let refusal = match &self.state {
             State::Mail(_, tx) if tx.rcpts.is_empty() => {
                 Some(bad_sequence("Error: need RCPT command"))
             }
-            State::Mail(_, tx) => match &mut tx.chunks {
+            State::Mail(_, tx) => match &tx.chunks {
                 Chunks::Failed(reply) => Some(reply.clone()),
-                Chunks::Receiving(_) => None,
-                chunks @ Chunks::None => {
-                    *chunks = Chunks::Receiving(BdatBody::new(
-                        self.config.max_message_size,
-                        self.config.line_endings,
-                    ));
-                    None
-                }
+                Chunks::Receiving(..) | Chunks::None => None,
             },
             _ => Some(bad_sequence("Error: need MAIL command")),
         };
+        if refusal.is_none() {
+            self.start_chunks();
+        }
         if let Some(flow) = self.read_chunk(size, refusal.is_none()).await? {
             return Ok(flow);
         }
@@ -57,20 +53,34 @@ where
         let State::Mail(_, tx) = &mut self.state else {
             unreachable!("a chunk is kept only in a transaction");
         };
-        let Chunks::Receiving(body) = std::mem::replace(&mut tx.chunks, Chunks::None) else {
+        let Chunks::Receiving(mut body, incoming) = std::mem::replace(&mut tx.chunks, Chunks::None)
+        else {
             unreachable!("set above");
         };
         if last {
-            return Ok(self.complete(body.finish()).await);
+            return Ok(self.complete(incoming, body.finish()).await);
         }
-        let received = body.len();
-        tx.chunks = Chunks::Receiving(body);
+        let received = body.body().len();
+        tx.chunks = Chunks::Receiving(body, incoming);
         self.reply(Reply::new(
             250,
             EnhancedCode::new(2, 0, 0),
             format!("{size} octets received, {received} in total"),
         ));
         Ok(Flow::Continue)
+    }
+
+    /// Sets the transaction up for chunks, at the first one.
+    fn start_chunks(&mut self) {
+        let fresh = matches!(&self.state, State::Mail(_, tx) if matches!(tx.chunks, Chunks::None));
+        if !fresh {
+            return;
+        }
+        let incoming = self.incoming();
+        if let State::Mail(_, tx) = &mut self.state {
+            let body = BdatBody::new(self.config.max_message_size, self.config.line_endings);
+            tx.chunks = Chunks::Receiving(body, incoming);
+        }
     }
 
     /// Reads `size` octets, feeding them to the transaction's body when `keep`.
@@ -81,9 +91,10 @@ where
             let take = remaining.min(self.inbuf.len() as u64) as usize;
             if keep
                 && let State::Mail(_, tx) = &mut self.state
-                && let Chunks::Receiving(body) = &mut tx.chunks
+                && let Chunks::Receiving(body, incoming) = &mut tx.chunks
             {
                 body.feed(&self.inbuf[..take]);
+                incoming.absorb(&self.backend, body.body()).await;
             }
             self.inbuf.advance(take);
             remaining -= take as u64;

@@ -2,13 +2,16 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use mailflow_proto::v1::{AcceptedMessage, BodyType, DsnNotify, DsnReturn, MailFrom, Recipient};
+use bytes::{Bytes, BytesMut};
+use mailflow_proto::v1::{
+    AcceptedMessage, Body, BodyType, DsnNotify, DsnReturn, MailFrom, Recipient,
+};
 use mailflow_smtp::params::{self, MailParams, RcptParams};
 use mailflow_smtp::{DataDecoder, DataEvent, DataProblem, EnhancedCode, Mailbox, Reply};
 
+use super::body::Incoming;
 use super::{
-    Backend, Chunks, Flow, Session, SessionError, State, Transaction, bad_sequence,
+    Backend, Chunks, Flow, Greeting, Session, SessionError, State, Transaction, bad_sequence,
     temporary_failure,
 };
 use crate::received::{self, Trace};
@@ -31,33 +34,74 @@ where
         // 3xx has no enhanced status code class (RFC 3463 defines 2, 4 and 5).
         self.reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
         self.flush().await?;
+        let mut incoming = self.incoming();
         let mut decoder = DataDecoder::new(self.config.max_message_size, self.config.line_endings);
         let mut rate = RateGuard::new(self.inbuf.len());
         let body = loop {
             match decoder.decode(&mut self.inbuf) {
                 DataEvent::Done(result) => break result,
                 DataEvent::NeedMore => {
+                    incoming.absorb(&self.backend, decoder.body()).await;
                     if let Some(flow) = self.fill_data(&mut rate).await? {
+                        incoming.abort().await;
                         return Ok(flow);
                     }
                 }
             }
         };
-        Ok(self.complete(body).await)
+        Ok(self.complete(incoming, body).await)
     }
 
-    /// Ends the transaction with the body's fate: queued, or refused.
-    pub(super) async fn complete(&mut self, body: Result<BytesMut, DataProblem>) -> Flow {
+    /// A body for the open transaction: its queue id and Received header are fixed now.
+    pub(super) fn incoming(&self) -> Incoming<B::Spool> {
+        let State::Mail(greeting, tx) = &self.state else {
+            unreachable!("only called in a transaction");
+        };
+        let queue_id = ulid::Ulid::generate().to_string();
+        let at = SystemTime::now();
+        let single_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].0.to_string());
+        let header = received::header(&Trace {
+            helo: &greeting.name,
+            client_ip: self.client_ip,
+            hostname: &self.config.hostname,
+            protocol: &received::protocol(
+                greeting.extended,
+                tx.params.smtputf8,
+                self.tls.is_some(),
+                self.auth.is_some(),
+            ),
+            tls: self.tls.as_ref(),
+            queue_id: &queue_id,
+            recipient: single_rcpt.as_deref(),
+            at,
+        });
+        Incoming::new(queue_id, at, Bytes::from(header))
+    }
+
+    /// Ends the transaction with the body's fate: queued, or refused. `rest` is the content
+    /// the receiver holds that `incoming` has not absorbed.
+    pub(super) async fn complete(
+        &mut self,
+        incoming: Incoming<B::Spool>,
+        rest: Result<BytesMut, DataProblem>,
+    ) -> Flow {
         let State::Mail(greeting, tx) = std::mem::replace(&mut self.state, State::Fresh) else {
             unreachable!("only called in a transaction");
         };
         self.state = State::Ready(greeting.clone());
-        let reply = match body {
-            Err(problem) => problem_reply(problem),
-            Ok(body) => {
-                self.enqueue(&greeting.name, greeting.extended, tx, body)
-                    .await
+        let (queue_id, at) = (incoming.queue_id.clone(), incoming.at);
+        let reply = match rest {
+            Err(problem) => {
+                incoming.abort().await;
+                problem_reply(problem)
             }
+            Ok(rest) => match incoming.finish(&self.backend, rest).await {
+                Ok(body) => self.enqueue(&greeting, tx, queue_id, at, body).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "message body not stored");
+                    temporary_failure("queue")
+                }
+            },
         };
         self.answer(reply)
     }
@@ -92,48 +136,27 @@ where
 
     async fn enqueue(
         &mut self,
-        helo: &str,
-        extended: bool,
-        tx: Transaction,
-        body: BytesMut,
+        greeting: &Greeting,
+        tx: Box<Transaction<B::Spool>>,
+        queue_id: String,
+        at: SystemTime,
+        body: Body,
     ) -> Reply {
-        let queue_id = ulid::Ulid::generate().to_string();
-        let now = SystemTime::now();
-        let single_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].0.to_string());
-        let header = received::header(&Trace {
-            helo,
-            client_ip: self.client_ip,
-            hostname: &self.config.hostname,
-            protocol: &received::protocol(
-                extended,
-                tx.params.smtputf8,
-                self.tls.is_some(),
-                self.auth.is_some(),
-            ),
-            tls: self.tls.as_ref(),
-            queue_id: &queue_id,
-            recipient: single_rcpt.as_deref(),
-            at: now,
-        });
-        let mut content = BytesMut::with_capacity(header.len() + body.len());
-        content.put_slice(header.as_bytes());
-        content.put_slice(&body);
+        let size = body.size;
         let message = AcceptedMessage {
             queue_id: queue_id.clone(),
             mail_from: Some(mail_from(&tx)),
             recipients: tx.rcpts.iter().map(|(m, p)| recipient(m, p)).collect(),
             client_ip: self.client_ip.to_string(),
-            helo: helo.to_string(),
+            helo: greeting.name.clone(),
             tls: self.tls.clone(),
             auth_identity: self.auth.clone().unwrap_or_default(),
-            received_at: Some(prost_types::Timestamp::from(now)),
+            received_at: Some(prost_types::Timestamp::from(at)),
             trace: None,
-            body: None,
+            body: Some(body),
             listener: self.config.kind.name().to_string(),
         };
-        let content: Bytes = content.freeze();
-        let size = content.len();
-        match self.backend.enqueue(message, content).await {
+        match self.backend.enqueue(message).await {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %queue_id,
@@ -209,7 +232,7 @@ impl RateGuard {
     }
 }
 
-fn mail_from(tx: &Transaction) -> MailFrom {
+fn mail_from<P>(tx: &Transaction<P>) -> MailFrom {
     let MailParams {
         size,
         body,

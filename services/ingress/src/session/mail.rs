@@ -80,12 +80,12 @@ where
         }
         self.state = State::Mail(
             greeting,
-            Transaction {
+            Box::new(Transaction {
                 from,
                 params,
                 rcpts: Vec::new(),
                 chunks: Chunks::None,
-            },
+            }),
         );
         self.reply(Reply::new(250, EnhancedCode::new(2, 1, 0), "Ok"));
         Flow::Continue

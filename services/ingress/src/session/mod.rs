@@ -6,6 +6,7 @@
 
 mod auth;
 mod bdat;
+mod body;
 mod data;
 mod ehlo;
 mod mail;
@@ -31,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
+use body::Incoming;
 
 /// The kinds of listener, which differ in what they require.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +119,9 @@ struct Greeting {
     extended: bool,
 }
 
-/// An open mail transaction.
+/// An open mail transaction; `P` is the backend's body spool.
 #[derive(Debug)]
-struct Transaction {
+struct Transaction<P> {
     /// The reverse path.
     from: Path,
     /// Its parameters.
@@ -127,29 +129,31 @@ struct Transaction {
     /// Accepted recipients, in order.
     rcpts: Vec<(Mailbox, RcptParams)>,
     /// BDAT chunks received so far, once the client started with BDAT.
-    chunks: Chunks,
+    chunks: Chunks<P>,
 }
 
 /// The BDAT side of a transaction (RFC 3030).
 #[derive(Debug)]
-enum Chunks {
+enum Chunks<P> {
     /// No BDAT yet (DATA is still possible).
     None,
-    /// Chunks are arriving.
-    Receiving(BdatBody),
+    /// Chunks are arriving: the receiver, and the body on its way to storage.
+    Receiving(BdatBody, Incoming<P>),
     /// A chunk was refused: later chunks are read and refused the same way until LAST.
     Failed(Reply),
 }
 
 /// Where the session stands.
 #[derive(Debug)]
-enum State {
+enum State<P> {
     /// Greeting sent; EHLO or HELO expected.
     Fresh,
     /// EHLO/HELO done, no transaction.
     Ready(Greeting),
-    /// MAIL accepted; RCPT or DATA expected.
-    Mail(Greeting, Transaction),
+    /// MAIL accepted; RCPT or DATA expected. Dropping it (RSET, EHLO, a closed connection)
+    /// drops a spooled body, which removes what was stored of it. Boxed: an idle session
+    /// should not pay for a transaction's size.
+    Mail(Greeting, Box<Transaction<P>>),
 }
 
 /// What the command loop does next.
@@ -195,7 +199,7 @@ pub enum SessionError {
 }
 
 /// One SMTP session.
-pub struct Session<S, B> {
+pub struct Session<S, B: Backend> {
     /// The client connection.
     stream: S,
     /// Received octets not yet consumed.
@@ -205,7 +209,7 @@ pub struct Session<S, B> {
     /// Frames command lines with a bounded length.
     lines: LineDecoder,
     /// The protocol state.
-    state: State,
+    state: State<B::Spool>,
     /// Listener settings.
     config: Arc<SessionConfig>,
     /// Policy and queue.

@@ -1,6 +1,7 @@
 //! The session state machine driven over in-memory I/O, with a backend that is plain data
 //! (this is a unit test of protocol logic; the end-to-end tests use the real services).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,27 +9,117 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mailflow_proto::v1::authenticate_response::Result as AuthResult;
 use mailflow_proto::v1::{
-    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest,
-    CheckSenderRequest, TlsInfo, Verdict, verdict::Action,
+    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckRecipientRequest,
+    CheckSenderRequest, TlsInfo, Verdict, body::Location, verdict::Action,
 };
 use mailflow_smtp::{LineEndings, ReplyDecoder, ServerReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ending, ListenerKind, Session, SessionConfig};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Spool};
 
 /// Accepts `@local.test` (but not `unknown@`), refuses `@remote.test`, and cannot reach
 /// policy for `@down.test`. Knows one user, `user@local.test` with password `secret`, and
-/// cuts a client off after 3 failures. Records what was queued.
-#[derive(Clone, Default)]
+/// cuts a client off after 3 failures. Records what was queued, and what became of spooled
+/// bodies.
+#[derive(Clone)]
 struct TestBackend {
     queued: Arc<Mutex<Vec<(AcceptedMessage, Bytes)>>>,
     queue_down: Arc<Mutex<bool>>,
     auth_failures: Arc<Mutex<u32>>,
+    /// Bodies above this size are spooled.
+    inline_limit: usize,
+    spools: Arc<Mutex<Spools>>,
+}
+
+impl Default for TestBackend {
+    fn default() -> Self {
+        Self {
+            queued: Arc::default(),
+            queue_down: Arc::default(),
+            auth_failures: Arc::default(),
+            inline_limit: 1_000_000,
+            spools: Arc::default(),
+        }
+    }
+}
+
+/// What happened to spooled bodies.
+#[derive(Debug, Default)]
+struct Spools {
+    /// Finished bodies by name.
+    stored: HashMap<String, Vec<u8>>,
+    /// Bodies given up (aborted or dropped unfinished).
+    abandoned: usize,
+    /// Writes so far.
+    writes: usize,
+    /// Writes fail.
+    broken: bool,
+}
+
+/// An in-memory spool.
+#[derive(Debug)]
+struct MemorySpool {
+    name: String,
+    content: Vec<u8>,
+    spools: Arc<Mutex<Spools>>,
+    done: bool,
+}
+
+impl Spool for MemorySpool {
+    async fn write(&mut self, content: &[u8]) -> Result<(), BackendError> {
+        let mut spools = self.spools.lock().unwrap();
+        if spools.broken {
+            return Err(BackendError::Queue("object store down".into()));
+        }
+        spools.writes += 1;
+        self.content.extend_from_slice(content);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Body, BackendError> {
+        self.done = true;
+        let content = std::mem::take(&mut self.content);
+        let size = content.len() as u64;
+        self.spools
+            .lock()
+            .unwrap()
+            .stored
+            .insert(self.name.clone(), content);
+        Ok(Body {
+            location: Some(Location::Object(self.name.clone())),
+            size,
+        })
+    }
+
+    async fn abort(self) {}
+}
+
+impl Drop for MemorySpool {
+    fn drop(&mut self) {
+        if !self.done {
+            self.spools.lock().unwrap().abandoned += 1;
+        }
+    }
 }
 
 impl Backend for TestBackend {
+    type Spool = MemorySpool;
+
+    fn inline_limit(&self) -> usize {
+        self.inline_limit
+    }
+
+    fn spool(&self, queue_id: &str) -> MemorySpool {
+        MemorySpool {
+            name: queue_id.to_string(),
+            content: Vec::new(),
+            spools: self.spools.clone(),
+            done: false,
+        }
+    }
+
     async fn check_recipient(&self, req: CheckRecipientRequest) -> Result<Verdict, BackendError> {
         let rcpt = req.recipient;
         let verdict = |action: Action, code, enh: &str, text: &str| Verdict {
@@ -85,10 +176,17 @@ impl Backend for TestBackend {
         })
     }
 
-    async fn enqueue(&self, message: AcceptedMessage, content: Bytes) -> Result<(), BackendError> {
+    async fn enqueue(&self, message: AcceptedMessage) -> Result<(), BackendError> {
         if *self.queue_down.lock().unwrap() {
             return Err(BackendError::Queue("down".into()));
         }
+        let content = match &message.body.as_ref().unwrap().location {
+            Some(Location::Inline(content)) => content.clone(),
+            Some(Location::Object(name)) => {
+                Bytes::from(self.spools.lock().unwrap().stored[name].clone())
+            }
+            None => panic!("a message without a body"),
+        };
         self.queued.lock().unwrap().push((message, content));
         Ok(())
     }
@@ -879,4 +977,135 @@ fn data_rate_is_judged_after_the_grace_period() {
     assert!(slow.too_slow(1000, 500));
     let mut fast = RateGuard::started_at(std::time::Instant::now() - Duration::from_secs(60), 0);
     assert!(!fast.too_slow(60_000, 500));
+}
+
+/// A backend that spools bodies above 300 octets (the Received header alone is about 200),
+/// and a client past EHLO.
+async fn spooling() -> (TestBackend, Client) {
+    let backend = TestBackend {
+        inline_limit: 300,
+        ..TestBackend::default()
+    };
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    (backend, c)
+}
+
+/// Waits until the spools have seen `n` writes (the header and the first content make two).
+async fn spool_writes_reach(backend: &TestBackend, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backend.spools.lock().unwrap().writes < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spooling did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `n` lines of body text, 50 octets each.
+fn lines(n: usize) -> String {
+    (0..n).map(|i| format!("{i:047}\r\n")).collect()
+}
+
+#[tokio::test]
+async fn a_large_data_body_is_spooled_while_it_arrives() {
+    let (backend, mut c) = spooling().await;
+    c.open_data().await;
+    let text = lines(160);
+    // In parts, as a client writes them: the spool takes each as it comes.
+    for part in text.as_bytes().chunks(1000) {
+        c.send(std::str::from_utf8(part).unwrap()).await;
+    }
+    c.send(".\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    let (msg, content) = &queued[0];
+    let body = msg.body.as_ref().unwrap();
+    assert!(matches!(&body.location, Some(Location::Object(name)) if *name == msg.queue_id));
+    assert!(content.starts_with(b"Received: from client.test"));
+    assert!(content.ends_with(text.as_bytes()));
+    assert_eq!(body.size, content.len() as u64);
+    let spools = backend.spools.lock().unwrap();
+    assert!(spools.writes >= 2, "{spools:?}");
+    assert_eq!(spools.abandoned, 0);
+}
+
+#[tokio::test]
+async fn a_small_body_stays_inline_and_a_refused_large_one_is_removed() {
+    let (backend, mut c) = spooling().await;
+    c.open_data().await;
+    c.send("Subject: small\r\n\r\nx\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    {
+        let queued = backend.queued.lock().unwrap();
+        let body = queued[0].0.body.as_ref().unwrap();
+        assert!(matches!(body.location, Some(Location::Inline(_))));
+    }
+    // Spooling starts, then a bare LF dooms the message: what was stored goes.
+    c.open_data().await;
+    c.send(&lines(10)).await;
+    spool_writes_reach(&backend, 2).await;
+    c.send(&format!("bare\n{}.\r\n", lines(200))).await;
+    c.expect(550, "5.5.2").await;
+    // Too big (config: 10,000 octets) after spooling started.
+    c.open_data().await;
+    c.send(&lines(10)).await;
+    spool_writes_reach(&backend, 4).await;
+    c.send(&format!("{}.\r\n", lines(300))).await;
+    c.expect(552, "5.3.4").await;
+    c.send("NOOP\r\n").await;
+    c.expect(250, "2.0.0").await;
+    assert_eq!(backend.queued.lock().unwrap().len(), 1);
+    let spools = backend.spools.lock().unwrap();
+    assert_eq!(spools.abandoned, 2, "{spools:?}");
+    assert!(spools.stored.is_empty());
+}
+
+#[tokio::test]
+async fn bdat_chunks_are_spooled_and_rset_drops_them() {
+    let (backend, mut c) = spooling().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    let text = lines(40);
+    c.send(&format!("BDAT {}\r\n{text}", text.len())).await;
+    c.expect(250, "2.0.0").await;
+    c.send(&format!("BDAT {} LAST\r\n{text}", text.len())).await;
+    c.expect(250, "2.0.0").await;
+    {
+        let queued = backend.queued.lock().unwrap();
+        let (msg, content) = &queued[0];
+        assert!(matches!(
+            msg.body.as_ref().unwrap().location,
+            Some(Location::Object(_))
+        ));
+        assert!(content.ends_with(format!("{text}{text}").as_bytes()));
+    }
+    // A transaction reset mid-way gives its spooled body up.
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.send(&format!("BDAT {}\r\n{text}", text.len())).await;
+    c.expect(250, "2.0.0").await;
+    c.send("RSET\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let spools = backend.spools.lock().unwrap();
+    assert_eq!((spools.stored.len(), spools.abandoned), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failing_spool_gives_451_and_the_session_goes_on() {
+    let (backend, mut c) = spooling().await;
+    backend.spools.lock().unwrap().broken = true;
+    c.open_data().await;
+    c.send(&format!("{}.\r\n", lines(100))).await;
+    c.expect(451, "4.3.0").await;
+    backend.spools.lock().unwrap().broken = false;
+    c.open_data().await;
+    c.send(&format!("{}.\r\n", lines(100))).await;
+    c.expect(250, "2.0.0").await;
+    assert_eq!(backend.queued.lock().unwrap().len(), 1);
 }
