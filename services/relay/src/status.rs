@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use mailflow_bus::{Bus, BusError, compare_and_set, names};
+use mailflow_bus::{Bus, BusError, compare_and_set_from, names};
 use mailflow_proto::v1::{
     DeliveryEvent, DeliveryJob, MessageStatus, RecipientState, RecipientStatus,
 };
@@ -64,9 +64,16 @@ impl StatusBook {
         results: &[(u32, String, Outcome)],
     ) -> Result<(), BusError> {
         let now = prost_types::Timestamp::from(SystemTime::now());
+        // A first attempt starts from the record the job carries, if any; on later ones it
+        // is surely stale.
+        let known = job
+            .created_status
+            .as_ref()
+            .filter(|_| attempt == 1 && job.created_revision > 0)
+            .map(|s| (Bytes::from(s.encode_to_vec()), job.created_revision));
         // Jobs of one message may finish at the same moment: no bound on the retries, as a
         // conflict means another writer made progress.
-        compare_and_set(&self.kv, &job.queue_id, usize::MAX, |current| {
+        compare_and_set_from(&self.kv, &job.queue_id, known, usize::MAX, |current| {
             let mut status = match current {
                 Some(value) => MessageStatus::decode(value)?,
                 None => MessageStatus {
