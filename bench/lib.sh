@@ -54,10 +54,23 @@ start_sink() {
     wait_port "$SINK_PORT"
 }
 
+# start_dns: dnsmasq answering for the benchmark's domains (bench.test and below: every
+# name is 127.0.0.1, and remote.bench.test has an MX), nothing else; sets DNS_PORT.
+start_dns() {
+    DNS_PORT=$(free_port)
+    dnsmasq --keep-in-foreground --port="$DNS_PORT" --listen-address=127.0.0.1 \
+        --bind-interfaces --no-resolv --no-hosts --user=root --pid-file= \
+        --address=/bench.test/127.0.0.1 \
+        --mx-host=remote.bench.test,mx.remote.bench.test,10 >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$DNS_PORT"
+}
+
 # start_mailflow EXTRA_INGRESS_TOML: nats-server and the three release binaries; sets
 # SMTP_PORT and MAILFLOW_PIDS. Remote mail goes to the smtp-sink.
 start_mailflow() {
     local nats_port policy_port queue_port
+    start_dns
     nats_port=$(free_port); policy_port=$(free_port); queue_port=$(free_port); SMTP_PORT=$(free_port)
     "$ROOT/.tools/venv/bin/nats-server" -js -a 127.0.0.1 -p "$nats_port" -sd "$WORK/nats" >/dev/null 2>&1 &
     pids+=($!); NATS_PID=$!
@@ -75,6 +88,7 @@ $1
 [policy]
 grpc_listen = "127.0.0.1:$policy_port"
 relay_networks = ["127.0.0.0/8"]
+dns_servers = ["127.0.0.1:$DNS_PORT"]
 [relay]
 hostname = "relay.bench.test"
 grpc_listen = "127.0.0.1:$queue_port"

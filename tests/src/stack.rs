@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use mailflow_proto::v1::{
-    AddDomainRequest, AddUserRequest, GetMessageRequest, MessageStatus, RecipientState,
-    directory_client::DirectoryClient, queue_client::QueueClient,
+    AddAliasRequest, AddDomainRequest, AddUserRequest, GetMessageRequest, MessageStatus,
+    RecipientState, directory_client::DirectoryClient, queue_client::QueueClient,
 };
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -98,6 +98,7 @@ policy_timeout = "5s"
 grpc_listen = "{policy}"
 relay_networks = [{networks}]
 auth_failure_limit = 3
+dns_servers = ["{dns}"]
 
 [relay]
 hostname = "relay.example.test"
@@ -264,6 +265,18 @@ retry_delays = ["1s"]
             .expect("AddUser");
     }
 
+    /// Adds an alias through the Directory service.
+    pub async fn add_alias(&self, source: &str, target: &str) {
+        self.directory()
+            .await
+            .add_alias(AddAliasRequest {
+                source: source.into(),
+                targets: vec![target.into()],
+            })
+            .await
+            .expect("AddAlias");
+    }
+
     /// `Queue.GetMessage`.
     pub async fn get_message(&self, queue_id: &str) -> Result<MessageStatus, tonic::Status> {
         let mut client = QueueClient::connect(format!("http://{}", self.queue))
@@ -305,10 +318,11 @@ retry_delays = ["1s"]
     }
 }
 
-/// A stack for tests of local mail only: no remote domains, no relaying, and an empty DNS
-/// server (returned so that it lives as long as the stack).
+/// A stack for tests of local mail only: no relaying, and a DNS server (returned so that it
+/// lives as long as the stack) that knows only the clients' domain `client.test`.
 pub async fn local() -> (Stack, crate::dns::DnsServer) {
-    let dns = crate::dns::DnsServer::start(&[]).await;
+    let (origin, zone) = crate::dns::mx_zone("client.test", "127.0.0.9");
+    let dns = crate::dns::DnsServer::start(&[(origin.as_str(), zone)]).await;
     let stack = Stack::start(Options {
         dns: dns.addr,
         mx_port: 25,

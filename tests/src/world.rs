@@ -32,6 +32,8 @@ impl World {
             mx_zone("remote-a.test", "127.0.0.2"),
             mx_zone("remote-b.test", "127.0.0.3"),
             null_mx_zone("nomail.test"),
+            // Where the test clients say they send from.
+            mx_zone("client.test", "127.0.0.9"),
         ];
         let zones: Vec<(&str, String)> =
             zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();

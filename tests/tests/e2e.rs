@@ -130,6 +130,34 @@ async fn c_unknown_local_user_and_unauthorised_relaying_are_refused_at_rcpt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_domains_are_refused_in_session() {
+    let w = World::start().await;
+    // A client allowed to relay: recipients whose domain takes no mail are refused now.
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command("MAIL FROM:<sender@client.test>", 250).await;
+    let r = c.command("RCPT TO:<x@nomail.test>", 556).await;
+    assert!(r.text.starts_with("5.1.10 "), "{r:?}");
+    let r = c.command("RCPT TO:<x@gone.remote-a.test>", 550).await;
+    assert!(r.text.starts_with("5.1.2 "), "{r:?}");
+    c.command("RCPT TO:<ok@remote-a.test>", 250).await;
+    c.command("QUIT", 221).await;
+
+    // An outside client on the MX port: the sender's domain must exist and take mail.
+    let mut c = SmtpClient::connect_from("127.0.0.5".parse().unwrap(), w.stack.smtp).await;
+    c.command("EHLO outsider.test", 250).await;
+    let r = c.command("MAIL FROM:<a@gone.remote-a.test>", 550).await;
+    assert!(r.text.starts_with("5.1.8 "), "{r:?}");
+    let r = c.command("MAIL FROM:<a@nomail.test>", 550).await;
+    assert!(r.text.starts_with("5.7.27 "), "{r:?}");
+    c.command("MAIL FROM:<>", 250).await;
+    c.command("RSET", 250).await;
+    c.command("MAIL FROM:<a@remote-b.test>", 250).await;
+    c.command("RCPT TO:<demo@example.test>", 250).await;
+    c.command("QUIT", 221).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d_nats_down_gives_451_at_end_of_data_then_mail_flows_again() {
     let mut w = World::start().await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
@@ -242,13 +270,16 @@ async fn e_relay_killed_while_holding_jobs_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_mx_and_permanent_refusals_bounce_and_temporary_ones_defer() {
     let w = World::start().await;
+    // A null MX domain is refused at RCPT (below); mail can still meet one after acceptance,
+    // through an alias.
+    w.stack.add_alias("fwd@example.test", "x@nomail.test").await;
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
     let id = c
         .send_mail(
             "sender@client.test",
             &[
-                "x@nomail.test",
+                "fwd@example.test",
                 "reject-me@remote-a.test",
                 "ok@remote-a.test",
             ],

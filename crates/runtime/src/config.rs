@@ -208,6 +208,9 @@ pub struct PolicyConfig {
     /// How long a failed AUTH attempt counts against its client IP.
     #[serde(with = "humantime_serde")]
     pub auth_failure_window: Duration,
+    /// Nameservers as `ip:port` for the in-session DNS checks (null MX of recipient domains,
+    /// existence of sender domains); empty means the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 impl Default for PolicyConfig {
@@ -218,6 +221,7 @@ impl Default for PolicyConfig {
             out_shards: 16,
             auth_failure_limit: 5,
             auth_failure_window: Duration::from_secs(15 * 60),
+            dns_servers: Vec::new(),
         }
     }
 }

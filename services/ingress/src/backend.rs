@@ -66,7 +66,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         request: CheckRecipientRequest,
     ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
 
-    /// Asks whether the reverse path is accepted (called for authenticated sessions).
+    /// Asks whether the reverse path is accepted (not called for the null sender).
     fn check_sender(
         &self,
         request: CheckSenderRequest,
@@ -122,6 +122,21 @@ impl Services {
 }
 
 impl Services {
+    /// A verdict from the cache, or from `call` (then cached). Keys start with a letter
+    /// naming the check: a sender request encodes like a recipient request without one.
+    async fn cached<F, Fut>(&self, key: Vec<u8>, call: F) -> Result<Verdict, BackendError>
+    where
+        F: FnOnce(PolicyClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Verdict>, tonic::Status>>,
+    {
+        if let Some(verdict) = self.verdicts.get(&key) {
+            return Ok(verdict);
+        }
+        let verdict = self.call(call(self.policy.clone())).await?;
+        self.verdicts.put(key, &verdict);
+        Ok(verdict)
+    }
+
     /// One policy call with the configured deadline.
     async fn call<T>(
         &self,
@@ -164,19 +179,19 @@ impl Backend for Services {
         &self,
         request: CheckRecipientRequest,
     ) -> Result<Verdict, BackendError> {
-        let key = request.encode_to_vec();
-        if let Some(verdict) = self.verdicts.get(&key) {
-            return Ok(verdict);
-        }
-        let mut client = self.policy.clone();
-        let verdict = self.call(client.check_recipient(request)).await?;
-        self.verdicts.put(key, &verdict);
-        Ok(verdict)
+        let key = [b"R", request.encode_to_vec().as_slice()].concat();
+        self.cached(key, |mut client| async move {
+            client.check_recipient(request).await
+        })
+        .await
     }
 
     async fn check_sender(&self, request: CheckSenderRequest) -> Result<Verdict, BackendError> {
-        let mut client = self.policy.clone();
-        self.call(client.check_sender(request)).await
+        let key = [b"S", request.encode_to_vec().as_slice()].concat();
+        self.cached(key, |mut client| async move {
+            client.check_sender(request).await
+        })
+        .await
     }
 
     async fn authenticate(

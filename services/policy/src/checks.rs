@@ -1,21 +1,23 @@
-//! The recipient check, as a pure decision over facts gathered from the directory.
+//! The in-session checks, as pure decisions over facts gathered from the directory and DNS.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use mailflow_dns::ResolveError;
 use mailflow_proto::v1::{Verdict, verdict::Action};
 use mailflow_smtp::Mailbox;
 
 /// What the directory says about a recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     /// The domain is local and the address exists: a user, an alias, or caught by the
     /// domain's catch-all.
     LocalUser,
     /// The domain is local but nothing takes mail for the address.
     UnknownLocalUser,
-    /// The domain is not local.
-    Remote,
+    /// The domain is not local; what DNS says about where its mail goes (`Ok` when it has
+    /// mail exchangers or an address).
+    Remote(Result<(), ResolveError>),
 }
 
 /// Who is asking.
@@ -42,8 +44,11 @@ pub fn has_routing_syntax(m: &Mailbox) -> bool {
     m.local.contains('%') || m.local.contains('!') || (m.is_quoted() && m.local.contains('@'))
 }
 
-/// Decides on one recipient.
-pub fn decide_recipient(rcpt: &Mailbox, dest: Destination, client: Client<'_>) -> Verdict {
+/// Decides on one recipient. A remote domain that cannot receive mail is refused now, while
+/// the client can still tell its user, rather than bounced later: a null MX gets `556
+/// 5.1.10` (RFC 7505 §4.2), a domain that does not exist or has no address `550 5.1.2`. A
+/// DNS failure accepts: the relay retries.
+pub fn decide_recipient(rcpt: &Mailbox, dest: &Destination, client: Client<'_>) -> Verdict {
     match dest {
         Destination::LocalUser => accept(),
         Destination::UnknownLocalUser => reject(
@@ -51,15 +56,62 @@ pub fn decide_recipient(rcpt: &Mailbox, dest: Destination, client: Client<'_>) -
             "5.1.1",
             format!("<{rcpt}>: Recipient address rejected: User unknown"),
         ),
-        Destination::Remote if !client.may_relay() => {
+        Destination::Remote(_) if !client.may_relay() => {
             reject(554, "5.7.1", format!("<{rcpt}>: Relay access denied"))
         }
-        Destination::Remote if has_routing_syntax(rcpt) => reject(
+        Destination::Remote(_) if has_routing_syntax(rcpt) => reject(
             554,
             "5.7.1",
             format!("<{rcpt}>: Relay access denied: routing syntax in address"),
         ),
-        Destination::Remote => accept(),
+        Destination::Remote(Err(ResolveError::NullMx(domain))) => reject(
+            556,
+            "5.1.10",
+            format!(
+                "<{rcpt}>: Recipient address rejected: Domain {domain} does not accept mail (null MX)"
+            ),
+        ),
+        Destination::Remote(Err(
+            ResolveError::NoSuchDomain(domain) | ResolveError::NoAddress(domain),
+        )) => reject(
+            550,
+            "5.1.2",
+            format!("<{rcpt}>: Recipient address rejected: Domain {domain} not found"),
+        ),
+        Destination::Remote(_) => accept(),
+    }
+}
+
+/// True when the recipient check needs DNS: a remote domain the client may relay to.
+pub fn needs_dns(rcpt: &Mailbox, client: Client<'_>) -> bool {
+    client.may_relay() && !has_routing_syntax(rcpt) && !rcpt.is_address_literal()
+}
+
+/// Decides on the domain of an unauthenticated sender on the MX port: mail from a domain
+/// that does not exist could never be answered (Postfix's `reject_unknown_sender_domain`:
+/// `450 4.1.8` while DNS fails, `550 5.1.8` when the domain is not found), and a domain with
+/// a null MX declares it sends no mail that expects replies (`550 5.7.27`, RFC 7505 §4.2).
+pub fn decide_sender_domain(sender: &str, lookup: &Result<(), ResolveError>) -> Verdict {
+    match lookup {
+        Ok(()) => accept(),
+        Err(ResolveError::NullMx(domain)) => reject(
+            550,
+            "5.7.27",
+            format!(
+                "<{sender}>: Sender address rejected: Domain {domain} does not accept mail (null MX)"
+            ),
+        ),
+        Err(ResolveError::NoSuchDomain(_) | ResolveError::NoAddress(_)) => reject(
+            550,
+            "5.1.8",
+            format!("<{sender}>: Sender address rejected: Domain not found"),
+        ),
+        Err(ResolveError::Temporary { .. }) => Verdict {
+            action: Action::Tempfail as i32,
+            code: 450,
+            enhanced: "4.1.8".into(),
+            text: format!("<{sender}>: Sender address rejected: Domain not found"),
+        },
     }
 }
 
@@ -120,10 +172,10 @@ mod tests {
         let m = parse_mailbox("u@example.test").unwrap();
         let c = client("203.0.113.1", false, &[]);
         assert_eq!(
-            decide_recipient(&m, Destination::LocalUser, c).action(),
+            decide_recipient(&m, &Destination::LocalUser, c).action(),
             Action::Accept
         );
-        let v = decide_recipient(&m, Destination::UnknownLocalUser, c);
+        let v = decide_recipient(&m, &Destination::UnknownLocalUser, c);
         assert_eq!(
             (v.action(), v.code, v.enhanced.as_str()),
             (Action::Reject, 550, "5.1.1")
@@ -134,14 +186,14 @@ mod tests {
     fn relaying_needs_a_trusted_network_or_authentication() {
         let nets: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
         let m = parse_mailbox("u@remote.test").unwrap();
-        let outsider =
-            decide_recipient(&m, Destination::Remote, client("203.0.113.1", false, &nets));
+        let ok = Destination::Remote(Ok(()));
+        let outsider = decide_recipient(&m, &ok, client("203.0.113.1", false, &nets));
         assert_eq!((outsider.code, outsider.enhanced.as_str()), (554, "5.7.1"));
-        let inside = decide_recipient(&m, Destination::Remote, client("127.0.0.1", false, &nets));
+        let inside = decide_recipient(&m, &ok, client("127.0.0.1", false, &nets));
         assert_eq!(inside.action(), Action::Accept);
-        let authed = decide_recipient(&m, Destination::Remote, client("203.0.113.1", true, &[]));
+        let authed = decide_recipient(&m, &ok, client("203.0.113.1", true, &[]));
         assert_eq!(authed.action(), Action::Accept);
-        let empty = decide_recipient(&m, Destination::Remote, client("127.0.0.1", false, &[]));
+        let empty = decide_recipient(&m, &ok, client("127.0.0.1", false, &[]));
         assert_eq!(
             empty.action(),
             Action::Reject,
@@ -179,8 +231,58 @@ mod tests {
             "\"x@y.test\"@remote.test",
         ] {
             let m = parse_mailbox(addr).unwrap();
-            let v = decide_recipient(&m, Destination::Remote, client("10.0.0.1", true, &nets));
+            let v = decide_recipient(
+                &m,
+                &Destination::Remote(Ok(())),
+                client("10.0.0.1", true, &nets),
+            );
             assert_eq!((v.action(), v.code), (Action::Reject, 554), "{addr}");
         }
+    }
+
+    #[test]
+    fn undeliverable_remote_domains_are_refused_and_dns_trouble_is_not() {
+        let m = parse_mailbox("u@remote.test").unwrap();
+        let c = client("203.0.113.1", true, &[]);
+        let verdict = |r| decide_recipient(&m, &Destination::Remote(r), c);
+        let null = verdict(Err(ResolveError::NullMx("remote.test".into())));
+        assert_eq!((null.code, null.enhanced.as_str()), (556, "5.1.10"));
+        let none = verdict(Err(ResolveError::NoSuchDomain("remote.test".into())));
+        assert_eq!((none.code, none.enhanced.as_str()), (550, "5.1.2"));
+        let down = verdict(Err(ResolveError::Temporary {
+            domain: "remote.test".into(),
+            reason: "timeout".into(),
+        }));
+        assert_eq!(down.action(), Action::Accept);
+        // An outsider is refused as a relay attempt before DNS is asked.
+        let outsider = client("203.0.113.1", false, &[]);
+        assert!(!needs_dns(&m, outsider));
+        assert!(needs_dns(&m, c));
+    }
+
+    #[test]
+    fn sender_domains_must_exist() {
+        assert_eq!(
+            decide_sender_domain("a@x.test", &Ok(())).action(),
+            Action::Accept
+        );
+        let null = decide_sender_domain("a@x.test", &Err(ResolveError::NullMx("x.test".into())));
+        assert_eq!((null.code, null.enhanced.as_str()), (550, "5.7.27"));
+        let gone = decide_sender_domain(
+            "a@x.test",
+            &Err(ResolveError::NoSuchDomain("x.test".into())),
+        );
+        assert_eq!((gone.code, gone.enhanced.as_str()), (550, "5.1.8"));
+        let temp = decide_sender_domain(
+            "a@x.test",
+            &Err(ResolveError::Temporary {
+                domain: "x.test".into(),
+                reason: "timeout".into(),
+            }),
+        );
+        assert_eq!(
+            (temp.action(), temp.code, temp.enhanced.as_str()),
+            (Action::Tempfail, 450, "4.1.8")
+        );
     }
 }

@@ -32,6 +32,9 @@ pub enum PolicyError {
     /// The gRPC server could not be built or failed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// The DNS resolver could not be set up.
+    #[error(transparent)]
+    Dns(#[from] mailflow_dns::ResolverSetupError),
 }
 
 /// Runs the gRPC services and the route stage until `shutdown`.
@@ -58,10 +61,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
         config.policy.auth_failure_window,
     )
     .await?;
+    let dns = mailflow_dns::MxResolver::new(&config.policy.dns_servers, 25)?;
     let policy = grpc::PolicyService::new(
         directory.clone(),
         config.policy.relay_networks.clone(),
         failures,
+        dns,
     );
     let addr = config.policy.grpc_listen;
     tracing::info!(%addr, "Policy and Directory gRPC ready");

@@ -11,8 +11,8 @@ use mailflow_proto::v1::{BodyType, DeliveryJob, RecipientState, RemoteReply, rou
 use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
-use crate::mx::{MxResolver, Target};
 use crate::smtp_client::{self, ClientConfig, ConnectionCache, Envelope, HostFailure};
+use mailflow_dns::{MxResolver, ResolveError, Target};
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,7 +189,7 @@ impl Deliverer {
         }
         self.resolver.targets(domain).await.map_err(|e| {
             let (state, code, enh) = match &e {
-                crate::mx::ResolveError::NullMx(_) => (RecipientState::Bounced, 556, "5.1.10"),
+                ResolveError::NullMx(_) => (RecipientState::Bounced, 556, "5.1.10"),
                 e if e.is_permanent() => (RecipientState::Bounced, 550, "5.1.2"),
                 _ => (RecipientState::Deferred, 451, "4.4.3"),
             };

@@ -2,7 +2,7 @@
 //!
 //! It consumes delivery jobs from `MAIL_OUT` ([`consumer`]), delivers local recipients into
 //! Maildir ([`maildir`]) and remote ones over SMTP ([`smtp_client`]) to the domain's mail
-//! exchangers found with hickory ([`mx`]) or to a smarthost, records every recipient's
+//! exchangers found with hickory (`mailflow-dns`) or to a smarthost, records every recipient's
 //! outcome ([`status`]), and serves the gRPC `Queue` service ([`queue`]).
 
 #![forbid(unsafe_code)]
@@ -10,7 +10,6 @@
 pub mod consumer;
 pub mod deliver;
 pub mod maildir;
-pub mod mx;
 pub mod queue;
 pub mod smtp_client;
 pub mod status;
@@ -31,7 +30,7 @@ pub enum RelayError {
     Bus(#[from] BusError),
     /// The resolver could not be built.
     #[error(transparent)]
-    Resolver(#[from] mx::ResolverSetupError),
+    Resolver(#[from] mailflow_dns::ResolverSetupError),
     /// The gRPC server could not be built or failed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
@@ -46,7 +45,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let deliverer = deliver::Deliverer {
         hostname: relay.hostname.clone(),
         maildir_root: relay.maildir_root.clone(),
-        resolver: mx::MxResolver::new(&relay.dns_servers, relay.mx_port)?,
+        resolver: mailflow_dns::MxResolver::new(&relay.dns_servers, relay.mx_port)?,
         smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),
         connect_timeout: relay.connect_timeout,
         command_timeout: relay.command_timeout,

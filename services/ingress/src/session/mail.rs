@@ -63,8 +63,10 @@ where
                 "Error: SMTPUTF8 is required for a UTF-8 sender address",
             ));
         }
-        // Only an authenticated sender is checked in session: it must own the address.
-        if self.auth.is_some() {
+        // Policy checks the sender: an authenticated one must own the address, an
+        // unauthenticated one on the MX port must have a domain that exists. The null sender
+        // is always allowed (RFC 5321 §4.5.5).
+        if !matches!(from, Path::Null) {
             let request = CheckSenderRequest {
                 session: Some(self.session_info(&greeting.name)),
                 sender: from.address(),

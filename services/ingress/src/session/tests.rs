@@ -20,7 +20,8 @@ use super::{Ending, ListenerKind, Session, SessionConfig};
 use crate::backend::{Backend, BackendError, Spool};
 
 /// Accepts `@local.test` (but not `unknown@`), refuses `@remote.test`, and cannot reach
-/// policy for `@down.test`. Knows one user, `user@local.test` with password `secret`, and
+/// policy for `@down.test`. Refuses unauthenticated senders from `@nowhere.test`, and
+/// authenticated ones using another address. Knows one user, `user@local.test` with password `secret`, and
 /// cuts a client off after 3 failures. Records what was queued, and what became of spooled
 /// bodies.
 #[derive(Clone)]
@@ -142,19 +143,24 @@ impl Backend for TestBackend {
 
     async fn check_sender(&self, req: CheckSenderRequest) -> Result<Verdict, BackendError> {
         let identity = req.session.unwrap().auth_identity;
-        Ok(if req.sender.is_empty() || req.sender == identity {
-            Verdict {
-                action: Action::Accept as i32,
-                ..Default::default()
-            }
-        } else {
-            Verdict {
-                action: Action::Reject as i32,
-                code: 553,
-                enhanced: "5.7.1".into(),
-                text: "Sender address rejected: not owned by user".into(),
-            }
-        })
+        let refuse = |code, enhanced: &str, text: &str| Verdict {
+            action: Action::Reject as i32,
+            code,
+            enhanced: enhanced.into(),
+            text: text.into(),
+        };
+        Ok(
+            if identity.is_empty() && req.sender.ends_with("@nowhere.test") {
+                refuse(550, "5.1.8", "Sender address rejected: Domain not found")
+            } else if identity.is_empty() || req.sender == identity {
+                Verdict {
+                    action: Action::Accept as i32,
+                    ..Default::default()
+                }
+            } else {
+                refuse(553, "5.7.1", "Sender address rejected: not owned by user")
+            },
+        )
     }
 
     async fn authenticate(
@@ -1108,4 +1114,14 @@ async fn a_failing_spool_gives_451_and_the_session_goes_on() {
     c.send(&format!("{}.\r\n", lines(100))).await;
     c.expect(250, "2.0.0").await;
     assert_eq!(backend.queued.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_sender_but_the_null_one_is_checked() {
+    let mut c = start(TestBackend::default());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@nowhere.test>\r\n").await;
+    c.expect(550, "5.1.8").await;
+    c.send("MAIL FROM:<>\r\n").await;
+    c.expect(250, "2.1.0").await;
 }

@@ -7,6 +7,7 @@ pub use directory::DirectoryService;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use mailflow_dns::MxResolver;
 use mailflow_proto::v1::{
     AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest, CheckSenderRequest,
     SessionInfo, Verdict, authenticate_response::Result as AuthResult, policy_server,
@@ -26,16 +27,29 @@ pub struct PolicyService {
     relay_networks: Vec<IpNet>,
     /// Failed AUTH attempts per client IP.
     failures: FailureCounter,
+    /// Where remote domains' mail goes (null MX, unknown domains); answers cached by TTL.
+    dns: MxResolver,
 }
 
 impl PolicyService {
     /// The service over `directory`.
-    pub fn new(directory: Directory, relay_networks: Vec<IpNet>, failures: FailureCounter) -> Self {
+    pub fn new(
+        directory: Directory,
+        relay_networks: Vec<IpNet>,
+        failures: FailureCounter,
+        dns: MxResolver,
+    ) -> Self {
         Self {
             directory,
             relay_networks,
             failures,
+            dns,
         }
+    }
+
+    /// What DNS says about a domain's mail: `Ok` when it has somewhere to go.
+    async fn mail_domain(&self, domain: &str) -> Result<(), mailflow_dns::ResolveError> {
+        self.dns.targets(domain).await.map(|_| ())
     }
 }
 
@@ -67,24 +81,37 @@ impl policy_server::Policy for PolicyService {
         let Ok(rcpt) = address::parse_mailbox(&req.recipient) else {
             return Ok(Response::new(checks::bad_address(&req.recipient)));
         };
-        let dest = if rcpt.is_address_literal() {
-            Destination::Remote
-        } else {
-            self.directory
-                .view(|d| match d.is_local(&rcpt.domain) {
-                    false => Destination::Remote,
-                    true if d.exists(&rcpt.local, &rcpt.domain) => Destination::LocalUser,
-                    true => Destination::UnknownLocalUser,
-                })
-                .await
-                .map_err(unavailable_dir)?
-        };
         let client = Client {
             ip,
             authenticated,
             relay_networks: &self.relay_networks,
         };
-        Ok(Response::new(checks::decide_recipient(&rcpt, dest, client)))
+        let local = if rcpt.is_address_literal() {
+            None
+        } else {
+            self.directory
+                .view(|d| {
+                    d.is_local(&rcpt.domain).then(|| {
+                        if d.exists(&rcpt.local, &rcpt.domain) {
+                            Destination::LocalUser
+                        } else {
+                            Destination::UnknownLocalUser
+                        }
+                    })
+                })
+                .await
+                .map_err(unavailable_dir)?
+        };
+        let dest = match local {
+            Some(dest) => dest,
+            None if checks::needs_dns(&rcpt, client) => {
+                Destination::Remote(self.mail_domain(&rcpt.domain).await)
+            }
+            None => Destination::Remote(Ok(())),
+        };
+        Ok(Response::new(checks::decide_recipient(
+            &rcpt, &dest, client,
+        )))
     }
 
     async fn check_sender(
@@ -92,20 +119,44 @@ impl policy_server::Policy for PolicyService {
         request: Request<CheckSenderRequest>,
     ) -> Result<Response<Verdict>, Status> {
         let req = request.into_inner();
-        client_ip(req.session.as_ref())?;
-        let identity = req.session.map(|s| s.auth_identity).unwrap_or_default();
-        let owned = identity.is_empty()
-            || req.sender.is_empty()
-            || self
+        let ip = client_ip(req.session.as_ref())?;
+        let session = req.session.unwrap_or_default();
+        let identity = session.auth_identity;
+        if req.sender.is_empty() {
+            // The null sender of notifications is always allowed.
+            return Ok(Response::new(checks::decide_sender(
+                &req.sender,
+                &identity,
+                true,
+            )));
+        }
+        if !identity.is_empty() {
+            let owned = self
                 .directory
                 .view(|d| d.owns(&identity, &req.sender))
                 .await
                 .map_err(unavailable_dir)?;
-        Ok(Response::new(checks::decide_sender(
-            &req.sender,
-            &identity,
-            owned,
-        )))
+            return Ok(Response::new(checks::decide_sender(
+                &req.sender,
+                &identity,
+                owned,
+            )));
+        }
+        let trusted = self.relay_networks.iter().any(|n| n.contains(&ip));
+        let domain = address::parse_mailbox(&req.sender)
+            .ok()
+            .filter(|m| !m.is_address_literal())
+            .map(|m| m.domain);
+        match domain {
+            Some(domain) if session.listener == "mx" && !trusted => {
+                let lookup = self.mail_domain(&domain).await;
+                Ok(Response::new(checks::decide_sender_domain(
+                    &req.sender,
+                    &lookup,
+                )))
+            }
+            _ => Ok(Response::new(checks::decide_sender(&req.sender, "", true))),
+        }
     }
 
     async fn authenticate(
