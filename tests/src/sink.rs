@@ -5,7 +5,7 @@
 //! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,6 +36,10 @@ pub struct Sink {
     connections: Arc<AtomicUsize>,
     /// True while end-of-DATA replies are held back.
     hold: Arc<watch::Sender<bool>>,
+    /// PIPELINING is advertised.
+    pipelining: Arc<AtomicBool>,
+    /// Transactions whose MAIL FROM arrived together with the commands after it.
+    pipelined: Arc<AtomicUsize>,
 }
 
 impl Sink {
@@ -64,6 +68,8 @@ impl Sink {
             arrived: Arc::default(),
             connections: Arc::default(),
             hold: Arc::new(hold),
+            pipelining: Arc::new(AtomicBool::new(true)),
+            pipelined: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -93,6 +99,16 @@ impl Sink {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Advertises PIPELINING (the default) or not, from the next EHLO on.
+    pub fn set_pipelining(&self, on: bool) {
+        self.pipelining.store(on, Ordering::SeqCst);
+    }
+
+    /// Transactions whose client sent MAIL FROM together with the commands after it.
+    pub fn pipelined(&self) -> usize {
+        self.pipelined.load(Ordering::SeqCst)
     }
 
     /// Holds end-of-DATA replies from now on.
@@ -128,10 +144,20 @@ impl Sink {
                     .to_string()
             };
             let reply: String = if upper.starts_with("EHLO") {
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n".into()
+                let pipelining = if self.pipelining.load(Ordering::SeqCst) {
+                    "250-PIPELINING\r\n"
+                } else {
+                    ""
+                };
+                format!(
+                    "250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                )
             } else if upper.starts_with("HELO") {
                 "250 sink.test\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
+                if !r.buffer().is_empty() {
+                    self.pipelined.fetch_add(1, Ordering::SeqCst);
+                }
                 from = arg("MAIL FROM:");
                 rcpts.clear();
                 "250 2.1.0 Ok\r\n".into()
@@ -145,6 +171,8 @@ impl Sink {
                     rcpts.push(rcpt);
                     "250 2.1.5 Ok\r\n".into()
                 }
+            } else if upper.starts_with("DATA") && rcpts.is_empty() {
+                "554 5.5.1 Error: no valid recipients\r\n".into()
             } else if upper.starts_with("DATA") {
                 w.write_all(b"354 go ahead\r\n").await?;
                 let mut data = Vec::new();

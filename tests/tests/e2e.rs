@@ -369,3 +369,53 @@ async fn consecutive_messages_to_one_destination_reuse_the_connection() {
         w.b.connections()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_pipelines_only_with_servers_that_offer_it() {
+    let w = World::start().await;
+    w.b.set_pipelining(false);
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let mut ids = Vec::new();
+    for domain in ["remote-a.test", "remote-b.test"] {
+        let rcpts = [format!("ok@{domain}"), format!("reject-me@{domain}")];
+        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        ids.push(
+            c.send_mail("sender@client.test", &rcpts, &content(domain))
+                .await,
+        );
+    }
+    // Nothing is accepted: DATA is refused by a pipelining server, never sent to the other.
+    for domain in ["remote-a.test", "remote-b.test"] {
+        let rcpt = format!("reject-all@{domain}");
+        ids.push(
+            c.send_mail("sender@client.test", &[&rcpt], &content("none"))
+                .await,
+        );
+    }
+    c.command("QUIT", 221).await;
+    for id in &ids[..2] {
+        let status = w.stack.wait_final(id, Duration::from_secs(30)).await;
+        let codes: Vec<u32> = status
+            .recipients
+            .iter()
+            .map(|r| r.last_reply.as_ref().unwrap().code)
+            .collect();
+        assert_eq!(codes, vec![250, 550], "{status:?}");
+    }
+    for id in &ids[2..] {
+        let status = w.stack.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(status.recipients[0].state(), RecipientState::Bounced);
+    }
+    for sink in [&w.a, &w.b] {
+        let got = sink.received();
+        assert_eq!(got.len(), 1, "only the message with an accepted recipient");
+        assert_eq!(got[0].rcpts.len(), 1);
+    }
+    assert!(w.a.pipelined() >= 2, "MAIL, RCPT and DATA in one write");
+    assert_eq!(
+        w.b.pipelined(),
+        0,
+        "one command at a time without PIPELINING"
+    );
+}
