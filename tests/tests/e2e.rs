@@ -81,7 +81,7 @@ async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_rec
         .await
         .unwrap();
     let last = events
-        .get_last_raw_message_by_subject(&format!("mail.events.{id}"))
+        .get_last_raw_message_by_subject(&format!("mail.events.{id}.0"))
         .await
         .unwrap();
     let event = DeliveryEvent::decode(last.payload).unwrap();

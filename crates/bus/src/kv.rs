@@ -43,22 +43,6 @@ pub async fn compare_and_set<F>(
     store: &kv::Store,
     key: &str,
     attempts: usize,
-    change: F,
-) -> Result<(), BusError>
-where
-    F: FnMut(Option<Bytes>) -> Result<Option<Bytes>, BusError>,
-{
-    compare_and_set_from(store, key, None, attempts, change).await
-}
-
-/// [`compare_and_set`] starting from a value and revision the caller believes current
-/// (read earlier, or written by itself), which saves the first read; a wrong guess costs one
-/// failed update, then the value is read as usual.
-pub async fn compare_and_set_from<F>(
-    store: &kv::Store,
-    key: &str,
-    mut known: Option<(Bytes, u64)>,
-    attempts: usize,
     mut change: F,
 ) -> Result<(), BusError>
 where
@@ -70,10 +54,7 @@ where
         reason,
     };
     for _ in 0..attempts {
-        let (value, revision) = match known.take() {
-            Some((value, revision)) => (Some(value), Some(revision)),
-            None => live(store, key).await.map_err(|e| err("get", e))?,
-        };
+        let (value, revision) = live(store, key).await.map_err(|e| err("get", e))?;
         let written =
             match (change(value)?, revision) {
                 (Some(value), Some(rev)) => store

@@ -15,9 +15,10 @@ pub mod names {
     pub const MAIL_IN_SUBJECT: &str = "mail.in";
     /// Delivery jobs.
     pub const MAIL_OUT: &str = "MAIL_OUT";
-    /// The per-message timeline.
+    /// The per-message timeline: every delivery attempt of every recipient.
     pub const MAIL_EVENTS: &str = "MAIL_EVENTS";
-    /// Current state per message.
+    /// Each message as the route stage accepted it: envelope, final recipients, and the
+    /// outcomes known at routing (alias loops); later states are the events.
     pub const STATUS_BUCKET: &str = "mail-status";
     /// Domains and users.
     pub const DIRECTORY_BUCKET: &str = "directory";
@@ -33,9 +34,10 @@ pub mod names {
         format!("mail.out.{shard}")
     }
 
-    /// The subject of a message's events.
-    pub fn events(queue_id: &str) -> String {
-        format!("mail.events.{queue_id}")
+    /// The subject of the events of recipient `index` of a message: the last message on it
+    /// is that recipient's current state.
+    pub fn event(queue_id: &str, index: u32) -> String {
+        format!("mail.events.{queue_id}.{index}")
     }
 }
 
@@ -53,6 +55,8 @@ pub struct Topology {
     pub directory: kv::Store,
     /// Object store `mail-bodies`.
     pub bodies: object_store::ObjectStore,
+    /// Stream `MAIL_EVENTS`, for reading recipients' latest events.
+    pub events: stream::Stream,
 }
 
 impl Topology {
@@ -87,10 +91,17 @@ impl Topology {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
-        let streams = [
+        for config in [
             work_queue(names::MAIL_IN, names::MAIL_IN_SUBJECT),
             work_queue(names::MAIL_OUT, "mail.out.>"),
-            stream::Config {
+        ] {
+            let name = config.name.clone();
+            js.get_or_create_stream(config)
+                .await
+                .map_err(|e| setup(&name, e))?;
+        }
+        let events = js
+            .get_or_create_stream(stream::Config {
                 name: names::MAIL_EVENTS.into(),
                 subjects: vec!["mail.events.>".into()],
                 retention: stream::RetentionPolicy::Limits,
@@ -98,14 +109,9 @@ impl Topology {
                 num_replicas: replicas,
                 max_age: RETENTION,
                 ..Default::default()
-            },
-        ];
-        for config in streams {
-            let name = config.name.clone();
-            js.get_or_create_stream(config)
-                .await
-                .map_err(|e| setup(&name, e))?;
-        }
+            })
+            .await
+            .map_err(|e| setup(names::MAIL_EVENTS, e))?;
         let status = bus.open_kv(names::STATUS_BUCKET, 1, RETENTION).await?;
         let directory = bus
             .open_kv(names::DIRECTORY_BUCKET, 5, Duration::ZERO)
@@ -127,6 +133,7 @@ impl Topology {
             status,
             directory,
             bodies,
+            events,
         })
     }
 }

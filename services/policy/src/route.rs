@@ -161,8 +161,6 @@ pub fn split(
             body: msg.body.clone(),
             received_at: msg.received_at,
             trace: msg.trace.clone(),
-            created_status: None,
-            created_revision: 0,
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }
@@ -291,22 +289,13 @@ impl RouteStage {
         {
             tracing::warn!(queue_id = %msg.queue_id, recipient = %failed.0.recipient.address, error = %failed.1, "alias expansion failed");
         }
-        let record = initial_status(msg, &recipients);
-        let created = match status
-            .create(&msg.queue_id, Bytes::from(record.encode_to_vec()))
-            .await
-        {
-            Ok(revision) => Some(revision),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+        let record = Bytes::from(initial_status(msg, &recipients).encode_to_vec());
+        match status.create(&msg.queue_id, record).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(RouteError::Status(e.to_string())),
-        };
-        let mut jobs = split(msg, &recipients, &local, self.shards);
-        // A message's only job carries the record it will update, which saves the relay a
-        // read (see DeliveryJob.created_status).
-        if let (Some(revision), [(_, job)]) = (created, jobs.as_mut_slice()) {
-            job.created_status = Some(record);
-            job.created_revision = revision;
         }
+        let jobs = split(msg, &recipients, &local, self.shards);
         let count = jobs.len();
         self.bus
             .publish_all(jobs.into_iter().map(|(subject, job)| {

@@ -41,7 +41,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let relay = &config.relay;
     let bus = Bus::connect(&config.nats, "mailflow-relay", &shutdown).await?;
     let topology = Topology::ensure(&bus, &shutdown).await?;
-    let status = status::StatusBook::new(topology.status.clone(), bus.clone());
+    let status = status::StatusBook::new(
+        topology.status.clone(),
+        topology.events.clone(),
+        bus.clone(),
+    );
     let deliverer = deliver::Deliverer {
         hostname: relay.hostname.clone(),
         maildir_root: relay.maildir_root.clone(),

@@ -1,12 +1,15 @@
-//! Recording outcomes: the message's record in KV `mail-status` (compare-and-set, since the
-//! jobs of one message may finish at the same moment on different replicas) and one event
-//! per recipient on `MAIL_EVENTS`.
+//! Where each recipient stands: the record the route stage created in KV `mail-status`
+//! (envelope and final recipients), with each recipient's latest event on `MAIL_EVENTS`
+//! applied. A delivery attempt only appends events, one per recipient on
+//! `mail.events.<queue id>.<index>`: no read-modify-write of the record on the hot path,
+//! and no conflict between jobs of one message finishing at once.
 
 use std::time::SystemTime;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
-use mailflow_bus::{Bus, BusError, compare_and_set_from, names};
+use futures::future::try_join_all;
+use mailflow_bus::{Bus, BusError, names};
 use mailflow_proto::v1::{
     DeliveryEvent, DeliveryJob, MessageStatus, RecipientState, RecipientStatus,
 };
@@ -14,19 +17,21 @@ use prost::Message;
 
 use crate::deliver::Outcome;
 
-/// Reads and writes status records.
+/// Reads status and records outcomes.
 #[derive(Clone)]
 pub struct StatusBook {
-    /// KV `mail-status`.
+    /// KV `mail-status`: the records as routed.
     kv: kv::Store,
-    /// For events.
+    /// Stream `MAIL_EVENTS`: the latest event per recipient.
+    events: stream::Stream,
+    /// For publishing events.
     bus: Bus,
 }
 
-fn storage(op: &'static str, key: &str, e: impl std::fmt::Display) -> BusError {
+fn storage(op: &'static str, name: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Storage {
         op,
-        name: format!("{}/{key}", names::STATUS_BUCKET),
+        name: name.to_string(),
         reason: e.to_string(),
     }
 }
@@ -36,74 +41,74 @@ pub fn is_final(state: RecipientState) -> bool {
     matches!(state, RecipientState::Delivered | RecipientState::Bounced)
 }
 
+/// Applies an event to the recipient it is about.
+pub fn apply(recipient: &mut RecipientStatus, event: DeliveryEvent) {
+    recipient.state = event.state;
+    recipient.attempts = event.attempt;
+    recipient.remote_host = event.remote_host;
+    recipient.remote_ip = event.remote_ip;
+    recipient.last_reply = event.reply;
+    recipient.updated_at = event.at;
+}
+
 impl StatusBook {
-    /// A book over `kv`.
-    pub fn new(kv: kv::Store, bus: Bus) -> Self {
-        Self { kv, bus }
+    /// A book over the status bucket and the events stream.
+    pub fn new(kv: kv::Store, events: stream::Stream, bus: Bus) -> Self {
+        Self { kv, events, bus }
     }
 
-    /// The current record of a message.
+    /// The current state of a message: its record with every recipient's latest event.
     pub async fn get(&self, queue_id: &str) -> Result<Option<MessageStatus>, BusError> {
-        match self
+        let record = self
             .kv
             .get(queue_id)
             .await
-            .map_err(|e| storage("get", queue_id, e))?
-        {
-            Some(v) => Ok(Some(MessageStatus::decode(v)?)),
-            None => Ok(None),
+            .map_err(|e| storage("get", &format!("{}/{queue_id}", names::STATUS_BUCKET), e))?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let mut status = MessageStatus::decode(record)?;
+        // A recipient final at routing (an alias loop) has no events to look for.
+        let open: Vec<usize> = (0..status.recipients.len())
+            .filter(|&i| !is_final(status.recipients[i].state()))
+            .collect();
+        let latest = try_join_all(open.iter().map(|&i| self.latest(queue_id, i))).await?;
+        for (i, event) in open.into_iter().zip(latest) {
+            if let Some(event) = event {
+                apply(&mut status.recipients[i], event);
+            }
+        }
+        Ok(Some(status))
+    }
+
+    /// The latest event of recipient `index`, if any.
+    async fn latest(
+        &self,
+        queue_id: &str,
+        index: usize,
+    ) -> Result<Option<DeliveryEvent>, BusError> {
+        let subject = names::event(queue_id, u32::try_from(index).unwrap_or(u32::MAX));
+        match self.events.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => Ok(Some(DeliveryEvent::decode(msg.payload)?)),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(storage("get", &subject, e)),
         }
     }
 
-    /// Applies `results` (recipient index, address, outcome) to the record and publishes
-    /// the events.
+    /// Records `results` (recipient index, address, outcome) of one attempt: one event per
+    /// recipient, all acknowledged before this returns.
     pub async fn record(
         &self,
         job: &DeliveryJob,
         attempt: u32,
         results: &[(u32, String, Outcome)],
     ) -> Result<(), BusError> {
-        let now = prost_types::Timestamp::from(SystemTime::now());
-        // A first attempt starts from the record the job carries, if any; on later ones it
-        // is surely stale.
-        let known = job
-            .created_status
-            .as_ref()
-            .filter(|_| attempt == 1 && job.created_revision > 0)
-            .map(|s| (Bytes::from(s.encode_to_vec()), job.created_revision));
-        // Jobs of one message may finish at the same moment: no bound on the retries, as a
-        // conflict means another writer made progress.
-        compare_and_set_from(&self.kv, &job.queue_id, known, usize::MAX, |current| {
-            let mut status = match current {
-                Some(value) => MessageStatus::decode(value)?,
-                None => MessageStatus {
-                    queue_id: job.queue_id.clone(),
-                    sender: job
-                        .mail_from
-                        .as_ref()
-                        .map(|m| m.address.clone())
-                        .unwrap_or_default(),
-                    received_at: job.received_at,
-                    ..Default::default()
-                },
-            };
-            for (index, address, outcome) in results {
-                let i = *index as usize;
-                if status.recipients.len() <= i {
-                    status.recipients.resize(i + 1, RecipientStatus::default());
-                }
-                let r = &mut status.recipients[i];
-                r.address = address.clone();
-                r.state = outcome.state as i32;
-                r.attempts = attempt;
-                r.remote_host = outcome.remote_host.clone();
-                r.remote_ip = outcome.remote_ip.clone();
-                r.last_reply = Some(outcome.reply.clone());
-                r.updated_at = Some(now);
-            }
-            Ok(Some(Bytes::from(status.encode_to_vec())))
-        })
-        .await?;
+        let at = Some(prost_types::Timestamp::from(SystemTime::now()));
         let events: Vec<(String, String, Bytes)> = results
             .iter()
             .map(|(index, address, outcome)| {
@@ -116,15 +121,54 @@ impl StatusBook {
                     remote_ip: outcome.remote_ip.clone(),
                     reply: Some(outcome.reply.clone()),
                     attempt,
-                    at: Some(now),
+                    at,
                 };
                 (
-                    names::events(&job.queue_id),
+                    names::event(&job.queue_id, *index),
                     format!("{}.{index}.{attempt}", job.job_id),
                     Bytes::from(event.encode_to_vec()),
                 )
             })
             .collect();
         self.bus.publish_all(events).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailflow_proto::v1::RemoteReply;
+
+    #[test]
+    fn an_event_sets_the_recipient_state_and_keeps_its_identity() {
+        let mut r = RecipientStatus {
+            address: "a@x.test".into(),
+            original: "list@x.test".into(),
+            state: RecipientState::Queued as i32,
+            ..Default::default()
+        };
+        apply(
+            &mut r,
+            DeliveryEvent {
+                recipient: "a@x.test".into(),
+                state: RecipientState::Deferred as i32,
+                remote_host: "mx.x.test".into(),
+                remote_ip: "192.0.2.1".into(),
+                reply: Some(RemoteReply {
+                    code: 451,
+                    enhanced: "4.2.0".into(),
+                    text: "busy".into(),
+                }),
+                attempt: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.state(), RecipientState::Deferred);
+        assert_eq!((r.attempts, r.remote_host.as_str()), (2, "mx.x.test"));
+        assert_eq!(r.last_reply.unwrap().code, 451);
+        assert_eq!(
+            (r.address.as_str(), r.original.as_str()),
+            ("a@x.test", "list@x.test")
+        );
     }
 }
