@@ -25,11 +25,13 @@ wait_port() {
 # rss_kb PID: resident memory of a process in KiB.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# cpu_ticks PID...: user+system clock ticks used so far by the processes.
+# cpu_ticks PID...: user+system clock ticks used so far by the processes (those that have
+# exited count nothing).
 cpu_ticks() {
-    local total=0 pid
+    local total=0 pid ticks
     for pid in "$@"; do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+        ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || ticks=0
+        total=$((total + ${ticks:-0}))
     done
     echo "$total"
 }

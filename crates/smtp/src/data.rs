@@ -158,7 +158,7 @@ impl DataDecoder {
                     _ => buf.advance(1),
                 }
             }
-            match buf.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', buf) {
                 Some(lf) => {
                     let line = buf.split_to(lf + 1);
                     let (content, crlf) = match line.strip_suffix(b"\r\n") {
@@ -201,7 +201,7 @@ impl DataDecoder {
     /// Appends line content, handling bare CRs inside it.
     fn append_content(&mut self, content: &[u8]) {
         let mut rest = content;
-        while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
+        while let Some(cr) = memchr::memchr(b'\r', rest) {
             self.buffer.append(&rest[..cr]);
             self.buffer.bare();
             self.buffer.append(b"\r\n");

@@ -6,28 +6,28 @@
 /// missing final line ending is added, so the peer can never see a premature end marker.
 pub fn encode(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
+    let mut rest = body;
     let mut at_line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        match b {
-            b'\r' | b'\n' => {
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        // Copy up to the next line ending in one piece, then write a CRLF for it.
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(end) => {
+                out.extend_from_slice(&rest[..end]);
                 out.extend_from_slice(b"\r\n");
-                // A CRLF pair counts once.
-                if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
+                // A CRLF pair counts once; a bare CR or LF becomes CRLF too.
+                let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+                rest = &rest[end + 1 + usize::from(crlf)..];
                 at_line_start = true;
             }
-            _ => {
-                if at_line_start && b == b'.' {
-                    out.push(b'.');
-                }
-                out.push(b);
+            None => {
+                out.extend_from_slice(rest);
+                rest = &[];
                 at_line_start = false;
             }
         }
-        i += 1;
     }
     if !at_line_start {
         out.extend_from_slice(b"\r\n");
@@ -59,6 +59,16 @@ mod tests {
     fn never_emits_bare_cr_or_lf() {
         let out = enc(b"a\nb\rc\r\r\n.\n");
         assert_eq!(out, b"a\r\nb\r\nc\r\n\r\n..\r\n.\r\n");
+    }
+
+    #[test]
+    fn dots_are_stuffed_only_at_line_starts() {
+        assert_eq!(
+            enc(b"a.b\r\n.\r\n..\r\nx."),
+            b"a.b\r\n..\r\n...\r\nx.\r\n.\r\n"
+        );
+        assert_eq!(enc(b"\r\n\r\n.a"), b"\r\n\r\n..a\r\n.\r\n");
+        assert_eq!(enc(b"a\r"), b"a\r\n.\r\n");
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl LineDecoder {
 
     /// Takes the next line out of `buf`, consuming it.
     pub fn decode(&mut self, buf: &mut BytesMut) -> LineEvent {
-        match buf.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', buf) {
             Some(lf) => {
                 let mut line = buf.split_to(lf + 1).freeze();
                 if std::mem::take(&mut self.discarding) {

@@ -173,7 +173,7 @@ impl ReplyDecoder {
     /// Takes one complete reply out of `buf`; `Ok(None)` when more input is needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<ServerReply>, ReplyError> {
         loop {
-            let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', buf) else {
                 if buf.len() > MAX_REPLY_LINE {
                     return Err(ReplyError::TooLong);
                 }
