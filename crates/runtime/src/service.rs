@@ -1,6 +1,7 @@
 //! The common `main` of every service binary: parse the command line, load the
-//! configuration (exit 64 listing every bad key), start logging, install the shutdown
-//! signal handlers and run.
+//! configuration (exit 64 listing every bad key), build the tokio runtime with the
+//! configured number of worker threads, start logging, install the shutdown signal handlers
+//! and run.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -26,8 +27,9 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-/// Runs a service's `run(config, shutdown)` as the process's main function.
-pub async fn main<F, Fut, E>(run: F) -> ExitCode
+/// Runs a service's `run(config, shutdown)` as the process's main function; `threads`
+/// picks the service's `worker_threads` setting (0: one per CPU).
+pub fn main<F, Fut, E>(threads: fn(&Config) -> usize, run: F) -> ExitCode
 where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -41,14 +43,28 @@ where
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
-    telemetry::init(&config.log);
-    let shutdown = shutdown::on_signal();
-    match run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "stopped");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads(&config) > 0 {
+        builder.worker_threads(threads(&config));
     }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        telemetry::init(&config.log);
+        let shutdown = shutdown::on_signal();
+        match run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "stopped");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -1,6 +1,5 @@
 //! `mailflow-ingress`: the SMTP server.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(mailflow_ingress::run).await
+fn main() -> std::process::ExitCode {
+    mailflow_runtime::service::main(|c| c.ingress.worker_threads, mailflow_ingress::run)
 }

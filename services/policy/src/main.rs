@@ -1,6 +1,5 @@
 //! `mailflow-policy`: the policy service.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(mailflow_policy::run).await
+fn main() -> std::process::ExitCode {
+    mailflow_runtime::service::main(|c| c.policy.worker_threads, mailflow_policy::run)
 }

@@ -1,6 +1,5 @@
 //! `mailflow-relay`: the delivery service.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(mailflow_relay::run).await
+fn main() -> std::process::ExitCode {
+    mailflow_runtime::service::main(|c| c.relay.worker_threads, mailflow_relay::run)
 }
