@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use mailflow_proto::v1::TlsInfo;
+use mailflow_report::rfc5322_date;
 
 /// The facts the header records.
 pub struct Trace<'a> {
@@ -67,16 +68,6 @@ pub fn protocol(extended: bool, utf8: bool, tls: bool, auth: bool) -> String {
         if tls { "S" } else { "" },
         if auth { "A" } else { "" }
     )
-}
-
-/// `Sat, 28 Nov 2026 12:00:00 +0000`: the HTTP date form with a numeric zone, as RFC 5322
-/// prefers over `GMT`.
-pub fn rfc5322_date(at: SystemTime) -> String {
-    let http = httpdate::fmt_http_date(at);
-    match http.strip_suffix(" GMT") {
-        Some(head) => format!("{head} +0000"),
-        None => http,
-    }
 }
 
 #[cfg(test)]

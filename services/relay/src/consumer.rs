@@ -15,6 +15,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Deliverer, Pending};
+use crate::notify;
 use crate::status::{StatusBook, is_final};
 
 /// The consumer's settings.
@@ -58,21 +59,20 @@ impl Consumer {
             }
         };
         let attempt = msg.info().map_or(1, |i| i.delivered).max(1) as u32;
-        // Keep the job ours while we work on it.
-        let heartbeat = {
-            let acker = msg.clone();
-            let every = self.ack_wait / 3;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if acker.ack_with(AckKind::Progress).await.is_err() {
-                        return;
-                    }
+        // Keep the job ours while we work on it, reporting progress from this task (no
+        // extra task per job).
+        let every = self.ack_wait / 3;
+        let work = self.work(&job, attempt);
+        tokio::pin!(work);
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = progress.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
                 }
-            })
+            }
         };
-        let result = self.work(&job, attempt).await;
-        heartbeat.abort();
         let ack = match result {
             Ok(false) => msg.ack().await,
             Ok(true) => {
@@ -130,7 +130,7 @@ impl Consumer {
         }
         let body = job.body.clone().unwrap_or_default();
         let content = load_body(&self.bodies, &body).await?;
-        let outcomes = self.deliverer.deliver(job, &pending, content).await;
+        let outcomes = self.deliverer.deliver(job, &pending, content.clone()).await;
         let results: Vec<(u32, String, _)> = pending
             .into_iter()
             .zip(outcomes)
@@ -149,6 +149,28 @@ impl Consumer {
             );
         }
         self.status.record(job, attempt, &results).await?;
+        let reports = notify::owed(job, &results);
+        if !reports.is_empty() {
+            // The outcomes are recorded; a failure here cannot be retried by redelivering the
+            // job (its recipients are final now), so it is logged loudly instead.
+            match notify::send(
+                &self.bus,
+                &self.deliverer.hostname,
+                job,
+                attempt,
+                &content,
+                reports,
+            )
+            .await
+            {
+                Ok(notice) => {
+                    tracing::info!(queue_id = %job.queue_id, notice = %notice, "delivery status notification queued")
+                }
+                Err(e) => {
+                    tracing::error!(queue_id = %job.queue_id, error = %e, "delivery status notification not queued")
+                }
+            }
+        }
         Ok(results
             .iter()
             .any(|(_, _, o)| o.state == RecipientState::Deferred))

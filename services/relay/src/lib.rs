@@ -10,6 +10,7 @@
 pub mod consumer;
 pub mod deliver;
 pub mod maildir;
+pub mod notify;
 pub mod queue;
 pub mod smtp_client;
 pub mod status;

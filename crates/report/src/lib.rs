@@ -1,0 +1,21 @@
+//! Messages mailflow writes itself: delivery status notifications (RFC 3464, with the DSN
+//! extension's choices of RFC 3461) and the RFC 5322 date they and the Received header
+//! carry. Pure functions from facts to octets; no I/O.
+
+#![forbid(unsafe_code)]
+
+pub mod dsn;
+
+use std::time::SystemTime;
+
+pub use dsn::{Action, Notify, RecipientReport, Report, ReturnContent, render, wanted};
+
+/// `Sat, 28 Nov 2026 12:00:00 +0000`: the HTTP date form with a numeric zone, as RFC 5322
+/// prefers over `GMT`.
+pub fn rfc5322_date(at: SystemTime) -> String {
+    let http = httpdate::fmt_http_date(at);
+    match http.strip_suffix(" GMT") {
+        Some(head) => format!("{head} +0000"),
+        None => http,
+    }
+}

@@ -1,0 +1,225 @@
+//! Delivery status notifications (RFC 3464) for the outcomes of one attempt: a failure
+//! report to the envelope sender for recipients that bounced, and a success report where
+//! NOTIFY=SUCCESS asked for one (RFC 3461). The notice is queued like any message, from the
+//! null sender, so it is routed, delivered and tracked the same way; mail from `<>` is never
+//! answered (RFC 5321 §6.1), which also ends notification loops.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mailflow_bus::{Bus, BusError, names};
+use mailflow_proto::v1::{
+    AcceptedMessage, Body, DeliveryJob, DsnNotify, DsnReturn, MailFrom, Recipient, RecipientState,
+    body::Location,
+};
+use mailflow_report::{Action, Notify, RecipientReport, Report, ReturnContent, render, wanted};
+use prost::Message;
+
+use crate::deliver::Outcome;
+
+/// The NOTIFY= of a job's recipient `index`.
+fn notify_of(job: &DeliveryJob, index: u32) -> Notify {
+    let given = job
+        .recipients
+        .iter()
+        .find(|r| r.index == index)
+        .and_then(|r| r.recipient.as_ref())
+        .map(|r| r.dsn_notify.clone())
+        .unwrap_or_default();
+    let mut notify = Notify {
+        unspecified: given.is_empty(),
+        ..Notify::default()
+    };
+    for n in given {
+        match DsnNotify::try_from(n) {
+            Ok(DsnNotify::Never) => notify.never = true,
+            Ok(DsnNotify::Success) => notify.success = true,
+            Ok(DsnNotify::Failure) => notify.failure = true,
+            Ok(DsnNotify::Delay) => notify.delay = true,
+            _ => {}
+        }
+    }
+    notify
+}
+
+/// The ORCPT= of a job's recipient `index`, or empty.
+fn orcpt_of(job: &DeliveryJob, index: u32) -> String {
+    job.recipients
+        .iter()
+        .find(|r| r.index == index)
+        .and_then(|r| r.recipient.as_ref())
+        .map(|r| r.dsn_orcpt.clone())
+        .unwrap_or_default()
+}
+
+/// The recipients of this attempt a notice is owed for.
+pub fn owed(job: &DeliveryJob, results: &[(u32, String, Outcome)]) -> Vec<RecipientReport> {
+    let sender = job.mail_from.as_ref().map_or("", |m| m.address.as_str());
+    if sender.is_empty() {
+        return Vec::new();
+    }
+    results
+        .iter()
+        .filter_map(|(index, address, outcome)| {
+            let action = match outcome.state {
+                RecipientState::Bounced => Action::Failed,
+                RecipientState::Delivered => Action::Delivered,
+                _ => return None,
+            };
+            if !wanted(notify_of(job, *index), action) {
+                return None;
+            }
+            let reply = &outcome.reply;
+            let status = if reply.enhanced.is_empty() {
+                format!("{}.0.0", reply.code / 100)
+            } else {
+                reply.enhanced.clone()
+            };
+            Some(RecipientReport {
+                final_recipient: address.clone(),
+                original_recipient: orcpt_of(job, *index),
+                action,
+                status,
+                remote_mta: outcome.remote_host.clone(),
+                diagnostic: format!("{} {} {}", reply.code, reply.enhanced, reply.text)
+                    .replace("  ", " "),
+            })
+        })
+        .collect()
+}
+
+/// Queues the notice for `reports` (from [`owed`]) about `job`, whose content is
+/// `content`. Its `Nats-Msg-Id` is derived from the job and attempt, so a repeated call for
+/// the same attempt queues it once.
+pub async fn send(
+    bus: &Bus,
+    hostname: &str,
+    job: &DeliveryJob,
+    attempt: u32,
+    content: &[u8],
+    reports: Vec<RecipientReport>,
+) -> Result<String, BusError> {
+    let mail_from = job.mail_from.clone().unwrap_or_default();
+    let only_success = reports.iter().all(|r| r.action == Action::Delivered);
+    // A success notice returns headers unless RET=FULL asked for more (RFC 3461 §4.3).
+    let ret = match mail_from.dsn_ret() {
+        DsnReturn::Headers => ReturnContent::Headers,
+        DsnReturn::Full => ReturnContent::Full,
+        DsnReturn::Unspecified if only_success => ReturnContent::Headers,
+        DsnReturn::Unspecified => ReturnContent::Full,
+    };
+    let queue_id = ulid::Ulid::generate().to_string();
+    let now = SystemTime::now();
+    let arrival = job
+        .received_at
+        .and_then(|t| u64::try_from(t.seconds).ok())
+        .map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s));
+    let message = render(&Report {
+        reporting_mta: hostname,
+        queue_id: &job.queue_id,
+        envid: &mail_from.dsn_envid,
+        arrival,
+        now,
+        to: &mail_from.address,
+        recipients: reports,
+        original: content,
+        ret,
+        unique: &queue_id,
+    });
+    let size = message.len() as u64;
+    let notice = AcceptedMessage {
+        queue_id: queue_id.clone(),
+        mail_from: Some(MailFrom::default()),
+        recipients: vec![Recipient {
+            address: mail_from.address.clone(),
+            ..Default::default()
+        }],
+        helo: hostname.to_string(),
+        received_at: Some(prost_types::Timestamp::from(now)),
+        body: Some(Body {
+            location: Some(Location::Inline(Bytes::from(message))),
+            size,
+        }),
+        listener: "notification".into(),
+        ..Default::default()
+    };
+    bus.publish(
+        names::MAIL_IN_SUBJECT.into(),
+        &format!("dsn.{}.{attempt}", job.job_id),
+        Bytes::from(notice.encode_to_vec()),
+    )
+    .await?;
+    Ok(queue_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailflow_proto::v1::{JobRecipient, RemoteReply};
+
+    fn job(sender: &str, notify: Vec<DsnNotify>) -> DeliveryJob {
+        DeliveryJob {
+            job_id: "Q.0".into(),
+            mail_from: Some(MailFrom {
+                address: sender.into(),
+                ..Default::default()
+            }),
+            recipients: vec![JobRecipient {
+                recipient: Some(Recipient {
+                    address: "bob@remote.test".into(),
+                    dsn_notify: notify.into_iter().map(|n| n as i32).collect(),
+                    dsn_orcpt: "rfc822;bob@remote.test".into(),
+                }),
+                index: 3,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn outcome(state: RecipientState, code: u32, enhanced: &str) -> Vec<(u32, String, Outcome)> {
+        vec![(
+            3,
+            "bob@remote.test".into(),
+            Outcome {
+                state,
+                reply: RemoteReply {
+                    code,
+                    enhanced: enhanced.into(),
+                    text: "said so".into(),
+                },
+                remote_host: "mx.remote.test".into(),
+                remote_ip: "192.0.2.1".into(),
+            },
+        )]
+    }
+
+    #[test]
+    fn failures_are_reported_by_default_with_orcpt() {
+        let owed = owed(
+            &job("a@x.test", vec![]),
+            &outcome(RecipientState::Bounced, 550, "5.1.1"),
+        );
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].action, Action::Failed);
+        assert_eq!(owed[0].status, "5.1.1");
+        assert_eq!(owed[0].original_recipient, "rfc822;bob@remote.test");
+        assert_eq!(owed[0].diagnostic, "550 5.1.1 said so");
+        assert_eq!(owed[0].remote_mta, "mx.remote.test");
+    }
+
+    #[test]
+    fn nothing_for_the_null_sender_never_or_plain_success() {
+        let bounced = outcome(RecipientState::Bounced, 550, "5.1.1");
+        assert!(owed(&job("", vec![]), &bounced).is_empty());
+        assert!(owed(&job("a@x.test", vec![DsnNotify::Never]), &bounced).is_empty());
+        let delivered = outcome(RecipientState::Delivered, 250, "");
+        assert!(owed(&job("a@x.test", vec![]), &delivered).is_empty());
+        let asked = owed(&job("a@x.test", vec![DsnNotify::Success]), &delivered);
+        assert_eq!(
+            (asked[0].action, asked[0].status.as_str()),
+            (Action::Delivered, "2.0.0")
+        );
+        let deferred = outcome(RecipientState::Deferred, 451, "4.2.0");
+        assert!(owed(&job("a@x.test", vec![]), &deferred).is_empty());
+    }
+}
