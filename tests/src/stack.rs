@@ -24,6 +24,8 @@ pub struct Options {
     pub mx_port: u16,
     /// `policy.relay_networks`.
     pub relay_networks: Vec<String>,
+    /// More `[relay]` settings, TOML lines.
+    pub relay_extra: String,
 }
 
 /// A running stack.
@@ -110,7 +112,9 @@ ack_wait = "2s"
 connect_timeout = "5s"
 command_timeout = "10s"
 retry_delays = ["1s"]
+{relay_extra}
 "#,
+            relay_extra = opts.relay_extra,
             nats = nats.url(),
             cert = cert.display(),
             key = key.display(),
@@ -327,6 +331,7 @@ pub async fn local() -> (Stack, crate::dns::DnsServer) {
         dns: dns.addr,
         mx_port: 25,
         relay_networks: vec![],
+        relay_extra: String::new(),
     })
     .await;
     (stack, dns)

@@ -27,6 +27,11 @@ pub struct World {
 impl World {
     /// Starts everything; clients on 127.0.0.1 may relay.
     pub async fn start() -> World {
+        Self::start_with_relay("").await
+    }
+
+    /// [`World::start`] with more `[relay]` settings (TOML lines).
+    pub async fn start_with_relay(relay_extra: &str) -> World {
         let (a, b) = Sink::pair(A, B).await;
         let zones = [
             mx_zone("remote-a.test", "127.0.0.2"),
@@ -42,6 +47,7 @@ impl World {
             dns: dns.addr,
             mx_port: a.addr.port(),
             relay_networks: vec!["127.0.0.1/32".into()],
+            relay_extra: relay_extra.into(),
         })
         .await;
         World {

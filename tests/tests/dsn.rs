@@ -140,3 +140,45 @@ async fn notify_success_gets_a_delivery_report_with_headers_only() {
     assert!(text.contains("Subject: Successful Mail Delivery Report"));
     assert!(!text.contains("private body"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_message_is_announced_once_then_expires_with_a_failure_report() {
+    let w =
+        World::start_with_relay("max_queue_lifetime = \"4s\"\ndelay_warning_time = \"2s\"").await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "demo@example.test",
+            &["tempfail@remote-b.test"],
+            "Subject: slow one\r\n\r\nbody\r\n",
+        )
+        .await;
+    c.command("QUIT", 221).await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let r = &status.recipients[0];
+    assert_eq!(r.state(), RecipientState::Bounced);
+    assert!(r.attempts >= 4, "{r:?}");
+    let reply = r.last_reply.as_ref().unwrap();
+    assert_eq!((reply.code, reply.enhanced.as_str()), (451, "4.2.0"));
+    assert!(
+        reply.text.starts_with("message expired after 4 seconds"),
+        "{reply:?}"
+    );
+
+    let mail = demo_mailbox(&w, 2).await;
+    let reports: Vec<String> = mail.iter().map(|m| parse_report(m)).collect();
+    let delayed = reports
+        .iter()
+        .filter(|p| p.contains("Action: delayed"))
+        .count();
+    let failed: Vec<&String> = reports
+        .iter()
+        .filter(|p| p.contains("Action: failed"))
+        .collect();
+    assert_eq!(delayed, 1, "{reports:?}");
+    assert_eq!(failed.len(), 1, "{reports:?}");
+    assert!(failed[0].contains("Status: 4.2.0"), "{}", failed[0]);
+    // Nothing more comes: the warning went out once.
+    assert_eq!(w.stack.mailbox("example.test", "demo").len(), 2);
+}

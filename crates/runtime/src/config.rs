@@ -270,6 +270,14 @@ pub struct RelayConfig {
     pub command_timeout: Duration,
     /// Delays before the retries of a temporarily failed job; the last one repeats.
     pub retry_delays: Vec<humantime_serde::Serde<Duration>>,
+    /// How long a message may stay deferred; then its deferred recipients bounce and the
+    /// sender gets a failure report.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_lifetime: Duration,
+    /// Tell the sender once when a message is still undelivered after this long; `0s` never
+    /// does (the default, as in Postfix).
+    #[serde(with = "humantime_serde")]
+    pub delay_warning_time: Duration,
 }
 
 impl Default for RelayConfig {
@@ -289,6 +297,8 @@ impl Default for RelayConfig {
             retry_delays: [300, 600, 1200, 2400, 3600]
                 .map(|s| Duration::from_secs(s).into())
                 .to_vec(),
+            max_queue_lifetime: Duration::from_secs(5 * 86_400),
+            delay_warning_time: Duration::ZERO,
         }
     }
 }

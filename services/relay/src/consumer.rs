@@ -6,7 +6,7 @@
 //! in a final state are skipped, so a redelivered job does not deliver them twice.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
 use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
@@ -15,6 +15,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Deliverer, Pending};
+use crate::lifetime::Lifetime;
 use crate::notify;
 use crate::status::{StatusBook, is_final};
 
@@ -34,6 +35,8 @@ pub struct Consumer {
     pub ack_wait: Duration,
     /// Delays before retries; the last repeats.
     pub retry_delays: Vec<Duration>,
+    /// Queue lifetime and delay warning.
+    pub lifetime: Lifetime,
 }
 
 impl Consumer {
@@ -131,11 +134,26 @@ impl Consumer {
         let body = job.body.clone().unwrap_or_default();
         let content = load_body(&self.bodies, &body).await?;
         let outcomes = self.deliverer.deliver(job, &pending, content.clone()).await;
-        let results: Vec<(u32, String, _)> = pending
+        let age = age_of(job.received_at, SystemTime::now());
+        let mut delayed = Vec::new();
+        let mut results: Vec<(u32, String, _)> = pending
             .into_iter()
             .zip(outcomes)
             .map(|((i, a), o)| (i, a, o))
             .collect();
+        for (index, _, outcome) in &mut results {
+            if self.lifetime.expire(age, outcome) {
+                continue;
+            }
+            let previous = current
+                .as_ref()
+                .and_then(|s| s.recipients.get(*index as usize))
+                .and_then(|r| r.updated_at)
+                .map(|at| age_of(job.received_at, timestamp_time(at)));
+            if outcome.state == RecipientState::Deferred && self.lifetime.warn_now(age, previous) {
+                delayed.push(*index);
+            }
+        }
         for (_, to, o) in &results {
             tracing::info!(
                 queue_id = %job.queue_id,
@@ -149,7 +167,7 @@ impl Consumer {
             );
         }
         self.status.record(job, attempt, &results).await?;
-        let reports = notify::owed(job, &results);
+        let reports = notify::owed(job, &results, &delayed);
         if !reports.is_empty() {
             // The outcomes are recorded; a failure here cannot be retried by redelivering the
             // job (its recipients are final now), so it is logged loudly instead.
@@ -175,4 +193,17 @@ impl Consumer {
             .iter()
             .any(|(_, _, o)| o.state == RecipientState::Deferred))
     }
+}
+
+/// A protobuf timestamp as a time (the epoch for one before it).
+fn timestamp_time(t: prost_types::Timestamp) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0))
+}
+
+/// How long after `received` `now` is (zero when unknown or in the future).
+fn age_of(received: Option<prost_types::Timestamp>, now: SystemTime) -> Duration {
+    received
+        .map(timestamp_time)
+        .and_then(|r| now.duration_since(r).ok())
+        .unwrap_or_default()
 }

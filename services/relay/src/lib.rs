@@ -9,6 +9,7 @@
 
 pub mod consumer;
 pub mod deliver;
+pub mod lifetime;
 pub mod maildir;
 pub mod notify;
 pub mod queue;
@@ -64,6 +65,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         concurrency: relay.concurrency.max(1),
         ack_wait: relay.ack_wait,
         retry_delays: relay.retry_delays.iter().map(|d| **d).collect(),
+        lifetime: lifetime::Lifetime {
+            max: relay.max_queue_lifetime,
+            warn_after: relay.delay_warning_time,
+        },
     });
     let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
 

@@ -52,8 +52,13 @@ fn orcpt_of(job: &DeliveryJob, index: u32) -> String {
         .unwrap_or_default()
 }
 
-/// The recipients of this attempt a notice is owed for.
-pub fn owed(job: &DeliveryJob, results: &[(u32, String, Outcome)]) -> Vec<RecipientReport> {
+/// The recipients of this attempt a notice is owed for; `delayed` are the deferred ones
+/// whose message just passed the delay warning time.
+pub fn owed(
+    job: &DeliveryJob,
+    results: &[(u32, String, Outcome)],
+    delayed: &[u32],
+) -> Vec<RecipientReport> {
     let sender = job.mail_from.as_ref().map_or("", |m| m.address.as_str());
     if sender.is_empty() {
         return Vec::new();
@@ -64,6 +69,7 @@ pub fn owed(job: &DeliveryJob, results: &[(u32, String, Outcome)]) -> Vec<Recipi
             let action = match outcome.state {
                 RecipientState::Bounced => Action::Failed,
                 RecipientState::Delivered => Action::Delivered,
+                RecipientState::Deferred if delayed.contains(index) => Action::Delayed,
                 _ => return None,
             };
             if !wanted(notify_of(job, *index), action) {
@@ -100,8 +106,9 @@ pub async fn send(
     reports: Vec<RecipientReport>,
 ) -> Result<String, BusError> {
     let mail_from = job.mail_from.clone().unwrap_or_default();
-    let only_success = reports.iter().all(|r| r.action == Action::Delivered);
-    // A success notice returns headers unless RET=FULL asked for more (RFC 3461 §4.3).
+    let only_success = reports.iter().all(|r| r.action != Action::Failed);
+    // A success or delay notice returns headers unless RET=FULL asked for more (RFC 3461
+    // §4.3): the sender still has the message, or it is still on its way.
     let ret = match mail_from.dsn_ret() {
         DsnReturn::Headers => ReturnContent::Headers,
         DsnReturn::Full => ReturnContent::Full,
@@ -198,6 +205,7 @@ mod tests {
         let owed = owed(
             &job("a@x.test", vec![]),
             &outcome(RecipientState::Bounced, 550, "5.1.1"),
+            &[],
         );
         assert_eq!(owed.len(), 1);
         assert_eq!(owed[0].action, Action::Failed);
@@ -210,16 +218,20 @@ mod tests {
     #[test]
     fn nothing_for_the_null_sender_never_or_plain_success() {
         let bounced = outcome(RecipientState::Bounced, 550, "5.1.1");
-        assert!(owed(&job("", vec![]), &bounced).is_empty());
-        assert!(owed(&job("a@x.test", vec![DsnNotify::Never]), &bounced).is_empty());
+        assert!(owed(&job("", vec![]), &bounced, &[]).is_empty());
+        assert!(owed(&job("a@x.test", vec![DsnNotify::Never]), &bounced, &[]).is_empty());
         let delivered = outcome(RecipientState::Delivered, 250, "");
-        assert!(owed(&job("a@x.test", vec![]), &delivered).is_empty());
-        let asked = owed(&job("a@x.test", vec![DsnNotify::Success]), &delivered);
+        assert!(owed(&job("a@x.test", vec![]), &delivered, &[]).is_empty());
+        let asked = owed(&job("a@x.test", vec![DsnNotify::Success]), &delivered, &[]);
         assert_eq!(
             (asked[0].action, asked[0].status.as_str()),
             (Action::Delivered, "2.0.0")
         );
         let deferred = outcome(RecipientState::Deferred, 451, "4.2.0");
-        assert!(owed(&job("a@x.test", vec![]), &deferred).is_empty());
+        assert!(owed(&job("a@x.test", vec![]), &deferred, &[]).is_empty());
+        let late = owed(&job("a@x.test", vec![]), &deferred, &[3]);
+        assert_eq!(late[0].action, Action::Delayed);
+        let failure_only = job("a@x.test", vec![DsnNotify::Failure]);
+        assert!(owed(&failure_only, &deferred, &[3]).is_empty());
     }
 }
