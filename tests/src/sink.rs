@@ -2,15 +2,22 @@
 //! mailflow's own SMTP code so that they check it rather than mirror it.
 //!
 //! Recipients starting with `reject` get `550 5.1.1`, with `tempfail` get `451 4.2.0`. With
-//! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`].
+//! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`]. A sink
+//! can offer STARTTLS ([`Sink::offer_starttls`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// A connection, plain or encrypted.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One message as the sink received it.
 #[derive(Debug, Clone)]
@@ -21,6 +28,8 @@ pub struct Delivered {
     pub rcpts: Vec<String>,
     /// The content, dot-unstuffed, as received.
     pub data: Vec<u8>,
+    /// It came over TLS.
+    pub tls: bool,
 }
 
 /// A recording SMTP server.
@@ -40,6 +49,17 @@ pub struct Sink {
     pipelining: Arc<AtomicBool>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
+    /// STARTTLS is offered, and how it goes.
+    starttls: Arc<Mutex<Option<StartTls>>>,
+}
+
+/// What a sink does after `220` to STARTTLS.
+#[derive(Clone)]
+enum StartTls {
+    /// A real handshake with this configuration.
+    Working(TlsAcceptor),
+    /// Garbage instead of a handshake, then the connection closes.
+    Broken,
 }
 
 impl Sink {
@@ -70,6 +90,7 @@ impl Sink {
             hold: Arc::new(hold),
             pipelining: Arc::new(AtomicBool::new(true)),
             pipelined: Arc::default(),
+            starttls: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -79,7 +100,7 @@ impl Sink {
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let _ = s.session(stream, n).await;
+                    let _ = s.session(Box::new(stream), n, false).await;
                 });
             }
         });
@@ -111,6 +132,16 @@ impl Sink {
         self.pipelined.load(Ordering::SeqCst)
     }
 
+    /// Offers STARTTLS from the next EHLO on, with a self-signed certificate.
+    pub fn offer_starttls(&self) {
+        *self.starttls.lock().unwrap() = Some(StartTls::Working(self_signed_acceptor()));
+    }
+
+    /// Offers STARTTLS but answers the handshake with garbage and hangs up.
+    pub fn offer_broken_starttls(&self) {
+        *self.starttls.lock().unwrap() = Some(StartTls::Broken);
+    }
+
     /// Holds end-of-DATA replies from now on.
     pub fn hold(&self) {
         self.hold.send_replace(true);
@@ -121,10 +152,14 @@ impl Sink {
         self.hold.send_replace(false);
     }
 
-    async fn session(&self, stream: TcpStream, conn: usize) -> std::io::Result<()> {
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    /// One session over `stream`; `tls` when it is already encrypted (after STARTTLS, which
+    /// starts a fresh session without a greeting, as RFC 3207 says).
+    async fn session(&self, stream: Box<dyn Io>, conn: usize, tls: bool) -> std::io::Result<()> {
+        // One buffered stream for reading lines and writing replies.
+        let mut r = BufReader::new(stream);
+        if !tls {
+            r.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+        }
         let mut from = String::new();
         let mut rcpts = Vec::new();
         let mut count = 0;
@@ -149,9 +184,28 @@ impl Sink {
                 } else {
                     ""
                 };
+                let starttls = if !tls && self.starttls.lock().unwrap().is_some() {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-sink.test\r\n{pipelining}{starttls}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
+            } else if upper.starts_with("STARTTLS") && !tls {
+                let acceptor = self.starttls.lock().unwrap().clone();
+                let Some(acceptor) = acceptor else {
+                    r.write_all(b"502 5.5.1 Error: command not implemented\r\n")
+                        .await?;
+                    continue;
+                };
+                r.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                let StartTls::Working(acceptor) = acceptor else {
+                    r.write_all(b"this is not a TLS server hello\r\n").await?;
+                    return Ok(());
+                };
+                let encrypted = acceptor.accept(r.into_inner()).await?;
+                return Box::pin(self.session(Box::new(encrypted), conn, true)).await;
             } else if upper.starts_with("HELO") {
                 "250 sink.test\r\n".into()
             } else if upper.starts_with("MAIL FROM:") {
@@ -174,7 +228,7 @@ impl Sink {
             } else if upper.starts_with("DATA") && rcpts.is_empty() {
                 "554 5.5.1 Error: no valid recipients\r\n".into()
             } else if upper.starts_with("DATA") {
-                w.write_all(b"354 go ahead\r\n").await?;
+                r.write_all(b"354 go ahead\r\n").await?;
                 let mut data = Vec::new();
                 loop {
                     let mut l = Vec::new();
@@ -199,10 +253,11 @@ impl Sink {
                     from: from.clone(),
                     rcpts: std::mem::take(&mut rcpts),
                     data,
+                    tls,
                 });
                 format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
             } else if upper.starts_with("QUIT") {
-                w.write_all(b"221 2.0.0 Bye\r\n").await?;
+                r.write_all(b"221 2.0.0 Bye\r\n").await?;
                 return Ok(());
             } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
                 rcpts.clear();
@@ -210,7 +265,21 @@ impl Sink {
             } else {
                 "502 5.5.2 Error: command not recognized\r\n".into()
             };
-            w.write_all(reply.as_bytes()).await?;
+            r.write_all(reply.as_bytes()).await?;
         }
     }
+}
+
+/// A TLS server configuration with a fresh self-signed certificate for `sink.test`.
+fn self_signed_acceptor() -> TlsAcceptor {
+    let cert = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }

@@ -33,6 +33,8 @@ impl World {
     /// [`World::start`] with more `[relay]` settings (TOML lines).
     pub async fn start_with_relay(relay_extra: &str) -> World {
         let (a, b) = Sink::pair(A, B).await;
+        // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
+        a.offer_starttls();
         let zones = [
             mx_zone("remote-a.test", "127.0.0.2"),
             mx_zone("remote-b.test", "127.0.0.3"),

@@ -71,8 +71,16 @@ async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_rec
             .contains("queued as sink-"),
         "{alice:?}"
     );
+    // A offers STARTTLS, so that delivery was encrypted and says how; B does not.
+    let tls = alice
+        .tls
+        .as_ref()
+        .unwrap_or_else(|| panic!("no TLS for alice: {}", w.stack.log(RELAY)));
+    assert!(tls.version.starts_with("TLSv1."), "{tls:?}");
+    assert!(tls.cipher.starts_with("TLS"), "{tls:?}");
     let bob = &status.recipients[2];
     assert_eq!(bob.remote_ip, "127.0.0.3");
+    assert!(bob.tls.is_none(), "{bob:?}");
 
     // Each outcome is also an event on MAIL_EVENTS.
     let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
@@ -98,6 +106,7 @@ async fn a_b_message_reaches_local_and_both_remote_domains_once_with_replies_rec
         let got = sink.received();
         assert_eq!(got.len(), 1, "one copy at {rcpt}'s exchanger");
         assert_eq!(got[0].rcpts, vec![rcpt.to_string()]);
+        assert_eq!(got[0].tls, rcpt.contains("remote-a"), "{rcpt} over TLS?");
         assert_eq!(got[0].from, "sender@client.test");
         assert!(
             got[0]
@@ -417,5 +426,32 @@ async fn the_relay_pipelines_only_with_servers_that_offer_it() {
         w.b.pipelined(),
         0,
         "one command at a time without PIPELINING"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_falls_back_to_plaintext() {
+    let w = World::start().await;
+    w.b.offer_broken_starttls();
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "sender@client.test",
+            &["bob@remote-b.test"],
+            &content("fallback"),
+        )
+        .await;
+    c.command("QUIT", 221).await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let bob = &status.recipients[0];
+    assert_eq!(bob.state(), RecipientState::Delivered, "{bob:?}");
+    assert!(bob.tls.is_none());
+    let got = w.b.received();
+    assert_eq!((got.len(), got[0].tls), (1, false));
+    assert_eq!(
+        w.b.connections(),
+        2,
+        "the failed TLS attempt, then plaintext"
     );
 }

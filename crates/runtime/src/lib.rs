@@ -9,5 +9,6 @@ pub mod grpc;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, ConfigError, EX_CONFIG};

@@ -16,7 +16,6 @@ use tracing::Instrument;
 use crate::backend::Backend;
 use crate::limits::{Limits, Refusal};
 use crate::session::{Ending, ListenerKind, Session, SessionConfig};
-use crate::tls;
 
 /// Everything the sessions of all listeners share.
 pub struct Shared<B> {
@@ -137,7 +136,7 @@ async fn handshake<B: Backend>(
         .await
         .map_err(|_| ConnectionError::Handshake("timed out".into()))?
         .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    let info = tls::session_info(tls.get_ref().1);
+    let info = mailflow_runtime::tls::session_info(tls.get_ref().1);
     Ok((tls, info))
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailflow_proto::v1::{BodyType, DeliveryJob, RecipientState, RemoteReply, route};
+use mailflow_proto::v1::{BodyType, DeliveryJob, RecipientState, RemoteReply, TlsInfo, route};
 use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
 use crate::smtp_client::{self, ClientConfig, ConnectionCache, Envelope, HostFailure};
 use mailflow_dns::{MxResolver, ResolveError, Target};
+use tokio_rustls::TlsConnector;
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct Outcome {
     pub remote_host: String,
     /// Its address.
     pub remote_ip: String,
+    /// The TLS session the answer came over, if any.
+    pub tls: Option<TlsInfo>,
 }
 
 impl Outcome {
@@ -38,10 +41,16 @@ impl Outcome {
             },
             remote_host: String::new(),
             remote_ip: String::new(),
+            tls: None,
         }
     }
 
-    fn from_reply(reply: &ServerReply, host: &str, addr: SocketAddr) -> Self {
+    fn from_reply(
+        reply: &ServerReply,
+        host: &str,
+        addr: SocketAddr,
+        tls: Option<&TlsInfo>,
+    ) -> Self {
         let state = if reply.is_success() {
             RecipientState::Delivered
         } else if reply.is_transient() {
@@ -58,6 +67,7 @@ impl Outcome {
             },
             remote_host: host.to_string(),
             remote_ip: addr.ip().to_string(),
+            tls: tls.cloned(),
         }
     }
 }
@@ -93,6 +103,8 @@ pub struct Deliverer {
     pub command_timeout: Duration,
     /// Idle connections to reuse.
     pub connections: Arc<ConnectionCache>,
+    /// Opportunistic STARTTLS.
+    pub tls: TlsConnector,
 }
 
 /// A recipient of the job still to be delivered: its index in the message and address.
@@ -219,15 +231,19 @@ impl Deliverer {
             helo: &self.hostname,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
+            tls: &self.tls,
         };
         let mut last_failure = None;
         for target in &targets {
             for addr in &target.addrs {
-                match smtp_client::deliver(*addr, &config, &env, &self.connections).await {
-                    Ok(replies) => {
+                let delivered =
+                    smtp_client::deliver(*addr, &target.host, &config, &env, &self.connections)
+                        .await;
+                match delivered {
+                    Ok((replies, tls)) => {
                         return replies
                             .iter()
-                            .map(|r| Outcome::from_reply(r, &target.host, *addr))
+                            .map(|r| Outcome::from_reply(r, &target.host, *addr, tls.as_ref()))
                             .collect();
                     }
                     Err(failure) => {
@@ -239,7 +255,7 @@ impl Deliverer {
         }
         let outcome = match last_failure {
             Some((host, HostFailure::Refused { addr, reply })) => {
-                Outcome::from_reply(&reply, &host, addr)
+                Outcome::from_reply(&reply, &host, addr, None)
             }
             Some((host, HostFailure::NoSmtpUtf8 { addr })) => Outcome {
                 remote_host: host,

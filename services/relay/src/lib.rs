@@ -56,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         connect_timeout: relay.connect_timeout,
         command_timeout: relay.command_timeout,
         connections: Arc::default(),
+        tls: smtp_client::tls::opportunistic(),
     };
     let consumer = Arc::new(consumer::Consumer {
         bus,

@@ -74,6 +74,7 @@ mod tests {
             },
             remote_host: String::new(),
             remote_ip: String::new(),
+            tls: None,
         }
     }
 

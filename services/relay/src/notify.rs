@@ -196,6 +196,7 @@ mod tests {
                 },
                 remote_host: "mx.remote.test".into(),
                 remote_ip: "192.0.2.1".into(),
+                tls: None,
             },
         )]
     }

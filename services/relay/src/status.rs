@@ -49,6 +49,7 @@ pub fn apply(recipient: &mut RecipientStatus, event: DeliveryEvent) {
     recipient.remote_ip = event.remote_ip;
     recipient.last_reply = event.reply;
     recipient.updated_at = event.at;
+    recipient.tls = event.tls;
 }
 
 impl StatusBook {
@@ -122,6 +123,7 @@ impl StatusBook {
                     reply: Some(outcome.reply.clone()),
                     attempt,
                     at,
+                    tls: outcome.tls.clone(),
                 };
                 (
                     names::event(&job.queue_id, *index),

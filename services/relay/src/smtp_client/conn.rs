@@ -1,0 +1,272 @@
+//! One connection to a mail exchanger: greeting, EHLO (HELO as a fallback), and STARTTLS
+//! when the server offers it (RFC 3207), after which EHLO is said again.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mailflow_proto::v1::TlsInfo;
+use mailflow_smtp::{ReplyDecoder, ServerReply};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{ClientConfig, HostFailure};
+
+/// The socket, before or after STARTTLS.
+pub(super) enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the TLS state is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One open connection.
+pub(super) struct Conn {
+    /// The socket.
+    stream: Stream,
+    /// Received octets not yet decoded.
+    buf: BytesMut,
+    /// Frames multi-line replies.
+    decoder: ReplyDecoder,
+    /// The server's address, for errors and the cache.
+    pub(super) addr: SocketAddr,
+    /// How long each reply may take.
+    timeout: Duration,
+}
+
+impl Conn {
+    fn lost(&self, stage: &'static str, reason: impl ToString) -> HostFailure {
+        HostFailure::Lost {
+            addr: self.addr,
+            stage,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(super) async fn read_reply(
+        &mut self,
+        stage: &'static str,
+    ) -> Result<ServerReply, HostFailure> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(e) => return Err(self.lost(stage, e)),
+            }
+            let read =
+                tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return Err(self.lost(stage, "timeout")),
+                Ok(Err(e)) => return Err(self.lost(stage, e)),
+                Ok(Ok(0)) => return Err(self.lost(stage, "connection closed")),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub(super) async fn send(
+        &mut self,
+        data: &[u8],
+        stage: &'static str,
+    ) -> Result<(), HostFailure> {
+        match tokio::time::timeout(self.timeout, self.stream.write_all(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.lost(stage, e)),
+            Err(_) => Err(self.lost(stage, "timeout")),
+        }
+    }
+
+    pub(super) async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<ServerReply, HostFailure> {
+        self.send(format!("{line}\r\n").as_bytes(), stage).await?;
+        self.read_reply(stage).await
+    }
+
+    pub(super) fn refused(&self, reply: ServerReply) -> HostFailure {
+        HostFailure::Refused {
+            addr: self.addr,
+            reply,
+        }
+    }
+
+    /// EHLO (HELO when refused); returns the extension keywords, upper case.
+    async fn hello(&mut self, helo: &str) -> Result<Vec<String>, HostFailure> {
+        let ehlo = self.command(&format!("EHLO {helo}"), "EHLO").await?;
+        if ehlo.is_success() {
+            return Ok(ehlo
+                .lines
+                .iter()
+                .skip(1)
+                .map(|l| l.to_ascii_uppercase())
+                .collect());
+        }
+        let reply = self.command(&format!("HELO {helo}"), "HELO").await?;
+        if !reply.is_success() {
+            let _ = self.command("QUIT", "QUIT").await;
+            return Err(self.refused(reply));
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// A connection that has been greeted and has said EHLO, ready for a transaction.
+pub(super) struct Ready {
+    /// The connection.
+    pub(super) conn: Conn,
+    /// The EHLO keywords, upper case (empty after a HELO fallback).
+    extensions: Vec<String>,
+    /// The TLS session, when STARTTLS succeeded.
+    pub(super) tls: Option<TlsInfo>,
+    /// When it last finished a transaction.
+    pub(super) idle_since: Instant,
+}
+
+impl Ready {
+    pub(super) fn has(&self, ext: &str) -> bool {
+        has(&self.extensions, ext)
+    }
+}
+
+fn has(extensions: &[String], ext: &str) -> bool {
+    extensions
+        .iter()
+        .any(|l| l.split_ascii_whitespace().next() == Some(ext))
+}
+
+/// Connects, reads the greeting, says EHLO (HELO when EHLO is refused) and, when `tls` and
+/// the server offers it, starts TLS and says EHLO again.
+pub(super) async fn open(
+    addr: SocketAddr,
+    host: &str,
+    config: &ClientConfig<'_>,
+    tls: bool,
+) -> Result<Ready, HostFailure> {
+    let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(HostFailure::Connect {
+                addr,
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(HostFailure::Connect {
+                addr,
+                reason: "timeout".into(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream: Stream::Plain(stream),
+        buf: BytesMut::with_capacity(4096),
+        decoder: ReplyDecoder::default(),
+        addr,
+        timeout: config.command_timeout,
+    };
+    let greeting = conn.read_reply("reading the greeting").await?;
+    if greeting.code != 220 {
+        let _ = conn.command("QUIT", "QUIT").await;
+        return Err(conn.refused(greeting));
+    }
+    let mut extensions = conn.hello(config.helo).await?;
+    let mut session = None;
+    if tls && has(&extensions, "STARTTLS") {
+        let reply = conn.command("STARTTLS", "STARTTLS").await?;
+        // A refusal (454) leaves the session in plaintext: this is opportunistic TLS.
+        if reply.code == 220 {
+            let (upgraded, info) = starttls(conn, host, config).await?;
+            conn = upgraded;
+            session = Some(info);
+            // RFC 3207 §4.2: forget what was learnt before TLS.
+            extensions = conn.hello(config.helo).await?;
+        }
+    }
+    Ok(Ready {
+        conn,
+        extensions,
+        tls: session,
+        idle_since: Instant::now(),
+    })
+}
+
+/// The TLS handshake after `220` to STARTTLS.
+async fn starttls(
+    conn: Conn,
+    host: &str,
+    config: &ClientConfig<'_>,
+) -> Result<(Conn, TlsInfo), HostFailure> {
+    let addr = conn.addr;
+    let failed = |reason: String| HostFailure::Tls { addr, reason };
+    let Stream::Plain(tcp) = conn.stream else {
+        return Err(failed("STARTTLS on an encrypted connection".into()));
+    };
+    // Anything the server sent after its 220 would be plaintext injected before the
+    // handshake (RFC 3207 §5): it is dropped with the buffer.
+    let name = super::tls::server_name(host, addr);
+    let handshake = config.tls.connect(name, tcp);
+    let stream = match tokio::time::timeout(config.command_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Err(_) => return Err(failed("handshake timeout".into())),
+    };
+    let info = super::tls::session_info(&stream);
+    Ok((
+        Conn {
+            stream: Stream::Tls(Box::new(stream)),
+            buf: BytesMut::with_capacity(4096),
+            decoder: ReplyDecoder::default(),
+            addr,
+            timeout: conn.timeout,
+        },
+        info,
+    ))
+}

@@ -1,0 +1,181 @@
+//! The SMTP client: one transaction to one host, over a cached connection when there is
+//! one, encrypted with STARTTLS whenever the server offers it.
+
+mod conn;
+pub mod tls;
+mod transaction;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mailflow_proto::v1::TlsInfo;
+use mailflow_smtp::ServerReply;
+use tokio_rustls::TlsConnector;
+
+use conn::{Ready, open};
+use transaction::transaction;
+
+/// The envelope and content of one transaction.
+pub struct Envelope<'a> {
+    /// The reverse path, empty for `<>`.
+    pub from: &'a str,
+    /// The recipients.
+    pub rcpts: Vec<&'a str>,
+    /// The content, CRLF lines, not dot-stuffed.
+    pub body: &'a [u8],
+    /// The client declared BODY=8BITMIME.
+    pub eight_bit: bool,
+    /// The transaction needs SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// Timeouts and our name.
+pub struct ClientConfig<'a> {
+    /// The name sent with EHLO/HELO.
+    pub helo: &'a str,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Wait for each reply.
+    pub command_timeout: Duration,
+    /// Starts TLS after STARTTLS.
+    pub tls: &'a TlsConnector,
+}
+
+/// Why the transaction failed as a whole (before any recipient got its own answer).
+#[derive(Debug, thiserror::Error)]
+pub enum HostFailure {
+    /// Could not connect.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke or timed out.
+    #[error("lost connection with {addr} while {stage}: {reason}")]
+    Lost {
+        /// The address.
+        addr: SocketAddr,
+        /// What we were doing.
+        stage: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the session or the sender.
+    #[error("{addr} said: {} {}", reply.code, reply.text())]
+    Refused {
+        /// The address.
+        addr: SocketAddr,
+        /// The refusal.
+        reply: ServerReply,
+    },
+    /// The TLS handshake after STARTTLS failed.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The transaction needs SMTPUTF8 and the server lacks it (RFC 6531 §3.4).
+    #[error("{addr} does not support SMTPUTF8")]
+    NoSmtpUtf8 {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// How long an idle connection is kept for the next message to the same address (Postfix
+/// keeps them 2 s by default; servers commonly allow minutes).
+const REUSE_TIME: Duration = Duration::from_secs(5);
+/// Idle connections kept per address.
+const MAX_IDLE_PER_ADDR: usize = 20;
+
+/// Idle connections by address, so consecutive messages to one destination skip the
+/// connect, greeting and EHLO.
+#[derive(Default)]
+pub struct ConnectionCache {
+    /// Idle, ready connections.
+    idle: Mutex<HashMap<SocketAddr, Vec<Ready>>>,
+}
+
+impl ConnectionCache {
+    fn take(&self, addr: SocketAddr) -> Option<Ready> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(ready) = list.pop() {
+            if ready.idle_since.elapsed() < REUSE_TIME {
+                return Some(ready);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, mut ready: Ready) {
+        ready.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        list.retain(|r| r.idle_since.elapsed() < REUSE_TIME);
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(ready);
+        }
+    }
+}
+
+/// What a transaction produced: each recipient's final reply (its RCPT refusal, or the
+/// reply to the end of DATA), and the TLS session it ran over.
+pub type Delivered = (Vec<ServerReply>, Option<TlsInfo>);
+
+/// Runs one transaction with the server at `addr` (named `host`, for SNI), on a cached
+/// connection when there is one.
+pub async fn deliver(
+    addr: SocketAddr,
+    host: &str,
+    config: &ClientConfig<'_>,
+    env: &Envelope<'_>,
+    cache: &ConnectionCache,
+) -> Result<Delivered, HostFailure> {
+    if let Some(mut ready) = cache.take(addr) {
+        match transaction(&mut ready, env).await {
+            // The server closed the idle connection (or says it will): start afresh.
+            Err(HostFailure::Lost {
+                stage: "MAIL FROM", ..
+            }) => {}
+            Err(HostFailure::Refused { reply, .. }) if reply.code == 421 => {}
+            result => return finish(addr, ready, result, cache).await,
+        }
+    }
+    let mut ready = match open(addr, host, config, true).await {
+        // A failed handshake leaves no usable session; like Postfix at security level
+        // "may", try again in plaintext rather than not deliver.
+        Err(HostFailure::Tls { reason, .. }) => {
+            tracing::info!(%addr, %reason, "TLS handshake failed; retrying without TLS");
+            open(addr, host, config, false).await?
+        }
+        other => other?,
+    };
+    let result = transaction(&mut ready, env).await;
+    finish(addr, ready, result, cache).await
+}
+
+/// Keeps a healthy connection for the next message; ends the others politely.
+async fn finish(
+    addr: SocketAddr,
+    mut ready: Ready,
+    result: Result<Vec<ServerReply>, HostFailure>,
+    cache: &ConnectionCache,
+) -> Result<Delivered, HostFailure> {
+    let tls = ready.tls.clone();
+    match &result {
+        Ok(_) => cache.put(addr, ready),
+        Err(HostFailure::Lost { .. }) => {}
+        Err(_) => {
+            // Courtesy only: the outcome is already decided.
+            let _ = ready.conn.command("QUIT", "QUIT").await;
+        }
+    }
+    result.map(|replies| (replies, tls))
+}

@@ -1,0 +1,100 @@
+//! TLS towards mail exchangers: opportunistic, as Postfix's `smtp_tls_security_level = may`
+//! and RFC 7435 describe. The session is encrypted whenever the server offers STARTTLS, but
+//! its certificate is not checked: MX host names are not authenticated by plain DNS, so a
+//! check could only turn encrypted deliveries into plaintext ones, never stop an active
+//! attacker (MTA-STS and DANE are how a domain asks for verification). Handshake
+//! signatures are still verified, so the session is bound to the key the server presented.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mailflow_proto::v1::TlsInfo;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Accepts any certificate; checks the handshake signatures.
+#[derive(Debug)]
+struct Opportunistic {
+    /// The algorithms signatures are checked with.
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Opportunistic {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The connector for opportunistic STARTTLS (TLS 1.2 and 1.3, ring).
+pub fn opportunistic() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(Opportunistic { provider }))
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(config) => TlsConnector::from(Arc::new(config)),
+        // The ring provider supports the default versions; this cannot fail.
+        Err(e) => unreachable!("ring supports TLS 1.2 and 1.3: {e}"),
+    }
+}
+
+/// The name sent in SNI: the MX host name, or the address when there is none.
+pub fn server_name(host: &str, addr: SocketAddr) -> ServerName<'static> {
+    ServerName::try_from(host.trim_end_matches('.').to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
+}
+
+/// The negotiated version and cipher suite.
+pub fn session_info(stream: &TlsStream<TcpStream>) -> TlsInfo {
+    mailflow_runtime::tls::session_info(stream.get_ref().1)
+}

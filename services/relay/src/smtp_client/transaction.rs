@@ -1,0 +1,126 @@
+//! One transaction on a ready connection: MAIL, RCPT and DATA (pipelined when the server
+//! offers PIPELINING), then the body.
+
+use mailflow_smtp::{ServerReply, dot};
+
+use super::conn::{Conn, Ready};
+use super::{Envelope, HostFailure};
+
+/// One transaction from MAIL FROM to the reply to the end of data, leaving the connection
+/// ready for the next one.
+pub(super) async fn transaction(
+    ready: &mut Ready,
+    env: &Envelope<'_>,
+) -> Result<Vec<ServerReply>, HostFailure> {
+    if env.smtputf8 && !ready.has("SMTPUTF8") {
+        return Err(HostFailure::NoSmtpUtf8 {
+            addr: ready.conn.addr,
+        });
+    }
+    let mut mail = format!("MAIL FROM:<{}>", env.from);
+    if ready.has("SIZE") {
+        mail.push_str(&format!(" SIZE={}", env.body.len()));
+    }
+    // Without 8BITMIME at the peer the content is sent as it is, as Postfix does by default
+    // (smtp_send_8bitmime without downgrade): refusing it would bounce most mail for nothing.
+    if env.eight_bit && ready.has("8BITMIME") {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    let rcpts: Vec<String> = env.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
+    let pipelining = ready.has("PIPELINING");
+    let conn = &mut ready.conn;
+    let (mail_reply, replies, data) = if pipelining {
+        pipelined_envelope(conn, &mail, &rcpts).await?
+    } else {
+        stepwise_envelope(conn, &mail, &rcpts).await?
+    };
+    let data_accepted = data.as_ref().is_some_and(|d| d.code == 354);
+    let any_rcpt = replies.iter().any(ServerReply::is_success);
+    if data_accepted && !(mail_reply.is_success() && any_rcpt) {
+        // A server that said 354 although nothing was accepted (RFC 2920 §3.1): end the
+        // empty message; it has no recipients, so nothing is delivered.
+        conn.send(b".\r\n", "ending an empty message").await?;
+        conn.read_reply("waiting for the end of data reply").await?;
+    }
+    if !mail_reply.is_success() {
+        return Err(conn.refused(mail_reply));
+    }
+    if !any_rcpt {
+        let reset = conn.command("RSET", "RSET").await?;
+        if !reset.is_success() {
+            return Err(conn.refused(reset));
+        }
+        return Ok(replies);
+    }
+    match data {
+        Some(data) if data.code == 354 => {}
+        Some(refusal) => {
+            return Ok(replies
+                .into_iter()
+                .map(|r| if r.is_success() { refusal.clone() } else { r })
+                .collect());
+        }
+        None => unreachable!("both exchanges send DATA once MAIL and a recipient are accepted"),
+    }
+    let mut encoded = Vec::new();
+    dot::encode(env.body, &mut encoded);
+    conn.send(&encoded, "sending message body").await?;
+    let fin = conn.read_reply("waiting for the end of data reply").await?;
+    Ok(replies
+        .into_iter()
+        .map(|r| if r.is_success() { fin.clone() } else { r })
+        .collect())
+}
+
+/// The replies to MAIL, each RCPT and DATA (`None` when DATA was not sent).
+type EnvelopeReplies = (ServerReply, Vec<ServerReply>, Option<ServerReply>);
+
+/// MAIL, RCPT and DATA in one write, then their replies in order (RFC 2920): one round trip
+/// instead of two or more per recipient.
+async fn pipelined_envelope(
+    conn: &mut Conn,
+    mail: &str,
+    rcpts: &[String],
+) -> Result<EnvelopeReplies, HostFailure> {
+    let mut batch = String::with_capacity(mail.len() + 8 + rcpts.len() * 64);
+    for line in std::iter::once(mail)
+        .chain(rcpts.iter().map(String::as_str))
+        .chain(["DATA"])
+    {
+        batch.push_str(line);
+        batch.push_str("\r\n");
+    }
+    conn.send(batch.as_bytes(), "MAIL FROM").await?;
+    let mail_reply = conn.read_reply("MAIL FROM").await?;
+    let mut replies = Vec::with_capacity(rcpts.len());
+    for _ in rcpts {
+        replies.push(conn.read_reply("RCPT TO").await?);
+    }
+    let data = conn.read_reply("DATA").await?;
+    Ok((mail_reply, replies, Some(data)))
+}
+
+/// MAIL, RCPT and DATA one at a time, for a server without PIPELINING: stops after a refused
+/// MAIL, and sends DATA only when a recipient was accepted.
+async fn stepwise_envelope(
+    conn: &mut Conn,
+    mail: &str,
+    rcpts: &[String],
+) -> Result<EnvelopeReplies, HostFailure> {
+    let mail_reply = conn.command(mail, "MAIL FROM").await?;
+    if !mail_reply.is_success() {
+        return Ok((mail_reply, Vec::new(), None));
+    }
+    let mut replies = Vec::with_capacity(rcpts.len());
+    for rcpt in rcpts {
+        replies.push(conn.command(rcpt, "RCPT TO").await?);
+    }
+    if !replies.iter().any(ServerReply::is_success) {
+        return Ok((mail_reply, replies, None));
+    }
+    let data = conn.command("DATA", "DATA").await?;
+    Ok((mail_reply, replies, Some(data)))
+}
