@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mailflow_proto::v1::{BodyType, DeliveryJob, RecipientState, RemoteReply, TlsInfo, route};
+use mailflow_proto::v1::{
+    BodyType, DeliveryJob, MailFrom, RecipientState, RemoteReply, TlsInfo, route,
+};
 use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
@@ -70,6 +72,22 @@ impl Outcome {
             tls: tls.cloned(),
         }
     }
+}
+
+/// The outcome of a REQUIRETLS message (RFC 8689) for a remote destination. It may only
+/// travel over TLS whose certificate was verified through MTA-STS or DANE, to a next hop that
+/// offers REQUIRETLS; this relay does not verify certificates yet (its TLS is
+/// opportunistic), so such a message is returned with `5.7.30` rather than sent over a path
+/// the sender forbade (§4.2.1).
+pub fn requiretls_refusal(mail_from: &MailFrom) -> Option<Outcome> {
+    mail_from.requiretls.then(|| {
+        Outcome::new(
+            RecipientState::Bounced,
+            550,
+            "5.7.30",
+            "REQUIRETLS: no verified TLS path (MTA-STS or DANE) to the destination".into(),
+        )
+    })
 }
 
 /// True when the envelope or the header section holds UTF-8, so the next hop must support
@@ -215,6 +233,9 @@ impl Deliverer {
         pending: &[Pending],
         content: &[u8],
     ) -> Vec<Outcome> {
+        if let Some(refusal) = job.mail_from.as_ref().and_then(requiretls_refusal) {
+            return vec![refusal; pending.len()];
+        }
         let targets = match self.targets(&job.domain).await {
             Ok(t) => t,
             Err(outcome) => return vec![outcome; pending.len()],
@@ -284,7 +305,23 @@ impl Deliverer {
 
 #[cfg(test)]
 mod tests {
-    use super::needs_smtputf8;
+    use super::{MailFrom, RecipientState, needs_smtputf8, requiretls_refusal};
+
+    #[test]
+    fn requiretls_mail_is_never_sent_over_an_unverified_path() {
+        let plain = MailFrom::default();
+        assert!(requiretls_refusal(&plain).is_none());
+        let strict = MailFrom {
+            requiretls: true,
+            ..MailFrom::default()
+        };
+        let refusal = requiretls_refusal(&strict).unwrap();
+        assert_eq!(refusal.state, RecipientState::Bounced);
+        assert_eq!(
+            (refusal.reply.code, refusal.reply.enhanced.as_str()),
+            (550, "5.7.30")
+        );
+    }
 
     #[test]
     fn smtputf8_needed_only_for_utf8_envelope_or_headers() {
