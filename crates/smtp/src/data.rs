@@ -36,6 +36,9 @@ pub enum DataEvent {
     Done(Result<BytesMut, DataProblem>),
 }
 
+/// The buffer a body starts with.
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// A message body being received, DATA or BDAT: bounded in size, and remembering the first
 /// reason to refuse it. Once there is one, further content is dropped.
 ///
@@ -60,7 +63,8 @@ impl BodyBuffer {
     /// An empty body of at most `max_size` octets.
     pub(crate) fn new(max_size: usize, endings: LineEndings) -> Self {
         Self {
-            body: BytesMut::new(),
+            // Most messages fit: no reallocation while a typical body arrives.
+            body: BytesMut::with_capacity(INITIAL_CAPACITY.min(max_size)),
             total: 0,
             max_size,
             endings,

@@ -113,7 +113,7 @@ where
         rate: &mut RateGuard,
     ) -> Result<Option<Flow>, SessionError> {
         let before = self.inbuf.len();
-        match self.fill(self.config.data_timeout).await? {
+        match self.fill(self.config.data_timeout, true).await? {
             // The client went away: the transaction is void, nothing was accepted.
             Some(false) => return Ok(Some(Flow::Close)),
             None => {

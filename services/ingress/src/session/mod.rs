@@ -368,11 +368,13 @@ where
         Ok(())
     }
 
-    /// Reads more input into `inbuf`; `Ok(false)` on end of stream.
-    async fn fill(&mut self, timeout: Duration) -> Result<Option<bool>, SessionError> {
-        // An idle session waits with a small buffer; a busy one reads in larger steps. This
-        // keeps 10,000 idle sessions cheap.
-        let want = if self.inbuf.is_empty() {
+    /// Reads more input into `inbuf` (`data`: message data is expected); `Ok(false)` on end
+    /// of stream, `None` on timeout.
+    async fn fill(&mut self, timeout: Duration, data: bool) -> Result<Option<bool>, SessionError> {
+        // A session waiting for a command does so with a small buffer, which keeps 10,000
+        // idle sessions cheap; message data, or a command already begun, is read in larger
+        // steps (a whole small message in one read).
+        let want = if self.inbuf.is_empty() && !data {
             IDLE_CHUNK
         } else {
             READ_CHUNK
@@ -401,7 +403,7 @@ where
             let timeout = self.config.command_timeout;
             let shutdown = self.shutdown.clone();
             let read = tokio::select! {
-                r = self.fill(timeout) => r?,
+                r = self.fill(timeout, false) => r?,
                 _ = shutdown.cancelled(), if !in_transaction => return Ok(Input::Shutdown),
             };
             match read {
