@@ -284,10 +284,11 @@ async fn aliases_and_catch_all_are_accepted_and_expanded_into_mailboxes() {
     assert_eq!(stack.mailbox("example.test", "demo").len(), 1);
     assert_eq!(stack.mailbox("example.test", "boss").len(), 1);
 
-    // An alias loop is accepted at RCPT (the address exists) and bounced with 5.4.6.
+    // An alias loop is accepted at RCPT (the address exists), bounced with 5.4.6, and the
+    // sender is told.
     let looped = c
         .send_mail(
-            "someone@client.test",
+            "boss@example.test",
             &["loop@strict.test"],
             "Subject: loop\r\n\r\nx\r\n",
         )
@@ -295,6 +296,22 @@ async fn aliases_and_catch_all_are_accepted_and_expanded_into_mailboxes() {
     let status = stack.wait_final(&looped, Duration::from_secs(30)).await;
     let reply = status.recipients[0].last_reply.as_ref().unwrap();
     assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.4.6"));
+    let report = mailflow_tests::wait::until(
+        "the failure report in boss's mailbox",
+        Duration::from_secs(30),
+        || async {
+            let mail = stack.mailbox("example.test", "boss");
+            mail.into_iter()
+                .map(|m| String::from_utf8_lossy(&m).into_owned())
+                .find(|m| m.contains("multipart/report"))
+        },
+    )
+    .await;
+    assert!(
+        report.contains("Final-Recipient: rfc822; loop@strict.test"),
+        "{report}"
+    );
+    assert!(report.contains("Status: 5.4.6"), "{report}");
     c.command("QUIT", 221).await;
 }
 

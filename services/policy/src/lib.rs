@@ -43,8 +43,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     let topology = Topology::ensure(&bus, &shutdown).await?;
     let directory = Directory::open(topology.directory.clone(), shutdown.clone());
 
-    let router_stage =
-        route::RouteStage::new(bus.clone(), directory.clone(), config.policy.out_shards);
+    let router_stage = route::RouteStage::new(
+        bus.clone(),
+        topology.bodies.clone(),
+        config.ingress.hostname.clone(),
+        directory.clone(),
+        config.policy.out_shards,
+    );
     let stage_shutdown = shutdown.clone();
     let stage = tokio::spawn(async move { router_stage.run(stage_shutdown).await });
 

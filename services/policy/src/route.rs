@@ -11,13 +11,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use async_nats::jetstream::object_store::ObjectStore;
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
-use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, names};
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
 use mailflow_proto::v1::{
     AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, Recipient,
     RecipientState, RecipientStatus, RemoteReply, RemoteRoute, Route, route,
 };
+use mailflow_report::{Action, Original, RecipientReport, notice, notify_of, wanted};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +46,10 @@ pub enum RouteError {
 pub struct RouteStage {
     /// Publishes jobs.
     bus: Bus,
+    /// Bodies in the object store, for returning a message with a failure report.
+    bodies: ObjectStore,
+    /// The name failure reports come from.
+    hostname: String,
     /// Tells local domains from remote ones.
     directory: Directory,
     /// Number of `mail.out.<shard>` subjects.
@@ -213,9 +219,17 @@ pub fn initial_status(msg: &AcceptedMessage, recipients: &[Expanded]) -> Message
 
 impl RouteStage {
     /// A stage publishing through `bus`.
-    pub fn new(bus: Bus, directory: Directory, shards: u32) -> Self {
+    pub fn new(
+        bus: Bus,
+        bodies: ObjectStore,
+        hostname: String,
+        directory: Directory,
+        shards: u32,
+    ) -> Self {
         Self {
             bus,
+            bodies,
+            hostname,
             directory,
             shards,
         }
@@ -295,6 +309,7 @@ impl RouteStage {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(RouteError::Status(e.to_string())),
         }
+        self.report_failures(msg, &recipients).await?;
         let jobs = split(msg, &recipients, &local, self.shards);
         let count = jobs.len();
         self.bus
@@ -304,6 +319,58 @@ impl RouteStage {
             }))
             .await?;
         Ok(count)
+    }
+}
+
+impl RouteStage {
+    /// Tells the sender about recipients whose alias could not be expanded (RFC 3464), as the
+    /// relay does for delivery failures. `Nats-Msg-Id = dsn.<queue id>.route`, so a second
+    /// pass over the same message sends nothing new.
+    async fn report_failures(
+        &self,
+        msg: &AcceptedMessage,
+        recipients: &[Expanded],
+    ) -> Result<(), RouteError> {
+        let mail_from = msg.mail_from.clone().unwrap_or_default();
+        if mail_from.address.is_empty() {
+            return Ok(());
+        }
+        let reports: Vec<RecipientReport> = recipients
+            .iter()
+            .filter_map(|e| {
+                let reply = expansion_reply(e.failure.as_ref()?);
+                wanted(notify_of(&e.recipient), Action::Failed).then(|| RecipientReport {
+                    final_recipient: e.recipient.address.clone(),
+                    original_recipient: e.recipient.dsn_orcpt.clone(),
+                    action: Action::Failed,
+                    status: reply.enhanced.clone(),
+                    remote_mta: String::new(),
+                    diagnostic: format!("{} {} {}", reply.code, reply.enhanced, reply.text),
+                })
+            })
+            .collect();
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let body = msg.body.clone().unwrap_or_default();
+        let content = load_body(&self.bodies, &body).await?;
+        let original = Original {
+            queue_id: &msg.queue_id,
+            mail_from: &mail_from,
+            received_at: msg.received_at,
+            content: &content,
+        };
+        let queue_id = ulid::Ulid::generate().to_string();
+        let report = notice(&self.hostname, original, reports, &queue_id);
+        self.bus
+            .publish(
+                names::MAIL_IN_SUBJECT.into(),
+                &format!("dsn.{}.route", msg.queue_id),
+                Bytes::from(report.encode_to_vec()),
+            )
+            .await?;
+        tracing::info!(queue_id = %msg.queue_id, notice = %queue_id, "failure report queued");
+        Ok(())
     }
 }
 

@@ -4,42 +4,27 @@
 //! null sender, so it is routed, delivered and tracked the same way; mail from `<>` is never
 //! answered (RFC 5321 §6.1), which also ends notification loops.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, names};
-use mailflow_proto::v1::{
-    AcceptedMessage, Body, DeliveryJob, DsnNotify, DsnReturn, MailFrom, Recipient, RecipientState,
-    body::Location,
-};
-use mailflow_report::{Action, Notify, RecipientReport, Report, ReturnContent, render, wanted};
+use mailflow_proto::v1::{DeliveryJob, RecipientState};
+use mailflow_report::{Action, Notify, Original, RecipientReport, notice, wanted};
 use prost::Message;
 
 use crate::deliver::Outcome;
 
 /// The NOTIFY= of a job's recipient `index`.
 fn notify_of(job: &DeliveryJob, index: u32) -> Notify {
-    let given = job
-        .recipients
+    job.recipients
         .iter()
         .find(|r| r.index == index)
         .and_then(|r| r.recipient.as_ref())
-        .map(|r| r.dsn_notify.clone())
-        .unwrap_or_default();
-    let mut notify = Notify {
-        unspecified: given.is_empty(),
-        ..Notify::default()
-    };
-    for n in given {
-        match DsnNotify::try_from(n) {
-            Ok(DsnNotify::Never) => notify.never = true,
-            Ok(DsnNotify::Success) => notify.success = true,
-            Ok(DsnNotify::Failure) => notify.failure = true,
-            Ok(DsnNotify::Delay) => notify.delay = true,
-            _ => {}
-        }
-    }
-    notify
+        .map_or(
+            Notify {
+                unspecified: true,
+                ..Notify::default()
+            },
+            mailflow_report::notify_of,
+        )
 }
 
 /// The ORCPT= of a job's recipient `index`, or empty.
@@ -106,54 +91,18 @@ pub async fn send(
     reports: Vec<RecipientReport>,
 ) -> Result<String, BusError> {
     let mail_from = job.mail_from.clone().unwrap_or_default();
-    let only_success = reports.iter().all(|r| r.action != Action::Failed);
-    // A success or delay notice returns headers unless RET=FULL asked for more (RFC 3461
-    // §4.3): the sender still has the message, or it is still on its way.
-    let ret = match mail_from.dsn_ret() {
-        DsnReturn::Headers => ReturnContent::Headers,
-        DsnReturn::Full => ReturnContent::Full,
-        DsnReturn::Unspecified if only_success => ReturnContent::Headers,
-        DsnReturn::Unspecified => ReturnContent::Full,
-    };
     let queue_id = ulid::Ulid::generate().to_string();
-    let now = SystemTime::now();
-    let arrival = job
-        .received_at
-        .and_then(|t| u64::try_from(t.seconds).ok())
-        .map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s));
-    let message = render(&Report {
-        reporting_mta: hostname,
+    let original = Original {
         queue_id: &job.queue_id,
-        envid: &mail_from.dsn_envid,
-        arrival,
-        now,
-        to: &mail_from.address,
-        recipients: reports,
-        original: content,
-        ret,
-        unique: &queue_id,
-    });
-    let size = message.len() as u64;
-    let notice = AcceptedMessage {
-        queue_id: queue_id.clone(),
-        mail_from: Some(MailFrom::default()),
-        recipients: vec![Recipient {
-            address: mail_from.address.clone(),
-            ..Default::default()
-        }],
-        helo: hostname.to_string(),
-        received_at: Some(prost_types::Timestamp::from(now)),
-        body: Some(Body {
-            location: Some(Location::Inline(Bytes::from(message))),
-            size,
-        }),
-        listener: "notification".into(),
-        ..Default::default()
+        mail_from: &mail_from,
+        received_at: job.received_at,
+        content,
     };
+    let message = notice(hostname, original, reports, &queue_id);
     bus.publish(
         names::MAIL_IN_SUBJECT.into(),
         &format!("dsn.{}.{attempt}", job.job_id),
-        Bytes::from(notice.encode_to_vec()),
+        Bytes::from(message.encode_to_vec()),
     )
     .await?;
     Ok(queue_id)
@@ -162,7 +111,7 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailflow_proto::v1::{JobRecipient, RemoteReply};
+    use mailflow_proto::v1::{DsnNotify, JobRecipient, MailFrom, Recipient, RemoteReply};
 
     fn job(sender: &str, notify: Vec<DsnNotify>) -> DeliveryJob {
         DeliveryJob {

@@ -147,8 +147,17 @@ impl policy_server::Policy for PolicyService {
             .ok()
             .filter(|m| !m.is_address_literal())
             .map(|m| m.domain);
+        // Our own domains exist; whether a client may use them is SPF's and DMARC's concern.
+        let local = match &domain {
+            Some(d) => self
+                .directory
+                .view(|dir| dir.is_local(d))
+                .await
+                .map_err(unavailable_dir)?,
+            None => false,
+        };
         match domain {
-            Some(domain) if session.listener == "mx" && !trusted => {
+            Some(domain) if session.listener == "mx" && !trusted && !local => {
                 let lookup = self.mail_domain(&domain).await;
                 Ok(Response::new(checks::decide_sender_domain(
                     &req.sender,

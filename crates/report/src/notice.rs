@@ -1,0 +1,146 @@
+//! A notification as a message to queue: from the null sender to the original envelope
+//! sender, its content rendered by [`crate::render`]. Shared by the route stage (aliases
+//! that cannot be expanded) and the relay (delivery outcomes).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mailflow_proto::v1::{
+    AcceptedMessage, Body, DsnNotify, DsnReturn, MailFrom, Recipient, body::Location,
+};
+
+use crate::dsn::{Action, Notify, RecipientReport, Report, ReturnContent, render};
+
+/// The NOTIFY= a recipient gave.
+pub fn notify_of(recipient: &Recipient) -> Notify {
+    let mut notify = Notify {
+        unspecified: recipient.dsn_notify.is_empty(),
+        ..Notify::default()
+    };
+    for n in &recipient.dsn_notify {
+        match DsnNotify::try_from(*n) {
+            Ok(DsnNotify::Never) => notify.never = true,
+            Ok(DsnNotify::Success) => notify.success = true,
+            Ok(DsnNotify::Failure) => notify.failure = true,
+            Ok(DsnNotify::Delay) => notify.delay = true,
+            _ => {}
+        }
+    }
+    notify
+}
+
+/// What the notice is about: the original message's envelope and content.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'a> {
+    /// Its queue id.
+    pub queue_id: &'a str,
+    /// Its reverse path and DSN parameters.
+    pub mail_from: &'a MailFrom,
+    /// When it arrived.
+    pub received_at: Option<prost_types::Timestamp>,
+    /// Its content.
+    pub content: &'a [u8],
+}
+
+/// The notice about `reports` for `original`, as a message with queue id `queue_id` ready
+/// to be published to `mail.in`.
+pub fn notice(
+    hostname: &str,
+    original: Original<'_>,
+    reports: Vec<RecipientReport>,
+    queue_id: &str,
+) -> AcceptedMessage {
+    let mail_from = original.mail_from;
+    let only_failures_absent = reports.iter().all(|r| r.action != Action::Failed);
+    // A success or delay notice returns headers unless RET=FULL asked for more (RFC 3461
+    // §4.3): the sender still has the message, or it is still on its way.
+    let ret = match mail_from.dsn_ret() {
+        DsnReturn::Headers => ReturnContent::Headers,
+        DsnReturn::Full => ReturnContent::Full,
+        DsnReturn::Unspecified if only_failures_absent => ReturnContent::Headers,
+        DsnReturn::Unspecified => ReturnContent::Full,
+    };
+    let now = SystemTime::now();
+    let arrival = original
+        .received_at
+        .and_then(|t| u64::try_from(t.seconds).ok())
+        .map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s));
+    let message = render(&Report {
+        reporting_mta: hostname,
+        queue_id: original.queue_id,
+        envid: &mail_from.dsn_envid,
+        arrival,
+        now,
+        to: &mail_from.address,
+        recipients: reports,
+        original: original.content,
+        ret,
+        unique: queue_id,
+    });
+    let size = message.len() as u64;
+    AcceptedMessage {
+        queue_id: queue_id.to_string(),
+        mail_from: Some(MailFrom::default()),
+        recipients: vec![Recipient {
+            address: mail_from.address.clone(),
+            ..Default::default()
+        }],
+        helo: hostname.to_string(),
+        received_at: Some(prost_types::Timestamp::from(now)),
+        body: Some(Body {
+            location: Some(Location::Inline(Bytes::from(message))),
+            size,
+        }),
+        listener: "notification".into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notice_goes_from_the_null_sender_to_the_original_sender() {
+        let from = MailFrom {
+            address: "a@x.test".into(),
+            ..Default::default()
+        };
+        let msg = notice(
+            "mx.x.test",
+            Original {
+                queue_id: "Q",
+                mail_from: &from,
+                received_at: None,
+                content: b"Subject: s\r\n\r\nb\r\n",
+            },
+            vec![RecipientReport {
+                final_recipient: "b@y.test".into(),
+                original_recipient: String::new(),
+                action: Action::Failed,
+                status: "5.4.6".into(),
+                remote_mta: String::new(),
+                diagnostic: "550 5.4.6 alias loop".into(),
+            }],
+            "N1",
+        );
+        assert_eq!(msg.queue_id, "N1");
+        assert_eq!(msg.mail_from.unwrap().address, "");
+        assert_eq!(msg.recipients[0].address, "a@x.test");
+        let Some(Location::Inline(body)) = msg.body.unwrap().location else {
+            panic!("inline body");
+        };
+        assert!(String::from_utf8_lossy(&body).contains("Status: 5.4.6"));
+    }
+
+    #[test]
+    fn notify_flags() {
+        let r = Recipient {
+            dsn_notify: vec![DsnNotify::Success as i32, DsnNotify::Failure as i32],
+            ..Default::default()
+        };
+        let n = notify_of(&r);
+        assert!(n.success && n.failure && !n.delay && !n.unspecified);
+        assert!(notify_of(&Recipient::default()).unspecified);
+    }
+}
