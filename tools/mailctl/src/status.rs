@@ -31,7 +31,7 @@ pub fn render_status(s: &MessageStatus) -> String {
         time(s.received_at),
         s.size
     );
-    let rows: Vec<[String; 5]> = s
+    let rows: Vec<[String; 6]> = s
         .recipients
         .iter()
         .map(|r| {
@@ -45,6 +45,10 @@ pub fn render_status(s: &MessageStatus) -> String {
                 (h, "") => h.to_string(),
                 (h, ip) => format!("{h}[{ip}]"),
             };
+            let tls = r
+                .tls
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |t| t.version.clone());
             let recipient = if r.original.is_empty() {
                 r.address.clone()
             } else {
@@ -55,11 +59,12 @@ pub fn render_status(s: &MessageStatus) -> String {
                 state_name(r.state()).to_string(),
                 r.attempts.to_string(),
                 relay,
+                tls,
                 reply,
             ]
         })
         .collect();
-    let header = ["RECIPIENT", "STATE", "ATTEMPTS", "RELAY", "REPLY"].map(String::from);
+    let header = ["RECIPIENT", "STATE", "ATTEMPTS", "RELAY", "TLS", "REPLY"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -81,7 +86,7 @@ pub fn render_status(s: &MessageStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailflow_proto::v1::{RecipientStatus, RemoteReply};
+    use mailflow_proto::v1::{RecipientStatus, RemoteReply, TlsInfo};
 
     #[test]
     fn renders_a_table() {
@@ -99,6 +104,11 @@ mod tests {
                     enhanced: "2.0.0".into(),
                     text: "Ok".into(),
                 }),
+                original: "team@example.test".into(),
+                tls: Some(TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -107,13 +117,13 @@ mod tests {
         assert!(out.contains("sender:    <>"));
         assert!(
             out.contains(
-                "RECIPIENT          STATE      ATTEMPTS  RELAY                      REPLY"
+                "RECIPIENT                                  STATE      ATTEMPTS  RELAY                      TLS      REPLY"
             ),
             "{out}"
         );
         assert!(
             out.contains(
-                "demo@example.test  delivered  1         mx.remote.test[127.0.0.2]  250 2.0.0 Ok"
+                "demo@example.test (via team@example.test)  delivered  1         mx.remote.test[127.0.0.2]  TLSv1.3  250 2.0.0 Ok"
             ),
             "{out}"
         );
