@@ -111,10 +111,14 @@ mx_port = {mx_port}
 ack_wait = "2s"
 connect_timeout = "5s"
 command_timeout = "10s"
-retry_delays = ["1s"]
 {relay_extra}
 "#,
-            relay_extra = opts.relay_extra,
+            // Quick retries unless the test sets its own.
+            relay_extra = if opts.relay_extra.contains("retry_delays") {
+                opts.relay_extra.clone()
+            } else {
+                format!("retry_delays = [\"1s\"]\n{}", opts.relay_extra)
+            },
             nats = nats.url(),
             cert = cert.display(),
             key = key.display(),

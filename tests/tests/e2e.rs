@@ -455,3 +455,64 @@ async fn a_failed_tls_handshake_falls_back_to_plaintext() {
         "the failed TLS attempt, then plaintext"
     );
 }
+
+/// Deferred jobs wait in `MAIL_RETRY`, not among the relay consumer's unacknowledged
+/// messages, so a destination that is down blocks nothing else (no head-of-line blocking).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_jobs_wait_outside_the_delivery_queue() {
+    // A long first delay: the deferred jobs stay parked for the whole test.
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let mut deferred = Vec::new();
+    for i in 0..30 {
+        let rcpt = format!("tempfail{i}@remote-b.test");
+        deferred.push(
+            c.send_mail("sender@client.test", &[&rcpt], &content("down"))
+                .await,
+        );
+    }
+    // Mail for a healthy destination is delivered meanwhile.
+    let ok = c
+        .send_mail("sender@client.test", &["ok@remote-a.test"], &content("up"))
+        .await;
+    c.command("QUIT", 221).await;
+    let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    for id in &deferred {
+        wait::until(
+            "the deferral to be recorded",
+            Duration::from_secs(30),
+            || async {
+                let s = w.stack.get_message(id).await.ok()?;
+                (s.recipients[0].state() == RecipientState::Deferred).then_some(())
+            },
+        )
+        .await;
+    }
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let parked = wait::until(
+        "all deferred jobs parked",
+        Duration::from_secs(30),
+        || async {
+            let mut retry = js.get_stream("MAIL_RETRY").await.ok()?;
+            let n = retry.info().await.ok()?.state.messages;
+            (n == 30).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(parked, 30);
+    let mut relay = js
+        .get_stream("MAIL_OUT")
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("relay")
+        .await
+        .unwrap();
+    let info = relay.info().await.unwrap();
+    assert_eq!(
+        info.num_ack_pending, 0,
+        "no deferred job holds a delivery slot"
+    );
+}

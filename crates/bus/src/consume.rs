@@ -15,7 +15,9 @@ pub struct ConsumerSpec {
     /// The stream.
     pub stream: &'static str,
     /// The durable consumer's name (shared by all replicas of a stage).
-    pub durable: &'static str,
+    pub durable: String,
+    /// Only messages on this subject; every subject of the stream when `None`.
+    pub filter: Option<String>,
     /// Redelivery after this long without an acknowledgement or progress report.
     pub ack_wait: Duration,
     /// Messages handed out and not yet acknowledged, across replicas.
@@ -36,9 +38,10 @@ async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusEr
         .map_err(|e| setup(e.to_string()))?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
-            spec.durable,
+            &spec.durable,
             pull::Config {
-                durable_name: Some(spec.durable.into()),
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter.clone().unwrap_or_default(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: spec.ack_wait,
                 max_ack_pending: spec.max_ack_pending,
@@ -67,12 +70,15 @@ where
         match subscribe(bus, &spec).await {
             Ok(messages) => {
                 let handle = &handle;
+                let durable = spec.durable.as_str();
                 messages
                     .take_until(shutdown.cancelled())
                     .for_each_concurrent(spec.concurrency, |item| async move {
                         match item {
                             Ok(msg) => handle(msg).await,
-                            Err(e) => tracing::warn!(consumer = spec.durable, error = %e, "consumer error"),
+                            Err(e) => {
+                                tracing::warn!(consumer = durable, error = %e, "consumer error")
+                            }
                         }
                     })
                     .await;

@@ -15,6 +15,8 @@ pub mod names {
     pub const MAIL_IN_SUBJECT: &str = "mail.in";
     /// Delivery jobs.
     pub const MAIL_OUT: &str = "MAIL_OUT";
+    /// Deferred delivery jobs waiting for their retry, one subject per delay tier.
+    pub const MAIL_RETRY: &str = "MAIL_RETRY";
     /// The per-message timeline: every delivery attempt of every recipient.
     pub const MAIL_EVENTS: &str = "MAIL_EVENTS";
     /// Each message as the route stage accepted it: envelope, final recipients, and the
@@ -28,6 +30,34 @@ pub mod names {
     pub const ROUTE_CONSUMER: &str = "route";
     /// The durable consumer shared by every relay replica on `MAIL_OUT`.
     pub const RELAY_CONSUMER: &str = "relay";
+
+    /// The subject a deferred job waits on in retry tier `tier`, for the delivery job
+    /// subject `out` it goes back to (`mail.out.<shard>` → `mail.retry.<tier>.<shard>`).
+    pub fn retry(tier: usize, out: &str) -> String {
+        format!(
+            "mail.retry.{tier}.{}",
+            out.strip_prefix("mail.out.").unwrap_or(out)
+        )
+    }
+
+    /// The subjects of retry tier `tier`.
+    pub fn retry_filter(tier: usize) -> String {
+        format!("mail.retry.{tier}.>")
+    }
+
+    /// The delivery job subject a job waiting on retry subject `subject` goes back to.
+    pub fn out_of_retry(subject: &str) -> String {
+        let shard = subject
+            .strip_prefix("mail.retry.")
+            .and_then(|rest| rest.split_once('.'))
+            .map_or("0", |(_, shard)| shard);
+        format!("mail.out.{shard}")
+    }
+
+    /// The durable consumer of retry tier `tier`, shared by every relay replica.
+    pub fn retry_consumer(tier: usize) -> String {
+        format!("retry-{tier}")
+    }
 
     /// The subject of a delivery job for `shard`.
     pub fn mail_out(shard: u32) -> String {
@@ -94,6 +124,7 @@ impl Topology {
         for config in [
             work_queue(names::MAIL_IN, names::MAIL_IN_SUBJECT),
             work_queue(names::MAIL_OUT, "mail.out.>"),
+            work_queue(names::MAIL_RETRY, "mail.retry.>"),
         ] {
             let name = config.name.clone();
             js.get_or_create_stream(config)
@@ -142,5 +173,18 @@ pub(crate) fn setup(name: &str, e: impl std::fmt::Display) -> BusError {
     BusError::Setup {
         name: name.into(),
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn a_deferred_job_goes_back_to_its_own_subject() {
+        let waiting = names::retry(2, &names::mail_out(7));
+        assert_eq!(waiting, "mail.retry.2.7");
+        assert_eq!(names::out_of_retry(&waiting), "mail.out.7");
+        assert_eq!(names::retry_filter(2), "mail.retry.2.>");
     }
 }

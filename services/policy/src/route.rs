@@ -167,6 +167,7 @@ pub fn split(
             body: msg.body.clone(),
             received_at: msg.received_at,
             trace: msg.trace.clone(),
+            attempts_before: 0,
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }
@@ -248,7 +249,8 @@ impl RouteStage {
             })?;
         let spec = ConsumerSpec {
             stream: names::MAIL_IN,
-            durable: names::ROUTE_CONSUMER,
+            durable: names::ROUTE_CONSUMER.into(),
+            filter: None,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1024,
             concurrency: CONCURRENCY,

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Deliverer, Pending};
 use crate::lifetime::Lifetime;
-use crate::notify;
 use crate::status::{StatusBook, is_final};
+use crate::{notify, retry};
 
 /// The consumer's settings.
 pub struct Consumer {
@@ -33,7 +33,7 @@ pub struct Consumer {
     pub concurrency: usize,
     /// JetStream ack wait.
     pub ack_wait: Duration,
-    /// Delays before retries; the last repeats.
+    /// Delays before retries, one retry tier each; the last repeats.
     pub retry_delays: Vec<Duration>,
     /// Queue lifetime and delay warning.
     pub lifetime: Lifetime,
@@ -44,7 +44,8 @@ impl Consumer {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let spec = ConsumerSpec {
             stream: names::MAIL_OUT,
-            durable: names::RELAY_CONSUMER,
+            durable: names::RELAY_CONSUMER.into(),
+            filter: None,
             ack_wait: self.ack_wait,
             max_ack_pending: 10_000,
             concurrency: self.concurrency,
@@ -61,7 +62,9 @@ impl Consumer {
                 return;
             }
         };
-        let attempt = msg.info().map_or(1, |i| i.delivered).max(1) as u32;
+        // Attempts before this publication of the job, plus this stream's deliveries of it.
+        let delivered = msg.info().map_or(1, |i| i.delivered).max(1) as u32;
+        let attempt = job.attempts_before + delivered;
         // Keep the job ours while we work on it, reporting progress from this task (no
         // extra task per job).
         let every = self.ack_wait / 3;
@@ -79,15 +82,20 @@ impl Consumer {
         let ack = match result {
             Ok(false) => msg.ack().await,
             Ok(true) => {
-                let step = (attempt as usize)
-                    .saturating_sub(1)
-                    .min(self.retry_delays.len().saturating_sub(1));
-                let delay = self
-                    .retry_delays
-                    .get(step)
-                    .copied()
-                    .unwrap_or(Duration::from_secs(300));
-                msg.ack_with(AckKind::Nak(Some(delay))).await
+                let tiers = self.retry_delays.len();
+                match retry::park(&self.bus, &job, attempt, &msg.subject, tiers).await {
+                    Ok(()) => msg.ack().await,
+                    Err(e) => {
+                        // Keep the job here instead; it comes back after the first delay.
+                        tracing::warn!(job_id = %job.job_id, error = %e, "cannot park the deferred job; retrying from the delivery queue");
+                        let delay = self
+                            .retry_delays
+                            .first()
+                            .copied()
+                            .unwrap_or(Duration::from_secs(300));
+                        msg.ack_with(AckKind::Nak(Some(delay))).await
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(job_id = %job.job_id, error = %e, "delivery attempt not recorded; retrying soon");

@@ -13,10 +13,12 @@ pub mod lifetime;
 pub mod maildir;
 pub mod notify;
 pub mod queue;
+pub mod retry;
 pub mod smtp_client;
 pub mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mailflow_bus::{Bus, BusError, Topology};
 use mailflow_proto::v1::queue_server::QueueServer;
@@ -58,6 +60,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         connections: Arc::default(),
         tls: smtp_client::tls::opportunistic(),
     };
+    // An empty schedule would leave deferred jobs nowhere to wait: retry every 5 minutes.
+    let retry_delays: Vec<Duration> = match relay.retry_delays.as_slice() {
+        [] => vec![Duration::from_secs(300)],
+        delays => delays.iter().map(|d| **d).collect(),
+    };
+    let mut movers = tokio::task::JoinSet::new();
+    for (tier, delay) in retry_delays.iter().enumerate() {
+        movers.spawn(retry::mover(bus.clone(), tier, *delay, shutdown.clone()));
+    }
     let consumer = Arc::new(consumer::Consumer {
         bus,
         status: status.clone(),
@@ -65,7 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         deliverer,
         concurrency: relay.concurrency.max(1),
         ack_wait: relay.ack_wait,
-        retry_delays: relay.retry_delays.iter().map(|d| **d).collect(),
+        retry_delays,
         lifetime: lifetime::Lifetime {
             max: relay.max_queue_lifetime,
             warn_after: relay.delay_warning_time,
@@ -85,5 +96,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .await;
     shutdown.cancel();
     let _ = consumer_task.await;
+    movers.join_all().await;
     served.map_err(|source| GrpcError::Serve { addr, source }.into())
 }

@@ -1,0 +1,152 @@
+//! Retries without head-of-line blocking. A deferred job leaves `MAIL_OUT` for the stream
+//! `MAIL_RETRY`, on the subject of its delay tier (`retry_delays`: the first retry waits the
+//! first delay, and so on, the last repeating). Every job of a tier waits the same time, so
+//! a tier is first in, first due: one mover per tier takes its jobs in order, waits until
+//! the head is due, and publishes it back to `MAIL_OUT`. Deferred jobs therefore hold no
+//! place among the relay consumer's unacknowledged messages (`MaxAckPending`), and a
+//! destination with thousands of deferred messages slows no other.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, names};
+use mailflow_proto::v1::DeliveryJob;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+/// The tier of a job whose attempt number `attempt` was just deferred.
+pub fn tier(attempt: u32, tiers: usize) -> usize {
+    (attempt as usize)
+        .saturating_sub(1)
+        .min(tiers.saturating_sub(1))
+}
+
+/// Parks a deferred job (attempt `attempt`, received on `out_subject`) in its retry tier.
+pub async fn park(
+    bus: &Bus,
+    job: &DeliveryJob,
+    attempt: u32,
+    out_subject: &str,
+    tiers: usize,
+) -> Result<(), BusError> {
+    let mut parked = job.clone();
+    parked.attempts_before = attempt;
+    bus.publish(
+        names::retry(tier(attempt, tiers), out_subject),
+        &format!("{}.retry.{attempt}", job.job_id),
+        Bytes::from(parked.encode_to_vec()),
+    )
+    .await
+}
+
+/// How long the job published at `published` still has to wait in a tier of `delay`.
+pub fn remaining(published: SystemTime, delay: Duration, now: SystemTime) -> Duration {
+    (published + delay)
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Moves the jobs of tier `index` (delay `delay`) back to `MAIL_OUT` when due, until
+/// `shutdown`.
+pub async fn mover(bus: Bus, index: usize, delay: Duration, shutdown: CancellationToken) {
+    let spec = ConsumerSpec {
+        stream: names::MAIL_RETRY,
+        durable: names::retry_consumer(index),
+        filter: Some(names::retry_filter(index)),
+        ack_wait: ACK_WAIT,
+        max_ack_pending: 64,
+        // One at a time: the tier is in due order.
+        concurrency: 1,
+    };
+    let bus_ref = &bus;
+    let stop = &shutdown;
+    consume(&bus, spec, &shutdown, |msg| {
+        move_when_due(bus_ref, msg, delay, stop)
+    })
+    .await;
+}
+
+/// How long a waiting job may go without a progress report.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+async fn move_when_due(
+    bus: &Bus,
+    msg: jetstream::Message,
+    delay: Duration,
+    stop: &CancellationToken,
+) {
+    let published = msg
+        .info()
+        .map(|i| SystemTime::from(i.published))
+        .unwrap_or_else(|_| SystemTime::now());
+    loop {
+        let wait = remaining(published, delay, SystemTime::now());
+        if wait.is_zero() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(ACK_WAIT / 3)) => {}
+            // Left unacknowledged, the job waits for the next replica or start.
+            _ = stop.cancelled() => return,
+        }
+        let _ = msg.ack_with(AckKind::Progress).await;
+    }
+    let moved = match DeliveryJob::decode(msg.payload.clone()) {
+        Ok(job) => {
+            bus.publish(
+                names::out_of_retry(&msg.subject),
+                &format!("{}.out.{}", job.job_id, job.attempts_before),
+                msg.payload.clone(),
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, subject = %msg.subject, "undecodable job on MAIL_RETRY; terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    match moved {
+        Ok(()) => {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "retry ack failed; the job may be moved twice (deduplicated)");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "job not moved back for its retry; trying again soon");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_follow_the_attempts_and_the_last_repeats() {
+        assert_eq!(tier(1, 5), 0);
+        assert_eq!(tier(2, 5), 1);
+        assert_eq!(tier(5, 5), 4);
+        assert_eq!(tier(40, 5), 4);
+        assert_eq!(tier(3, 1), 0);
+    }
+
+    #[test]
+    fn a_job_waits_out_the_rest_of_its_delay() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let d = Duration::from_secs(300);
+        assert_eq!(remaining(t0, d, t0), d);
+        assert_eq!(
+            remaining(t0, d, t0 + Duration::from_secs(100)),
+            Duration::from_secs(200)
+        );
+        assert_eq!(
+            remaining(t0, d, t0 + Duration::from_secs(900)),
+            Duration::ZERO
+        );
+    }
+}
