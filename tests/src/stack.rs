@@ -26,6 +26,8 @@ pub struct Options {
     pub relay_networks: Vec<String>,
     /// More `[relay]` settings, TOML lines.
     pub relay_extra: String,
+    /// More `[policy]` settings, TOML lines.
+    pub policy_extra: String,
 }
 
 /// A running stack.
@@ -101,6 +103,7 @@ grpc_listen = "{policy}"
 relay_networks = [{networks}]
 auth_failure_limit = 3
 dns_servers = ["{dns}"]
+{policy_extra}
 
 [relay]
 hostname = "relay.example.test"
@@ -114,6 +117,7 @@ command_timeout = "10s"
 {relay_extra}
 "#,
             // Quick retries unless the test sets its own.
+            policy_extra = opts.policy_extra,
             relay_extra = if opts.relay_extra.contains("retry_delays") {
                 opts.relay_extra.clone()
             } else {
@@ -329,6 +333,11 @@ command_timeout = "10s"
 /// A stack for tests of local mail only: no relaying, and a DNS server (returned so that it
 /// lives as long as the stack) that knows only the clients' domain `client.test`.
 pub async fn local() -> (Stack, crate::dns::DnsServer) {
+    local_with_policy("").await
+}
+
+/// [`local`] with more `[policy]` settings (TOML lines).
+pub async fn local_with_policy(policy_extra: &str) -> (Stack, crate::dns::DnsServer) {
     let (origin, zone) = crate::dns::mx_zone("client.test", "127.0.0.9");
     let dns = crate::dns::DnsServer::start(&[(origin.as_str(), zone)]).await;
     let stack = Stack::start(Options {
@@ -336,6 +345,7 @@ pub async fn local() -> (Stack, crate::dns::DnsServer) {
         mx_port: 25,
         relay_networks: vec![],
         relay_extra: String::new(),
+        policy_extra: policy_extra.into(),
     })
     .await;
     (stack, dns)

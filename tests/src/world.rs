@@ -50,6 +50,7 @@ impl World {
             mx_port: a.addr.port(),
             relay_networks: vec!["127.0.0.1/32".into()],
             relay_extra: relay_extra.into(),
+            policy_extra: String::new(),
         })
         .await;
         World {

@@ -193,3 +193,24 @@ async fn a_10_mb_line_is_refused_and_other_clients_are_served_meanwhile() {
     assert!(r.text.starts_with("5.5.2 "), "{r:?}");
     flood.command("NOOP", 250).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_rate_per_client_ip_is_limited() {
+    let (stack, _dns) = mailflow_tests::stack::local_with_policy("rate_limit_per_ip = 3").await;
+    let mut c = SmtpClient::connect(stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    for _ in 0..3 {
+        c.command("MAIL FROM:<someone@client.test>", 250).await;
+        c.command("RSET", 250).await;
+    }
+    // Not a cached answer: the fourth of the hour is refused, and the session goes on.
+    let r = c.command("MAIL FROM:<someone@client.test>", 451).await;
+    assert!(r.text.starts_with("4.7.1 "), "{r:?}");
+    assert!(r.text.contains("too much mail from 127.0.0.1"), "{r:?}");
+    // Another client address has its own count.
+    let mut other = SmtpClient::connect_from("127.0.0.7".parse().unwrap(), stack.smtp).await;
+    other.command("EHLO other.test", 250).await;
+    other.command("MAIL FROM:<someone@client.test>", 250).await;
+    // The null sender of notifications is not counted.
+    c.command("MAIL FROM:<>", 250).await;
+}

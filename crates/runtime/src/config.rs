@@ -217,6 +217,10 @@ pub struct PolicyConfig {
     /// service shares a few cores (one small machine), one thread each saves the context
     /// switches of idle workers waking up.
     pub worker_threads: usize,
+    /// Messages (MAIL FROM requests) a client IP may start per hour; 0 means no limit.
+    pub rate_limit_per_ip: u32,
+    /// Messages an authenticated user may start per hour; 0 means no limit.
+    pub rate_limit_per_user: u32,
     /// Nameservers as `ip:port` for the in-session DNS checks (null MX of recipient domains,
     /// existence of sender domains); empty means the system's (`/etc/resolv.conf`).
     pub dns_servers: Vec<SocketAddr>,
@@ -232,6 +236,8 @@ impl Default for PolicyConfig {
             auth_failure_window: Duration::from_secs(15 * 60),
             dns_servers: Vec::new(),
             worker_threads: 0,
+            rate_limit_per_ip: 0,
+            rate_limit_per_user: 0,
         }
     }
 }

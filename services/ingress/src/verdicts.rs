@@ -49,7 +49,10 @@ impl VerdictCache {
 
     /// Remembers a definite verdict.
     pub fn put(&self, key: Vec<u8>, verdict: &Verdict) {
-        if self.ttl.is_zero() || !matches!(verdict.action(), Action::Accept | Action::Reject) {
+        if self.ttl.is_zero()
+            || verdict.no_cache
+            || !matches!(verdict.action(), Action::Accept | Action::Reject)
+        {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -84,5 +87,14 @@ mod tests {
         let off = VerdictCache::new(Duration::ZERO);
         off.put(b"a".to_vec(), &verdict(Action::Accept));
         assert!(off.get(b"a").is_none());
+        let counted = Verdict {
+            no_cache: true,
+            ..verdict(Action::Accept)
+        };
+        cache.put(b"n".to_vec(), &counted);
+        assert!(
+            cache.get(b"n").is_none(),
+            "a verdict marked no_cache is not kept"
+        );
     }
 }

@@ -111,6 +111,7 @@ pub fn decide_sender_domain(sender: &str, lookup: &Result<(), ResolveError>) -> 
             code: 450,
             enhanced: "4.1.8".into(),
             text: format!("<{sender}>: Sender address rejected: Domain not found"),
+            no_cache: false,
         },
     }
 }
@@ -151,6 +152,7 @@ fn reject(code: u32, enhanced: &str, text: String) -> Verdict {
         code,
         enhanced: enhanced.into(),
         text,
+        no_cache: false,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod checks;
 pub mod directory;
 pub mod grpc;
+pub mod rate;
 pub mod route;
 
 use mailflow_bus::{Bus, BusError, Topology};
@@ -67,11 +68,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     )
     .await?;
     let dns = mailflow_dns::MxResolver::new(&config.policy.dns_servers, 25)?;
+    let rates = rate::RateLimiter::open(
+        &bus,
+        config.policy.rate_limit_per_ip,
+        config.policy.rate_limit_per_user,
+    )
+    .await?;
     let policy = grpc::PolicyService::new(
         directory.clone(),
         config.policy.relay_networks.clone(),
         failures,
         dns,
+        rates,
     );
     let addr = config.policy.grpc_listen;
     tracing::info!(%addr, "Policy and Directory gRPC ready");

@@ -128,6 +128,7 @@ impl Backend for TestBackend {
             code,
             enhanced: enh.into(),
             text: text.into(),
+            no_cache: false,
         };
         if rcpt.ends_with("@down.test") {
             return Err(BackendError::Policy("unreachable".into()));
@@ -148,6 +149,7 @@ impl Backend for TestBackend {
             code,
             enhanced: enhanced.into(),
             text: text.into(),
+            no_cache: false,
         };
         Ok(
             if identity.is_empty() && req.sender.ends_with("@nowhere.test") {

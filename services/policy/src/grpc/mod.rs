@@ -5,12 +5,14 @@ mod directory;
 pub use directory::DirectoryService;
 
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use mailflow_dns::MxResolver;
 use mailflow_proto::v1::{
     AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest, CheckSenderRequest,
     SessionInfo, Verdict, authenticate_response::Result as AuthResult, policy_server,
+    verdict::Action,
 };
 use mailflow_smtp::address;
 use tonic::{Request, Response, Status};
@@ -18,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, AuthError, FailureCounter};
 use crate::checks::{self, Client, Destination};
 use crate::directory::{Directory, DirectoryError};
+use crate::rate::RateLimiter;
 
 /// gRPC `Policy`.
 pub struct PolicyService {
@@ -29,6 +32,8 @@ pub struct PolicyService {
     failures: FailureCounter,
     /// Where remote domains' mail goes (null MX, unknown domains); answers cached by TTL.
     dns: MxResolver,
+    /// Message rate limits, when configured.
+    rates: Option<RateLimiter>,
 }
 
 impl PolicyService {
@@ -38,13 +43,58 @@ impl PolicyService {
         relay_networks: Vec<IpNet>,
         failures: FailureCounter,
         dns: MxResolver,
+        rates: Option<RateLimiter>,
     ) -> Self {
         Self {
             directory,
             relay_networks,
             failures,
             dns,
+            rates,
         }
+    }
+
+    /// The sender check before rate limits: ownership for an authenticated client, the
+    /// domain for an unauthenticated one on the MX port.
+    async fn sender_verdict(
+        &self,
+        ip: IpAddr,
+        session: &SessionInfo,
+        sender: &str,
+    ) -> Result<Verdict, Status> {
+        let identity = &session.auth_identity;
+        if sender.is_empty() {
+            // The null sender of notifications is always allowed.
+            return Ok(checks::decide_sender(sender, identity, true));
+        }
+        if !identity.is_empty() {
+            let owned = self
+                .directory
+                .view(|d| d.owns(identity, sender))
+                .await
+                .map_err(unavailable_dir)?;
+            return Ok(checks::decide_sender(sender, identity, owned));
+        }
+        let trusted = self.relay_networks.iter().any(|n| n.contains(&ip));
+        let domain = address::parse_mailbox(sender)
+            .ok()
+            .filter(|m| !m.is_address_literal())
+            .map(|m| m.domain);
+        // Our own domains exist; whether a client may use them is SPF's and DMARC's concern.
+        let local = match &domain {
+            Some(d) => self
+                .directory
+                .view(|dir| dir.is_local(d))
+                .await
+                .map_err(unavailable_dir)?,
+            None => false,
+        };
+        Ok(match domain {
+            Some(domain) if session.listener == "mx" && !trusted && !local => {
+                checks::decide_sender_domain(sender, &self.mail_domain(&domain).await)
+            }
+            _ => checks::decide_sender(sender, "", true),
+        })
     }
 
     /// What DNS says about a domain's mail: `Ok` when it has somewhere to go.
@@ -121,51 +171,20 @@ impl policy_server::Policy for PolicyService {
         let req = request.into_inner();
         let ip = client_ip(req.session.as_ref())?;
         let session = req.session.unwrap_or_default();
-        let identity = session.auth_identity;
-        if req.sender.is_empty() {
-            // The null sender of notifications is always allowed.
-            return Ok(Response::new(checks::decide_sender(
-                &req.sender,
-                &identity,
-                true,
-            )));
-        }
-        if !identity.is_empty() {
-            let owned = self
-                .directory
-                .view(|d| d.owns(&identity, &req.sender))
-                .await
-                .map_err(unavailable_dir)?;
-            return Ok(Response::new(checks::decide_sender(
-                &req.sender,
-                &identity,
-                owned,
-            )));
-        }
-        let trusted = self.relay_networks.iter().any(|n| n.contains(&ip));
-        let domain = address::parse_mailbox(&req.sender)
-            .ok()
-            .filter(|m| !m.is_address_literal())
-            .map(|m| m.domain);
-        // Our own domains exist; whether a client may use them is SPF's and DMARC's concern.
-        let local = match &domain {
-            Some(d) => self
-                .directory
-                .view(|dir| dir.is_local(d))
-                .await
-                .map_err(unavailable_dir)?,
-            None => false,
-        };
-        match domain {
-            Some(domain) if session.listener == "mx" && !trusted && !local => {
-                let lookup = self.mail_domain(&domain).await;
-                Ok(Response::new(checks::decide_sender_domain(
-                    &req.sender,
-                    &lookup,
-                )))
+        let mut verdict = self.sender_verdict(ip, &session, &req.sender).await?;
+        if let Some(limiter) = &self.rates {
+            // Only a message that would otherwise start counts against the limits.
+            if verdict.action() == Action::Accept
+                && let Some(refusal) = limiter
+                    .hit(ip, &session.auth_identity, SystemTime::now())
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+            {
+                verdict = refusal;
             }
-            _ => Ok(Response::new(checks::decide_sender(&req.sender, "", true))),
+            verdict.no_cache = true;
         }
+        Ok(Response::new(verdict))
     }
 
     async fn authenticate(

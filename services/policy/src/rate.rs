@@ -1,0 +1,126 @@
+//! Message rate limits: MAIL FROM requests counted per client IP and per authenticated user
+//! in fixed hours, in the KV bucket `rate-limits` shared by every policy replica (as
+//! Postfix's `smtpd_client_message_rate_limit` counts message delivery requests). Past a
+//! limit the client gets `451 4.7.1` until the next hour.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use mailflow_bus::{Bus, BusError, compare_and_set};
+use mailflow_proto::v1::{Verdict, verdict::Action};
+
+/// The KV bucket of counts.
+pub const RATE_BUCKET: &str = "rate-limits";
+
+/// The length of a counting window.
+const HOUR: u64 = 3600;
+
+/// The limits and their counts.
+#[derive(Clone)]
+pub struct RateLimiter {
+    /// KV `rate-limits`; entries outlive their hour by one more.
+    kv: kv::Store,
+    /// Messages per client IP per hour; 0 = no limit.
+    per_ip: u32,
+    /// Messages per authenticated user per hour; 0 = no limit.
+    per_user: u32,
+}
+
+/// The key of `id`'s count of `kind` in the hour `hour`: hex keeps any address one token.
+fn key(kind: &str, id: &str, hour: u64) -> String {
+    let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{kind}.{hex}.{hour}")
+}
+
+/// The hour `now` falls in, counted from the epoch.
+fn hour_of(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / HOUR
+}
+
+/// The refusal once `who` sent `limit` messages this hour.
+fn refusal(who: &str, limit: u32) -> Verdict {
+    Verdict {
+        action: Action::Tempfail as i32,
+        code: 451,
+        enhanced: "4.7.1".into(),
+        text: format!(
+            "Error: too much mail from {who} (limit {limit} messages per hour); try again later"
+        ),
+        no_cache: true,
+    }
+}
+
+impl RateLimiter {
+    /// Opens the bucket when a limit is set; `None` when none is.
+    pub async fn open(bus: &Bus, per_ip: u32, per_user: u32) -> Result<Option<Self>, BusError> {
+        if per_ip == 0 && per_user == 0 {
+            return Ok(None);
+        }
+        let kv = bus
+            .open_kv(RATE_BUCKET, 1, Duration::from_secs(2 * HOUR))
+            .await?;
+        Ok(Some(Self {
+            kv,
+            per_ip,
+            per_user,
+        }))
+    }
+
+    /// Counts one message from `ip` (and `user`, when authenticated); the refusal when it
+    /// is over a limit.
+    pub async fn hit(
+        &self,
+        ip: IpAddr,
+        user: &str,
+        now: SystemTime,
+    ) -> Result<Option<Verdict>, BusError> {
+        let hour = hour_of(now);
+        let ip_text = ip.to_string();
+        let mut checks = vec![("ip", ip_text.as_str(), self.per_ip)];
+        if !user.is_empty() {
+            checks.push(("user", user, self.per_user));
+        }
+        for (kind, id, limit) in checks {
+            if limit == 0 {
+                continue;
+            }
+            if self.count(&key(kind, id, hour)).await? > limit {
+                return Ok(Some(refusal(id, limit)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Adds one to a count and returns the new value.
+    async fn count(&self, key: &str) -> Result<u32, BusError> {
+        let mut now = 0;
+        compare_and_set(&self.kv, key, 50, |current| {
+            let before: u32 = current
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+                .unwrap_or(0);
+            now = before.saturating_add(1);
+            Ok(Some(Bytes::from(now.to_string())))
+        })
+        .await?;
+        Ok(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_tokens_per_hour() {
+        let at = UNIX_EPOCH + Duration::from_secs(10 * HOUR + 59);
+        assert_eq!(hour_of(at), 10);
+        assert_eq!(key("ip", "192.0.2.1", 10), "ip.3139322e302e322e31.10");
+        assert_eq!(key("user", "a.b@x", 10), "user.612e624078.10");
+        assert_ne!(key("user", "a.b@x", 10), key("user", "a_b@x", 10));
+        let v = refusal("192.0.2.1", 100);
+        assert_eq!((v.code, v.enhanced.as_str()), (451, "4.7.1"));
+        assert!(v.no_cache);
+    }
+}
