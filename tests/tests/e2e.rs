@@ -334,6 +334,11 @@ async fn null_mx_and_permanent_refusals_bounce_and_temporary_ones_defer() {
         deferred.recipients[0].last_reply.as_ref().unwrap().code,
         451
     );
+    let next = deferred.recipients[0]
+        .next_attempt_at
+        .expect("a deferral says when the next attempt is due");
+    let at = deferred.recipients[0].updated_at.unwrap();
+    assert!(next.seconds >= at.seconds, "{next:?} before {at:?}");
     // It is tried again (retry_delays = 1s in the test config).
     wait::until("a second attempt", Duration::from_secs(30), || async {
         let s = w.stack.get_message(&tmp).await.ok()?;

@@ -174,7 +174,12 @@ impl Consumer {
                 "delivery attempt"
             );
         }
-        self.status.record(job, attempt, &results).await?;
+        let retry_in = self
+            .retry_delays
+            .get(retry::tier(attempt, self.retry_delays.len()))
+            .copied()
+            .unwrap_or_default();
+        self.status.record(job, attempt, &results, retry_in).await?;
         let reports = notify::owed(job, &results, &delayed);
         if !reports.is_empty() {
             // The outcomes are recorded; a failure here cannot be retried by redelivering the

@@ -4,7 +4,7 @@
 //! `mail.events.<queue id>.<index>`: no read-modify-write of the record on the hot path,
 //! and no conflict between jobs of one message finishing at once.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
@@ -50,6 +50,7 @@ pub fn apply(recipient: &mut RecipientStatus, event: DeliveryEvent) {
     recipient.last_reply = event.reply;
     recipient.updated_at = event.at;
     recipient.tls = event.tls;
+    recipient.next_attempt_at = event.next_attempt_at;
 }
 
 impl StatusBook {
@@ -102,14 +103,18 @@ impl StatusBook {
     }
 
     /// Records `results` (recipient index, address, outcome) of one attempt: one event per
-    /// recipient, all acknowledged before this returns.
+    /// recipient, all acknowledged before this returns. A deferral says when the next
+    /// attempt is due, `retry_in` from now.
     pub async fn record(
         &self,
         job: &DeliveryJob,
         attempt: u32,
         results: &[(u32, String, Outcome)],
+        retry_in: Duration,
     ) -> Result<(), BusError> {
-        let at = Some(prost_types::Timestamp::from(SystemTime::now()));
+        let now = SystemTime::now();
+        let at = Some(prost_types::Timestamp::from(now));
+        let next = Some(prost_types::Timestamp::from(now + retry_in));
         let events: Vec<(String, String, Bytes)> = results
             .iter()
             .map(|(index, address, outcome)| {
@@ -124,6 +129,9 @@ impl StatusBook {
                     attempt,
                     at,
                     tls: outcome.tls.clone(),
+                    next_attempt_at: (outcome.state == RecipientState::Deferred)
+                        .then_some(next)
+                        .flatten(),
                 };
                 (
                     names::event(&job.queue_id, *index),
