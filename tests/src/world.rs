@@ -1,5 +1,6 @@
-//! The usual test world: a stack whose relay sees `remote-a.test` at sink A (127.0.0.2) and
-//! `remote-b.test` at sink B (127.0.0.3), and `nomail.test` with a null MX.
+//! The usual test world: a stack whose relay sees `remote-a.test` at sink A (127.0.0.2,
+//! offering STARTTLS) and `remote-b.test` at sink B (127.0.0.3), `nomail.test` with a null
+//! MX, and `fallback.test` whose preferred exchanger refuses connections.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -11,6 +12,13 @@ use crate::stack::{Options, Stack};
 pub const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// Sink B's address.
 pub const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// `fallback.test`: its preferred exchanger (127.0.0.4) accepts no connections, its backup
+/// is sink A.
+fn fallback_zone() -> (String, String) {
+    let text = "$ORIGIN fallback.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\n@ IN MX 10 mx1\n@ IN MX 20 mx2\nmx1 IN A 127.0.0.4\nmx2 IN A 127.0.0.2\n";
+    ("fallback.test".to_string(), text.to_string())
+}
 
 /// A stack with two remote domains and their exchangers.
 pub struct World {
@@ -41,6 +49,7 @@ impl World {
             null_mx_zone("nomail.test"),
             // Where the test clients say they send from.
             mx_zone("client.test", "127.0.0.9"),
+            fallback_zone(),
         ];
         let zones: Vec<(&str, String)> =
             zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();

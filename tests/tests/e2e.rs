@@ -521,3 +521,27 @@ async fn deferred_jobs_wait_outside_the_delivery_queue() {
         "no deferred job holds a delivery slot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_exchanger_takes_over_when_the_preferred_one_refuses_connections() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "sender@client.test",
+            &["carol@fallback.test"],
+            &content("backup"),
+        )
+        .await;
+    c.command("QUIT", 221).await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let carol = &status.recipients[0];
+    assert_eq!(carol.state(), RecipientState::Delivered, "{carol:?}");
+    assert_eq!(carol.remote_host, "mx2.fallback.test");
+    assert_eq!(carol.remote_ip, "127.0.0.2");
+    assert_eq!(
+        w.a.received()[0].rcpts,
+        vec!["carol@fallback.test".to_string()]
+    );
+}

@@ -1,6 +1,7 @@
 //! Finding where a domain's mail goes: MX records in RFC 5321 §5.1 order, the implicit MX
 //! (A/AAAA) when there is none, and the null MX of RFC 7505.
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -44,6 +45,13 @@ impl ResolveError {
     pub fn is_permanent(&self) -> bool {
         !matches!(self, ResolveError::Temporary { .. })
     }
+}
+
+/// RFC 5321 §5.1: the lowest preference first, and hosts of equal preference in random
+/// order (`random` decides), so that senders spread their load over them.
+pub fn by_preference(mut mx: Vec<(u16, String)>, random: &impl BuildHasher) -> Vec<String> {
+    mx.sort_by_cached_key(|(preference, host)| (*preference, random.hash_one(host)));
+    mx.into_iter().map(|(_, host)| host).collect()
 }
 
 /// Resolves destinations with hickory.
@@ -97,7 +105,7 @@ impl MxResolver {
         };
         let hosts = match self.resolver.mx_lookup(fqdn.as_str()).await {
             Ok(lookup) => {
-                let mut mx: Vec<(u16, String)> = lookup
+                let mx: Vec<(u16, String)> = lookup
                     .answers()
                     .iter()
                     .filter_map(|r| match &r.data {
@@ -108,8 +116,7 @@ impl MxResolver {
                 if mx.len() == 1 && mx[0].1.trim_end_matches('.').is_empty() {
                     return Err(ResolveError::NullMx(domain.to_string()));
                 }
-                mx.sort_by_key(|(pref, _)| *pref);
-                mx.into_iter().map(|(_, host)| host).collect()
+                by_preference(mx, &RandomState::new())
             }
             Err(e) if e.is_nx_domain() => {
                 return Err(ResolveError::NoSuchDomain(domain.to_string()));
@@ -141,5 +148,32 @@ impl MxResolver {
             (true, Some(e)) => Err(e),
             (true, None) => Err(ResolveError::NoAddress(domain.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preference_first_and_equal_ones_shuffled() {
+        let mx = || {
+            vec![
+                (20, "backup.test.".to_string()),
+                (10, "a.test.".to_string()),
+                (10, "b.test.".to_string()),
+            ]
+        };
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let order = by_preference(mx(), &RandomState::new());
+            assert_eq!(order[2], "backup.test.");
+            firsts.insert(order[0].clone());
+        }
+        assert_eq!(
+            firsts.len(),
+            2,
+            "both equal-preference hosts come first sometimes"
+        );
     }
 }
