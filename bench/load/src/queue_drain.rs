@@ -8,11 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-async fn messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
-    match js.get_stream(stream).await {
-        Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
-        Err(_) => 0,
-    }
+/// The stream's message count; `None` when it cannot be read just now.
+async fn messages(js: &async_nats::jetstream::Context, stream: &str) -> Option<u64> {
+    let mut s = js.get_stream(stream).await.ok()?;
+    s.info().await.ok().map(|i| i.state.messages)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,15 +37,16 @@ async fn main() {
     let deadline = started + Duration::from_secs(600);
     loop {
         let now = messages(&js, stream).await;
-        let done = match mode {
-            "count" => now >= n,
-            _ => now == 0,
+        let done = match (mode, now) {
+            (_, None) => false,
+            ("count", Some(m)) => m >= n,
+            (_, Some(m)) => m == 0,
         };
         if done {
             break;
         }
         if Instant::now() > deadline {
-            eprintln!("{stream} still holds {now} messages after 600 s");
+            eprintln!("{stream} still holds {now:?} messages after 600 s");
             std::process::exit(1);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
