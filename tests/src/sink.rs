@@ -30,6 +30,8 @@ pub struct Delivered {
     pub data: Vec<u8>,
     /// It came over TLS.
     pub tls: bool,
+    /// The user the client authenticated as, if it did.
+    pub auth: Option<String>,
 }
 
 /// A recording SMTP server.
@@ -51,6 +53,8 @@ pub struct Sink {
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
     starttls: Arc<Mutex<Option<StartTls>>>,
+    /// AUTH PLAIN is required (and offered over TLS) with this user and password.
+    auth: Arc<Mutex<Option<(String, String)>>>,
 }
 
 /// What a sink does after `220` to STARTTLS.
@@ -91,6 +95,7 @@ impl Sink {
             pipelining: Arc::new(AtomicBool::new(true)),
             pipelined: Arc::default(),
             starttls: Arc::default(),
+            auth: Arc::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -137,6 +142,11 @@ impl Sink {
         *self.starttls.lock().unwrap() = Some(StartTls::Working(self_signed_acceptor()));
     }
 
+    /// Requires AUTH PLAIN as `user` with `password` before MAIL, offered only over TLS.
+    pub fn require_auth(&self, user: &str, password: &str) {
+        *self.auth.lock().unwrap() = Some((user.into(), password.into()));
+    }
+
     /// Offers STARTTLS but answers the handshake with garbage and hangs up.
     pub fn offer_broken_starttls(&self) {
         *self.starttls.lock().unwrap() = Some(StartTls::Broken);
@@ -163,6 +173,8 @@ impl Sink {
         let mut from = String::new();
         let mut rcpts = Vec::new();
         let mut count = 0;
+        let mut user: Option<String> = None;
+        let wanted = self.auth.lock().unwrap().clone();
         loop {
             let mut line = String::new();
             if r.read_line(&mut line).await? == 0 {
@@ -189,9 +201,34 @@ impl Sink {
                 } else {
                     ""
                 };
+                let auth = if tls && wanted.is_some() {
+                    "250-AUTH PLAIN\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{pipelining}{starttls}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-sink.test\r\n{pipelining}{starttls}{auth}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
+            } else if upper.starts_with("AUTH PLAIN ") && tls && wanted.is_some() {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(line[11..].trim())
+                    .unwrap_or_default();
+                let parts: Vec<String> = decoded
+                    .split(|&b| b == 0)
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect();
+                match (&wanted, parts.as_slice()) {
+                    (Some((u, p)), [_, given_user, given_password])
+                        if given_user == u && given_password == p =>
+                    {
+                        user = Some(u.clone());
+                        "235 2.7.0 Authentication successful\r\n".into()
+                    }
+                    _ => "535 5.7.8 Error: authentication failed\r\n".into(),
+                }
+            } else if upper.starts_with("MAIL FROM:") && wanted.is_some() && user.is_none() {
+                "530 5.7.0 Authentication required\r\n".into()
             } else if upper.starts_with("STARTTLS") && !tls {
                 let acceptor = self.starttls.lock().unwrap().clone();
                 let Some(acceptor) = acceptor else {
@@ -254,6 +291,7 @@ impl Sink {
                     rcpts: std::mem::take(&mut rcpts),
                     data,
                     tls,
+                    auth: user.clone(),
                 });
                 format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
             } else if upper.starts_with("QUIT") {

@@ -38,7 +38,8 @@ impl World {
         Self::start_with_relay("").await
     }
 
-    /// [`World::start`] with more `[relay]` settings (TOML lines).
+    /// [`World::start`] with more `[relay]` settings (TOML lines); `{sink_a}` in them stands
+    /// for sink A's address.
     pub async fn start_with_relay(relay_extra: &str) -> World {
         let (a, b) = Sink::pair(A, B).await;
         // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
@@ -58,7 +59,7 @@ impl World {
             dns: dns.addr,
             mx_port: a.addr.port(),
             relay_networks: vec!["127.0.0.1/32".into()],
-            relay_extra: relay_extra.into(),
+            relay_extra: relay_extra.replace("{sink_a}", &a.addr.to_string()),
             policy_extra: String::new(),
         })
         .await;

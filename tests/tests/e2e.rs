@@ -545,3 +545,55 @@ async fn the_backup_exchanger_takes_over_when_the_preferred_one_refuses_connecti
         vec!["carol@fallback.test".to_string()]
     );
 }
+
+/// A smarthost that wants AUTH: the relay authenticates inside TLS; with a wrong password the
+/// mail is deferred (4.7.0), never bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smarthost_gets_credentials_over_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for (password, delivered) in [("s3cret", true), ("wrong", false)] {
+        let file = dir.path().join(format!("{password}.txt"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        let extra = format!(
+            "smarthost = \"{{sink_a}}\"\nsmarthost_username = \"relay\"\nsmarthost_password_file = \"{}\"",
+            file.display()
+        );
+        let w = World::start_with_relay(&extra).await;
+        w.a.require_auth("relay", "s3cret");
+        let mut c = SmtpClient::connect(w.stack.smtp).await;
+        c.command("EHLO client.test", 250).await;
+        let id = c
+            .send_mail(
+                "sender@client.test",
+                &["bob@remote-b.test"],
+                &content("smart"),
+            )
+            .await;
+        c.command("QUIT", 221).await;
+        if delivered {
+            let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+            assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+            let got = w.a.received();
+            assert_eq!(got[0].auth.as_deref(), Some("relay"));
+            assert!(got[0].tls);
+            assert!(
+                w.b.received().is_empty(),
+                "all remote mail goes to the smarthost"
+            );
+        } else {
+            let s = wait::until("the deferral", Duration::from_secs(30), || async {
+                let s = w.stack.get_message(&id).await.ok()?;
+                (s.recipients[0].state() == RecipientState::Deferred).then_some(s)
+            })
+            .await;
+            let reply = s.recipients[0].last_reply.as_ref().unwrap();
+            assert_eq!(
+                (reply.code, reply.enhanced.as_str()),
+                (451, "4.7.0"),
+                "{reply:?}"
+            );
+            assert!(reply.text.contains("535"), "{reply:?}");
+            assert!(w.a.received().is_empty());
+        }
+    }
+}

@@ -262,6 +262,11 @@ pub struct RelayConfig {
     pub mx_port: u16,
     /// Send all remote mail to this `host:port` instead of the MX hosts.
     pub smarthost: Option<String>,
+    /// Authenticate to the smarthost as this user (AUTH PLAIN, only over TLS).
+    pub smarthost_username: Option<String>,
+    /// The file holding the smarthost password (its first line), e.g. a mounted secret; the
+    /// password itself never sits in the configuration.
+    pub smarthost_password_file: Option<PathBuf>,
     /// Delivery jobs handled at once by one relay process.
     pub concurrency: usize,
     /// How long a job may stay unacknowledged before JetStream gives it to another replica;
@@ -296,6 +301,8 @@ impl Default for RelayConfig {
             dns_servers: Vec::new(),
             mx_port: 25,
             smarthost: None,
+            smarthost_username: None,
+            smarthost_password_file: None,
             concurrency: 64,
             ack_wait: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),

@@ -13,7 +13,7 @@ use mailflow_proto::v1::{
 use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
-use crate::smtp_client::{self, ClientConfig, ConnectionCache, Envelope, HostFailure};
+use crate::smtp_client::{self, ClientConfig, ConnectionCache, Credentials, Envelope, HostFailure};
 use mailflow_dns::{MxResolver, ResolveError, Target};
 use tokio_rustls::TlsConnector;
 
@@ -123,6 +123,8 @@ pub struct Deliverer {
     pub connections: Arc<ConnectionCache>,
     /// Opportunistic STARTTLS.
     pub tls: TlsConnector,
+    /// Credentials for the smarthost, if it wants them.
+    pub smarthost_auth: Option<Credentials>,
 }
 
 /// A recipient of the job still to be delivered: its index in the message and address.
@@ -253,6 +255,8 @@ impl Deliverer {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             tls: &self.tls,
+            // Credentials go to the configured smarthost only, never to an MX host.
+            auth: self.smarthost.as_ref().and(self.smarthost_auth.as_ref()),
         };
         let mut last_failure = None;
         for target in &targets {
@@ -287,6 +291,10 @@ impl Deliverer {
                     "5.6.7",
                     "the mail exchanger does not support SMTPUTF8, which this message needs".into(),
                 )
+            },
+            Some((host, failure @ HostFailure::Auth { .. })) => Outcome {
+                remote_host: host,
+                ..Outcome::new(RecipientState::Deferred, 451, "4.7.0", failure.to_string())
             },
             Some((host, failure)) => Outcome {
                 remote_host: host,

@@ -38,6 +38,34 @@ pub enum RelayError {
     /// The gRPC server could not be built or failed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// A secret file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Secret {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The smarthost credentials: the user name from the configuration, the password from the
+/// first line of its file.
+fn smarthost_credentials(
+    relay: &mailflow_runtime::config::RelayConfig,
+) -> Result<Option<smtp_client::Credentials>, RelayError> {
+    let (Some(username), Some(path)) = (&relay.smarthost_username, &relay.smarthost_password_file)
+    else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| RelayError::Secret {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let password = text.lines().next().unwrap_or_default().to_string();
+    Ok(Some(smtp_client::Credentials {
+        username: username.clone(),
+        password,
+    }))
 }
 
 /// Runs the consumer and the Queue service until `shutdown`.
@@ -59,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         command_timeout: relay.command_timeout,
         connections: Arc::default(),
         tls: smtp_client::tls::opportunistic(),
+        smarthost_auth: smarthost_credentials(relay)?,
     };
     // An empty schedule would leave deferred jobs nowhere to wait: retry every 5 minutes.
     let retry_delays: Vec<Duration> = match relay.retry_delays.as_slice() {

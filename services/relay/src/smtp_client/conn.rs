@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::BytesMut;
 use mailflow_proto::v1::TlsInfo;
 use mailflow_smtp::{ReplyDecoder, ServerReply};
@@ -230,12 +231,49 @@ pub(super) async fn open(
             extensions = conn.hello(config.helo).await?;
         }
     }
+    if let Some(credentials) = config.auth {
+        authenticate(&mut conn, &extensions, session.is_some(), credentials).await?;
+    }
     Ok(Ready {
         conn,
         extensions,
         tls: session,
         idle_since: Instant::now(),
     })
+}
+
+/// AUTH PLAIN (RFC 4954), only inside TLS: credentials never travel in plaintext.
+async fn authenticate(
+    conn: &mut Conn,
+    extensions: &[String],
+    encrypted: bool,
+    credentials: &super::Credentials,
+) -> Result<(), HostFailure> {
+    let addr = conn.addr;
+    let failed = |reason: String| HostFailure::Auth { addr, reason };
+    if !encrypted {
+        return Err(failed(
+            "no TLS session; credentials are not sent in plaintext".into(),
+        ));
+    }
+    let plain = extensions.iter().any(|l| {
+        let mut words = l.split_ascii_whitespace();
+        words.next() == Some("AUTH") && words.any(|m| m == "PLAIN")
+    });
+    if !plain {
+        return Err(failed("the server does not offer AUTH PLAIN".into()));
+    }
+    let token = base64::engine::general_purpose::STANDARD.encode(format!(
+        "\0{}\0{}",
+        credentials.username, credentials.password
+    ));
+    let reply = conn.command(&format!("AUTH PLAIN {token}"), "AUTH").await?;
+    if reply.code == 235 {
+        Ok(())
+    } else {
+        let _ = conn.command("QUIT", "QUIT").await;
+        Err(failed(format!("{} {}", reply.code, reply.text())))
+    }
 }
 
 /// The TLS handshake after `220` to STARTTLS.

@@ -41,6 +41,26 @@ pub struct ClientConfig<'a> {
     pub command_timeout: Duration,
     /// Starts TLS after STARTTLS.
     pub tls: &'a TlsConnector,
+    /// Credentials to authenticate with (the smarthost's), if any.
+    pub auth: Option<&'a Credentials>,
+}
+
+/// A user name and password for AUTH PLAIN (RFC 4954, RFC 4616).
+#[derive(Clone)]
+pub struct Credentials {
+    /// The authentication identity.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the transaction failed as a whole (before any recipient got its own answer).
@@ -71,6 +91,15 @@ pub enum HostFailure {
         addr: SocketAddr,
         /// The refusal.
         reply: ServerReply,
+    },
+    /// Authentication was needed and failed, or could not be done safely (no TLS, no AUTH
+    /// PLAIN); deferred, never bounced: the fix is on our side.
+    #[error("authentication with {addr} failed: {reason}")]
+    Auth {
+        /// The address.
+        addr: SocketAddr,
+        /// Why, with the server's reply when it gave one.
+        reason: String,
     },
     /// The TLS handshake after STARTTLS failed.
     #[error("TLS with {addr} failed: {reason}")]
