@@ -13,6 +13,17 @@ use mailflow_tests::wait;
 use mailflow_tests::world::World;
 use prost::Message;
 
+/// One message from sender@client.test to `rcpt` over a session of its own; its queue id.
+async fn send_one(w: &World, rcpt: &str, marker: &str) -> String {
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail("sender@client.test", &[rcpt], &content(marker))
+        .await;
+    c.command("QUIT", 221).await;
+    id
+}
+
 fn content(marker: &str) -> String {
     format!(
         "From: sender@client.test\r\nTo: demo@example.test\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nHello from the end-to-end test.\r\n..a line that starts with a dot\r\n\r\nbye\r\n"
@@ -438,16 +449,7 @@ async fn the_relay_pipelines_only_with_servers_that_offer_it() {
 async fn a_failed_tls_handshake_falls_back_to_plaintext() {
     let w = World::start().await;
     w.b.offer_broken_starttls();
-    let mut c = SmtpClient::connect(w.stack.smtp).await;
-    c.command("EHLO client.test", 250).await;
-    let id = c
-        .send_mail(
-            "sender@client.test",
-            &["bob@remote-b.test"],
-            &content("fallback"),
-        )
-        .await;
-    c.command("QUIT", 221).await;
+    let id = send_one(&w, "bob@remote-b.test", "fallback").await;
     let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
     let bob = &status.recipients[0];
     assert_eq!(bob.state(), RecipientState::Delivered, "{bob:?}");
@@ -525,16 +527,7 @@ async fn deferred_jobs_wait_outside_the_delivery_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backup_exchanger_takes_over_when_the_preferred_one_refuses_connections() {
     let w = World::start().await;
-    let mut c = SmtpClient::connect(w.stack.smtp).await;
-    c.command("EHLO client.test", 250).await;
-    let id = c
-        .send_mail(
-            "sender@client.test",
-            &["carol@fallback.test"],
-            &content("backup"),
-        )
-        .await;
-    c.command("QUIT", 221).await;
+    let id = send_one(&w, "carol@fallback.test", "backup").await;
     let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
     let carol = &status.recipients[0];
     assert_eq!(carol.state(), RecipientState::Delivered, "{carol:?}");
@@ -560,16 +553,7 @@ async fn the_smarthost_gets_credentials_over_tls_only() {
         );
         let w = World::start_with_relay(&extra).await;
         w.a.require_auth("relay", "s3cret");
-        let mut c = SmtpClient::connect(w.stack.smtp).await;
-        c.command("EHLO client.test", 250).await;
-        let id = c
-            .send_mail(
-                "sender@client.test",
-                &["bob@remote-b.test"],
-                &content("smart"),
-            )
-            .await;
-        c.command("QUIT", 221).await;
+        let id = send_one(&w, "bob@remote-b.test", "smart").await;
         if delivered {
             let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
             assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
