@@ -331,7 +331,8 @@ command_timeout = "10s"
 }
 
 /// A stack for tests of local mail only: no relaying, and a DNS server (returned so that it
-/// lives as long as the stack) that knows only the clients' domain `client.test`.
+/// lives as long as the stack) that knows the clients' domain `client.test` and the DNS
+/// blocklist `bl.test`, which lists 127.0.0.6.
 pub async fn local() -> (Stack, crate::dns::DnsServer) {
     local_with_policy("").await
 }
@@ -339,7 +340,9 @@ pub async fn local() -> (Stack, crate::dns::DnsServer) {
 /// [`local`] with more `[policy]` settings (TOML lines).
 pub async fn local_with_policy(policy_extra: &str) -> (Stack, crate::dns::DnsServer) {
     let (origin, zone) = crate::dns::mx_zone("client.test", "127.0.0.9");
-    let dns = crate::dns::DnsServer::start(&[(origin.as_str(), zone)]).await;
+    let blocklist = "$ORIGIN bl.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\n6.0.0.127 IN A 127.0.0.2\n".to_string();
+    let dns =
+        crate::dns::DnsServer::start(&[(origin.as_str(), zone), ("bl.test", blocklist)]).await;
     let stack = Stack::start(Options {
         dns: dns.addr,
         mx_port: 25,

@@ -214,3 +214,59 @@ async fn the_message_rate_per_client_ip_is_limited() {
     // The null sender of notifications is not counted.
     c.command("MAIL FROM:<>", 250).await;
 }
+
+/// The first reply a client at `source` gets.
+async fn greeting(source: &str, server: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = socket.connect(server).await.unwrap();
+    let mut buf = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocklisted_clients_and_connection_floods_get_no_greeting() {
+    let (stack, _dns) = mailflow_tests::stack::local_with_policy(
+        "dnsbl_zones = [\"bl.test\"]\nconnection_rate_limit = 3",
+    )
+    .await;
+    let listed = greeting("127.0.0.6", stack.smtp).await;
+    assert!(
+        listed
+            .starts_with("554 5.7.1 Service unavailable; client [127.0.0.6] blocked using bl.test"),
+        "{listed}"
+    );
+    // Connections are counted per fixed minute: a run that straddles a minute boundary is
+    // repeated from another address.
+    let minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    let mut flood = String::new();
+    for source in ["127.0.0.8", "127.0.0.10"] {
+        let started = minute();
+        for _ in 0..3 {
+            let ok = greeting(source, stack.smtp).await;
+            assert!(ok.starts_with("220 "), "{ok}");
+        }
+        flood = greeting(source, stack.smtp).await;
+        if minute() == started {
+            break;
+        }
+    }
+    assert!(
+        flood.starts_with("421 4.7.0 Error: too many connections from 127.0.0."),
+        "{flood}"
+    );
+    assert!(greeting("127.0.0.9", stack.smtp).await.starts_with("220 "));
+}

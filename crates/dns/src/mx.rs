@@ -47,6 +47,25 @@ impl ResolveError {
     }
 }
 
+/// An address as a DNSBL query name (RFC 5782 §2.1 and §2.4): IPv4 octets reversed,
+/// IPv6 nibbles reversed.
+pub fn reversed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}")
+        }
+        IpAddr::V6(v6) => v6
+            .octets()
+            .iter()
+            .rev()
+            .flat_map(|byte| [byte & 0x0f, byte >> 4])
+            .map(|nibble| format!("{nibble:x}"))
+            .collect::<Vec<_>>()
+            .join("."),
+    }
+}
+
 /// RFC 5321 §5.1: the lowest preference first, and hosts of equal preference in random
 /// order (`random` decides), so that senders spread their load over them.
 pub fn by_preference(mut mx: Vec<(u16, String)>, random: &impl BuildHasher) -> Vec<String> {
@@ -94,6 +113,20 @@ impl MxResolver {
                 .map_err(err)?
         };
         Ok(Self { resolver, port })
+    }
+
+    /// True when `ip` is listed in the DNS blocklist `zone` (RFC 5782: an A record in
+    /// 127.0.0.0/8 for the reversed address under the zone). A lookup that fails counts as
+    /// not listed: a broken blocklist must not stop mail.
+    pub async fn listed(&self, ip: IpAddr, zone: &str) -> bool {
+        let name = format!("{}.{}.", reversed(ip), zone.trim_end_matches('.'));
+        match self.resolver.ipv4_lookup(name.as_str()).await {
+            Ok(answer) => answer
+                .answers()
+                .iter()
+                .any(|r| matches!(&r.data, RData::A(a) if a.0.octets()[0] == 127)),
+            Err(_) => false,
+        }
     }
 
     /// The hosts to try for `domain`, most preferred first.
@@ -154,6 +187,16 @@ impl MxResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dnsbl_names_reverse_the_address() {
+        assert_eq!(reversed("192.0.2.99".parse().unwrap()), "99.2.0.192");
+        let v6 = reversed("2001:db8:1:2:3:4:567:89ab".parse().unwrap());
+        assert_eq!(
+            v6,
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2"
+        );
+    }
 
     #[test]
     fn preference_first_and_equal_ones_shuffled() {

@@ -217,6 +217,12 @@ pub struct PolicyConfig {
     /// service shares a few cores (one small machine), one thread each saves the context
     /// switches of idle workers waking up.
     pub worker_threads: usize,
+    /// DNS blocklists asked about every connecting client outside `relay_networks` (for
+    /// example `zen.spamhaus.org`); a listed client gets `554 5.7.1` instead of a greeting.
+    pub dnsbl_zones: Vec<String>,
+    /// Connections one client IP may open per minute (counted by every replica); past it
+    /// `421 4.7.0`. 0 means no limit.
+    pub connection_rate_limit: u32,
     /// Messages (MAIL FROM requests) a client IP may start per hour; 0 means no limit.
     pub rate_limit_per_ip: u32,
     /// Messages an authenticated user may start per hour; 0 means no limit.
@@ -238,6 +244,8 @@ impl Default for PolicyConfig {
             worker_threads: 0,
             rate_limit_per_ip: 0,
             rate_limit_per_user: 0,
+            dnsbl_zones: Vec::new(),
+            connection_rate_limit: 0,
         }
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mailflow_bus::{BodyStore, Bus, BusError, names};
 use mailflow_proto::v1::{
-    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckRecipientRequest,
-    CheckSenderRequest, Verdict, policy_client::PolicyClient,
+    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckConnectionRequest,
+    CheckRecipientRequest, CheckSenderRequest, Verdict, policy_client::PolicyClient,
 };
 use mailflow_runtime::config::IngressConfig;
 use prost::Message;
@@ -59,6 +59,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Starts storing the body of message `queue_id`.
     fn spool(&self, queue_id: &str) -> Self::Spool;
+
+    /// Asks whether a new connection is served (blocklists, connection rate).
+    fn check_connection(
+        &self,
+        request: CheckConnectionRequest,
+    ) -> impl Future<Output = Result<Verdict, BackendError>> + Send;
 
     /// Asks whether a recipient is accepted.
     fn check_recipient(
@@ -173,6 +179,17 @@ impl Backend for Services {
 
     fn spool(&self, queue_id: &str) -> Self::Spool {
         self.bodies.spool(queue_id)
+    }
+
+    async fn check_connection(
+        &self,
+        request: CheckConnectionRequest,
+    ) -> Result<Verdict, BackendError> {
+        let key = [b"C", request.encode_to_vec().as_slice()].concat();
+        self.cached(key, |mut client| async move {
+            client.check_connection(request).await
+        })
+        .await
     }
 
     async fn check_recipient(

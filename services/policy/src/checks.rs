@@ -130,6 +130,15 @@ pub fn decide_sender(sender: &str, identity: &str, owned: bool) -> Verdict {
     )
 }
 
+/// The refusal of a client listed in a DNS blocklist (Postfix's wording).
+pub fn blocklisted(ip: IpAddr, zone: &str) -> Verdict {
+    reject(
+        554,
+        "5.7.1",
+        format!("Service unavailable; client [{ip}] blocked using {zone}"),
+    )
+}
+
 /// The verdict for a recipient address that does not parse.
 pub fn bad_address(rcpt: &str) -> Verdict {
     reject(

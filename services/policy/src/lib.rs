@@ -72,6 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
         &bus,
         config.policy.rate_limit_per_ip,
         config.policy.rate_limit_per_user,
+        config.policy.connection_rate_limit,
     )
     .await?;
     let policy = grpc::PolicyService::new(
@@ -80,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
         failures,
         dns,
         rates,
+        config.policy.dnsbl_zones.clone(),
     );
     let addr = config.policy.grpc_listen;
     tracing::info!(%addr, "Policy and Directory gRPC ready");

@@ -1,7 +1,8 @@
-//! Message rate limits: MAIL FROM requests counted per client IP and per authenticated user
-//! in fixed hours, in the KV bucket `rate-limits` shared by every policy replica (as
-//! Postfix's `smtpd_client_message_rate_limit` counts message delivery requests). Past a
-//! limit the client gets `451 4.7.1` until the next hour.
+//! Rate limits, counted in fixed windows in the KV bucket `rate-limits` shared by every
+//! policy replica: MAIL FROM requests per client IP and per authenticated user per hour (as
+//! Postfix's `smtpd_client_message_rate_limit` counts message delivery requests; past a limit
+//! `451 4.7.1` until the next hour), and connections per client IP per minute
+//! (`smtpd_client_connection_rate_limit`; past it `421 4.7.0`).
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,8 +15,10 @@ use mailflow_proto::v1::{Verdict, verdict::Action};
 /// The KV bucket of counts.
 pub const RATE_BUCKET: &str = "rate-limits";
 
-/// The length of a counting window.
+/// The window of message counts.
 const HOUR: u64 = 3600;
+/// The window of connection counts.
+const MINUTE: u64 = 60;
 
 /// The limits and their counts.
 #[derive(Clone)]
@@ -26,17 +29,19 @@ pub struct RateLimiter {
     per_ip: u32,
     /// Messages per authenticated user per hour; 0 = no limit.
     per_user: u32,
+    /// Connections per client IP per minute; 0 = no limit.
+    connections: u32,
 }
 
-/// The key of `id`'s count of `kind` in the hour `hour`: hex keeps any address one token.
-fn key(kind: &str, id: &str, hour: u64) -> String {
+/// The key of `id`'s count of `kind` in window `window`: hex keeps any address one token.
+fn key(kind: &str, id: &str, window: u64) -> String {
     let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{kind}.{hex}.{hour}")
+    format!("{kind}.{hex}.{window}")
 }
 
-/// The hour `now` falls in, counted from the epoch.
-fn hour_of(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / HOUR
+/// The window of `length` seconds `now` falls in, counted from the epoch.
+fn window_of(now: SystemTime, length: u64) -> u64 {
+    now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / length
 }
 
 /// The refusal once `who` sent `limit` messages this hour.
@@ -54,8 +59,13 @@ fn refusal(who: &str, limit: u32) -> Verdict {
 
 impl RateLimiter {
     /// Opens the bucket when a limit is set; `None` when none is.
-    pub async fn open(bus: &Bus, per_ip: u32, per_user: u32) -> Result<Option<Self>, BusError> {
-        if per_ip == 0 && per_user == 0 {
+    pub async fn open(
+        bus: &Bus,
+        per_ip: u32,
+        per_user: u32,
+        connections: u32,
+    ) -> Result<Option<Self>, BusError> {
+        if per_ip == 0 && per_user == 0 && connections == 0 {
             return Ok(None);
         }
         let kv = bus
@@ -65,6 +75,39 @@ impl RateLimiter {
             kv,
             per_ip,
             per_user,
+            connections,
+        }))
+    }
+
+    /// True when messages are limited (each MAIL FROM must then be counted).
+    pub fn limits_messages(&self) -> bool {
+        self.per_ip > 0 || self.per_user > 0
+    }
+
+    /// True when connections are limited (each one must then be counted).
+    pub fn limits_connections(&self) -> bool {
+        self.connections > 0
+    }
+
+    /// Counts one connection from `ip`; the refusal when it is over the limit.
+    pub async fn connection(
+        &self,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<Option<Verdict>, BusError> {
+        if self.connections == 0 {
+            return Ok(None);
+        }
+        let ip_text = ip.to_string();
+        let count = self
+            .count(&key("conn", &ip_text, window_of(now, MINUTE)))
+            .await?;
+        Ok((count > self.connections).then(|| Verdict {
+            action: Action::Tempfail as i32,
+            code: 421,
+            enhanced: "4.7.0".into(),
+            text: format!("Error: too many connections from {ip_text}"),
+            no_cache: true,
         }))
     }
 
@@ -76,7 +119,7 @@ impl RateLimiter {
         user: &str,
         now: SystemTime,
     ) -> Result<Option<Verdict>, BusError> {
-        let hour = hour_of(now);
+        let hour = window_of(now, HOUR);
         let ip_text = ip.to_string();
         let mut checks = vec![("ip", ip_text.as_str(), self.per_ip)];
         if !user.is_empty() {
@@ -115,7 +158,8 @@ mod tests {
     #[test]
     fn keys_are_tokens_per_hour() {
         let at = UNIX_EPOCH + Duration::from_secs(10 * HOUR + 59);
-        assert_eq!(hour_of(at), 10);
+        assert_eq!(window_of(at, HOUR), 10);
+        assert_eq!(window_of(at, MINUTE), 600);
         assert_eq!(key("ip", "192.0.2.1", 10), "ip.3139322e302e322e31.10");
         assert_eq!(key("user", "a.b@x", 10), "user.612e624078.10");
         assert_ne!(key("user", "a.b@x", 10), key("user", "a_b@x", 10));

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mailflow_proto::v1::{SessionInfo, TlsInfo, Verdict};
+use mailflow_proto::v1::{CheckConnectionRequest, SessionInfo, TlsInfo, Verdict, verdict::Action};
 use mailflow_runtime::config::{BareLineEndings, IngressConfig};
 use mailflow_smtp::bdat::BdatBody;
 use mailflow_smtp::params::{MailParams, RcptParams};
@@ -264,9 +264,32 @@ where
 
     /// Greets the client and runs the session.
     pub async fn run(mut self) -> Result<Ending<S>, SessionError> {
+        if let Some(refusal) = self.connection_refusal().await {
+            // RFC 5321 §3.1: a 554 (or 421) instead of the greeting; nothing is served.
+            self.reply(refusal);
+            self.flush().await?;
+            return Ok(Ending::Closed);
+        }
         let greeting = format!("{} ESMTP mailflow", self.config.hostname);
         self.reply(Reply::plain(220, greeting));
         self.resume().await
+    }
+
+    /// Policy's answer for this client before the greeting, when it refuses. If policy
+    /// cannot be asked the connection is served: every transaction needs its verdicts anyway,
+    /// and they fail safe (451).
+    async fn connection_refusal(&mut self) -> Option<Reply> {
+        let request = CheckConnectionRequest {
+            session: Some(self.session_info("")),
+        };
+        match self.backend.check_connection(request).await {
+            Ok(v) if v.action() == Action::Accept => None,
+            Ok(v) => Some(verdict_reply(v)),
+            Err(e) => {
+                tracing::warn!(error = %e, "connection check failed; serving the client");
+                None
+            }
+        }
     }
 
     /// Runs the session without a greeting (after the TLS handshake of STARTTLS).

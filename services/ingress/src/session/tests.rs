@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mailflow_proto::v1::authenticate_response::Result as AuthResult;
 use mailflow_proto::v1::{
-    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckRecipientRequest,
-    CheckSenderRequest, TlsInfo, Verdict, body::Location, verdict::Action,
+    AcceptedMessage, AuthenticateRequest, AuthenticateResponse, Body, CheckConnectionRequest,
+    CheckRecipientRequest, CheckSenderRequest, TlsInfo, Verdict, body::Location, verdict::Action,
 };
 use mailflow_smtp::{LineEndings, ReplyDecoder, ServerReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -119,6 +119,22 @@ impl Backend for TestBackend {
             spools: self.spools.clone(),
             done: false,
         }
+    }
+
+    async fn check_connection(&self, req: CheckConnectionRequest) -> Result<Verdict, BackendError> {
+        // 192.0.2.66 is on a blocklist.
+        let listed = req.session.unwrap().client_ip == "192.0.2.66";
+        Ok(Verdict {
+            action: if listed {
+                Action::Reject
+            } else {
+                Action::Accept
+            } as i32,
+            code: if listed { 554 } else { 0 },
+            enhanced: if listed { "5.7.1" } else { "" }.into(),
+            text: "Service unavailable; client blocked using bl.test".into(),
+            no_cache: false,
+        })
     }
 
     async fn check_recipient(&self, req: CheckRecipientRequest) -> Result<Verdict, BackendError> {
@@ -297,8 +313,18 @@ fn start_full(
     shutdown: CancellationToken,
     tls: Option<TlsInfo>,
 ) -> Client {
+    start_at("192.0.2.10", config, backend, shutdown, tls)
+}
+
+fn start_at(
+    ip: &str,
+    config: SessionConfig,
+    backend: TestBackend,
+    shutdown: CancellationToken,
+    tls: Option<TlsInfo>,
+) -> Client {
     let (server, client) = tokio::io::duplex(64 * 1024);
-    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let ip: IpAddr = ip.parse().unwrap();
     let session = Session::new(server, ip, tls, Arc::new(config), backend, shutdown);
     tokio::spawn(session.run());
     Client {
@@ -1126,4 +1152,18 @@ async fn every_sender_but_the_null_one_is_checked() {
     c.expect(550, "5.1.8").await;
     c.send("MAIL FROM:<>\r\n").await;
     c.expect(250, "2.1.0").await;
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_no_greeting() {
+    let mut c = start_at(
+        "192.0.2.66",
+        config(),
+        TestBackend::default(),
+        CancellationToken::new(),
+        None,
+    );
+    let r = c.expect(554, "5.7.1").await;
+    assert!(r.text().contains("blocked using bl.test"), "{r:?}");
+    assert!(c.closed().await);
 }

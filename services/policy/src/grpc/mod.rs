@@ -10,9 +10,9 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use mailflow_dns::MxResolver;
 use mailflow_proto::v1::{
-    AuthenticateRequest, AuthenticateResponse, CheckRecipientRequest, CheckSenderRequest,
-    SessionInfo, Verdict, authenticate_response::Result as AuthResult, policy_server,
-    verdict::Action,
+    AuthenticateRequest, AuthenticateResponse, CheckConnectionRequest, CheckRecipientRequest,
+    CheckSenderRequest, SessionInfo, Verdict, authenticate_response::Result as AuthResult,
+    policy_server, verdict::Action,
 };
 use mailflow_smtp::address;
 use tonic::{Request, Response, Status};
@@ -32,8 +32,10 @@ pub struct PolicyService {
     failures: FailureCounter,
     /// Where remote domains' mail goes (null MX, unknown domains); answers cached by TTL.
     dns: MxResolver,
-    /// Message rate limits, when configured.
+    /// Message and connection rate limits, when configured.
     rates: Option<RateLimiter>,
+    /// DNS blocklists asked about connecting clients.
+    dnsbl_zones: Vec<String>,
 }
 
 impl PolicyService {
@@ -44,6 +46,7 @@ impl PolicyService {
         failures: FailureCounter,
         dns: MxResolver,
         rates: Option<RateLimiter>,
+        dnsbl_zones: Vec<String>,
     ) -> Self {
         Self {
             directory,
@@ -51,6 +54,7 @@ impl PolicyService {
             failures,
             dns,
             rates,
+            dnsbl_zones,
         }
     }
 
@@ -118,6 +122,39 @@ fn unavailable_dir(e: DirectoryError) -> Status {
 
 #[tonic::async_trait]
 impl policy_server::Policy for PolicyService {
+    async fn check_connection(
+        &self,
+        request: Request<CheckConnectionRequest>,
+    ) -> Result<Response<Verdict>, Status> {
+        let ip = client_ip(request.into_inner().session.as_ref())?;
+        let accept = |no_cache| Verdict {
+            action: Action::Accept as i32,
+            no_cache,
+            ..Default::default()
+        };
+        // Trusted networks are neither counted nor looked up (like Postfix's
+        // smtpd_client_event_limit_exceptions and a permit_mynetworks first).
+        if self.relay_networks.iter().any(|n| n.contains(&ip)) {
+            return Ok(Response::new(accept(false)));
+        }
+        let counted = self.rates.as_ref().filter(|r| r.limits_connections());
+        if let Some(limiter) = counted
+            && let Some(refusal) = limiter
+                .connection(ip, SystemTime::now())
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+        {
+            return Ok(Response::new(refusal));
+        }
+        for zone in &self.dnsbl_zones {
+            if self.dns.listed(ip, zone).await {
+                tracing::info!(client = %ip, %zone, "client on a blocklist");
+                return Ok(Response::new(checks::blocklisted(ip, zone)));
+            }
+        }
+        Ok(Response::new(accept(counted.is_some())))
+    }
+
     async fn check_recipient(
         &self,
         request: Request<CheckRecipientRequest>,
@@ -172,7 +209,7 @@ impl policy_server::Policy for PolicyService {
         let ip = client_ip(req.session.as_ref())?;
         let session = req.session.unwrap_or_default();
         let mut verdict = self.sender_verdict(ip, &session, &req.sender).await?;
-        if let Some(limiter) = &self.rates {
+        if let Some(limiter) = self.rates.as_ref().filter(|r| r.limits_messages()) {
             // Only a message that would otherwise start counts against the limits.
             if verdict.action() == Action::Accept
                 && let Some(refusal) = limiter
