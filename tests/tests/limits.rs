@@ -270,3 +270,28 @@ async fn blocklisted_clients_and_connection_floods_get_no_greeting() {
     );
     assert!(greeting("127.0.0.9", stack.smtp).await.starts_with("220 "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_policy_service_down_mail_is_deferred_not_lost() {
+    let (mut stack, _dns) = mailflow_tests::stack::local().await;
+    stack.kill(mailflow_tests::stack::POLICY).await;
+    // The client is still greeted; its transaction gets a temporary failure.
+    let mut c = SmtpClient::connect(stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let r = c.command("MAIL FROM:<someone@client.test>", 451).await;
+    assert!(r.text.starts_with("4.3.0 "), "{r:?}");
+    c.command("QUIT", 221).await;
+    // Back up, the same mail is accepted and delivered.
+    stack.start_service(mailflow_tests::stack::POLICY).await;
+    let mut c = SmtpClient::connect(stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "someone@client.test",
+            &["demo@example.test"],
+            "Subject: later\r\n\r\nx\r\n",
+        )
+        .await;
+    let status = stack.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+}
