@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use mailflow_smtp::params::Notify;
+
 use crate::rfc5322_date;
 
 /// What happened to a recipient, in the words of RFC 3464 §2.3.3.
@@ -28,32 +30,19 @@ impl Action {
     }
 }
 
-/// The NOTIFY= conditions a recipient asked for (RFC 3461 §4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Notify {
-    /// NOTIFY=NEVER.
-    pub never: bool,
-    /// SUCCESS.
-    pub success: bool,
-    /// FAILURE.
-    pub failure: bool,
-    /// DELAY.
-    pub delay: bool,
-    /// No NOTIFY= was given: failures and delays are reported (RFC 3461 §4.1 leaves the
-    /// default to the MTA; this is Postfix's).
-    pub unspecified: bool,
-}
-
-/// True when a recipient's NOTIFY= asks for a notice of `action`.
-pub fn wanted(notify: Notify, action: Action) -> bool {
-    if notify.never {
-        return false;
-    }
-    match action {
-        Action::Failed => notify.failure || notify.unspecified,
-        Action::Delayed => notify.delay || notify.unspecified,
-        Action::Delivered => notify.success,
-    }
+/// True when a recipient's NOTIFY= (`None` when it gave none) asks for a notice of
+/// `action`. Without NOTIFY= failures and delays are reported (RFC 3461 §4.1 leaves the
+/// default to the MTA; this is Postfix's).
+pub fn wanted(notify: Option<Notify>, action: Action) -> bool {
+    let Some(notify) = notify else {
+        return action != Action::Delivered;
+    };
+    !notify.never
+        && match action {
+            Action::Failed => notify.failure,
+            Action::Delayed => notify.delay,
+            Action::Delivered => notify.success,
+        }
 }
 
 /// How much of the original message goes back (RET=, RFC 3461 §4.3).
@@ -309,23 +298,19 @@ mod tests {
 
     #[test]
     fn notify_decides_who_hears_what() {
-        let default = Notify {
-            unspecified: true,
-            ..Notify::default()
-        };
-        assert!(wanted(default, Action::Failed));
-        assert!(wanted(default, Action::Delayed));
-        assert!(!wanted(default, Action::Delivered));
+        assert!(wanted(None, Action::Failed));
+        assert!(wanted(None, Action::Delayed));
+        assert!(!wanted(None, Action::Delivered));
         let never = Notify {
             never: true,
             ..Notify::default()
         };
-        assert!(!wanted(never, Action::Failed));
+        assert!(!wanted(Some(never), Action::Failed));
         let success = Notify {
             success: true,
             ..Notify::default()
         };
-        assert!(wanted(success, Action::Delivered));
-        assert!(!wanted(success, Action::Failed));
+        assert!(wanted(Some(success), Action::Delivered));
+        assert!(!wanted(Some(success), Action::Failed));
     }
 }

@@ -2,21 +2,22 @@
 //! sender, its content rendered by [`crate::render`]. Shared by the route stage (aliases
 //! that cannot be expanded) and the relay (delivery outcomes).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use mailflow_proto::v1::{
-    AcceptedMessage, Body, DsnNotify, DsnReturn, MailFrom, Recipient, body::Location,
+    AcceptedMessage, Body, DsnNotify, DsnReturn, MailFrom, Recipient, RemoteReply, body::Location,
 };
+use mailflow_smtp::params::Notify;
 
-use crate::dsn::{Action, Notify, RecipientReport, Report, ReturnContent, render};
+use crate::dsn::{Action, RecipientReport, Report, ReturnContent, render, wanted};
 
-/// The NOTIFY= a recipient gave.
-pub fn notify_of(recipient: &Recipient) -> Notify {
-    let mut notify = Notify {
-        unspecified: recipient.dsn_notify.is_empty(),
-        ..Notify::default()
-    };
+/// The NOTIFY= a recipient gave, `None` when it gave none.
+fn notify_of(recipient: &Recipient) -> Option<Notify> {
+    if recipient.dsn_notify.is_empty() {
+        return None;
+    }
+    let mut notify = Notify::default();
     for n in &recipient.dsn_notify {
         match DsnNotify::try_from(*n) {
             Ok(DsnNotify::Never) => notify.never = true,
@@ -26,7 +27,45 @@ pub fn notify_of(recipient: &Recipient) -> Notify {
             _ => {}
         }
     }
-    notify
+    Some(notify)
+}
+
+impl RecipientReport {
+    /// The block about `recipient`, whose fate (`action`) `reply` from `remote_mta` (empty
+    /// when none answered) decided; `None` when the recipient's NOTIFY= asks for no notice
+    /// of it.
+    pub fn owed(
+        recipient: &Recipient,
+        action: Action,
+        reply: &RemoteReply,
+        remote_mta: &str,
+    ) -> Option<RecipientReport> {
+        if !wanted(notify_of(recipient), action) {
+            return None;
+        }
+        let status = if reply.enhanced.is_empty() {
+            format!("{}.0.0", reply.code / 100)
+        } else {
+            reply.enhanced.clone()
+        };
+        let diagnostic = [
+            reply.code.to_string(),
+            reply.enhanced.clone(),
+            reply.text.clone(),
+        ]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+        Some(RecipientReport {
+            final_recipient: recipient.address.clone(),
+            original_recipient: recipient.dsn_orcpt.clone(),
+            action,
+            status,
+            remote_mta: remote_mta.to_string(),
+            diagnostic,
+        })
+    }
 }
 
 /// What the notice is about: the original message's envelope and content.
@@ -63,8 +102,8 @@ pub fn notice(
     let now = SystemTime::now();
     let arrival = original
         .received_at
-        .and_then(|t| u64::try_from(t.seconds).ok())
-        .map_or(now, |s| UNIX_EPOCH + Duration::from_secs(s));
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or(now);
     let message = render(&Report {
         reporting_mta: hostname,
         queue_id: original.queue_id,
@@ -139,8 +178,8 @@ mod tests {
             dsn_notify: vec![DsnNotify::Success as i32, DsnNotify::Failure as i32],
             ..Default::default()
         };
-        let n = notify_of(&r);
-        assert!(n.success && n.failure && !n.delay && !n.unspecified);
-        assert!(notify_of(&Recipient::default()).unspecified);
+        let n = notify_of(&r).unwrap();
+        assert!(n.success && n.failure && !n.delay && !n.never);
+        assert!(notify_of(&Recipient::default()).is_none());
     }
 }

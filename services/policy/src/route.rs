@@ -19,7 +19,7 @@ use mailflow_proto::v1::{
     AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, Recipient,
     RecipientState, RecipientStatus, RemoteReply, RemoteRoute, Route, route,
 };
-use mailflow_report::{Action, Original, RecipientReport, notice, notify_of, wanted};
+use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -341,14 +341,7 @@ impl RouteStage {
             .iter()
             .filter_map(|e| {
                 let reply = expansion_reply(e.failure.as_ref()?);
-                wanted(notify_of(&e.recipient), Action::Failed).then(|| RecipientReport {
-                    final_recipient: e.recipient.address.clone(),
-                    original_recipient: e.recipient.dsn_orcpt.clone(),
-                    action: Action::Failed,
-                    status: reply.enhanced.clone(),
-                    remote_mta: String::new(),
-                    diagnostic: format!("{} {} {}", reply.code, reply.enhanced, reply.text),
-                })
+                RecipientReport::owed(&e.recipient, Action::Failed, &reply, "")
             })
             .collect();
         if reports.is_empty() {

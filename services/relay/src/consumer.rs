@@ -157,7 +157,12 @@ impl Consumer {
                 .as_ref()
                 .and_then(|s| s.recipients.get(*index as usize))
                 .and_then(|r| r.updated_at)
-                .map(|at| age_of(job.received_at, timestamp_time(at)));
+                .map(|at| {
+                    age_of(
+                        job.received_at,
+                        SystemTime::try_from(at).unwrap_or(UNIX_EPOCH),
+                    )
+                });
             if outcome.state == RecipientState::Deferred && self.lifetime.warn_now(age, previous) {
                 delayed.push(*index);
             }
@@ -208,15 +213,10 @@ impl Consumer {
     }
 }
 
-/// A protobuf timestamp as a time (the epoch for one before it).
-fn timestamp_time(t: prost_types::Timestamp) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0))
-}
-
 /// How long after `received` `now` is (zero when unknown or in the future).
 fn age_of(received: Option<prost_types::Timestamp>, now: SystemTime) -> Duration {
     received
-        .map(timestamp_time)
+        .and_then(|r| SystemTime::try_from(r).ok())
         .and_then(|r| now.duration_since(r).ok())
         .unwrap_or_default()
 }

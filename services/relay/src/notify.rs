@@ -6,35 +6,18 @@
 
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, names};
-use mailflow_proto::v1::{DeliveryJob, RecipientState};
-use mailflow_report::{Action, Notify, Original, RecipientReport, notice, wanted};
+use mailflow_proto::v1::{DeliveryJob, Recipient, RecipientState};
+use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 
 use crate::deliver::Outcome;
 
-/// The NOTIFY= of a job's recipient `index`.
-fn notify_of(job: &DeliveryJob, index: u32) -> Notify {
+/// The recipient of `job` at position `index` of the message.
+fn recipient_of(job: &DeliveryJob, index: u32) -> Option<&Recipient> {
     job.recipients
         .iter()
         .find(|r| r.index == index)
         .and_then(|r| r.recipient.as_ref())
-        .map_or(
-            Notify {
-                unspecified: true,
-                ..Notify::default()
-            },
-            mailflow_report::notify_of,
-        )
-}
-
-/// The ORCPT= of a job's recipient `index`, or empty.
-fn orcpt_of(job: &DeliveryJob, index: u32) -> String {
-    job.recipients
-        .iter()
-        .find(|r| r.index == index)
-        .and_then(|r| r.recipient.as_ref())
-        .map(|r| r.dsn_orcpt.clone())
-        .unwrap_or_default()
 }
 
 /// The recipients of this attempt a notice is owed for; `delayed` are the deferred ones
@@ -50,31 +33,19 @@ pub fn owed(
     }
     results
         .iter()
-        .filter_map(|(index, address, outcome)| {
+        .filter_map(|(index, _, outcome)| {
             let action = match outcome.state {
                 RecipientState::Bounced => Action::Failed,
                 RecipientState::Delivered => Action::Delivered,
                 RecipientState::Deferred if delayed.contains(index) => Action::Delayed,
                 _ => return None,
             };
-            if !wanted(notify_of(job, *index), action) {
-                return None;
-            }
-            let reply = &outcome.reply;
-            let status = if reply.enhanced.is_empty() {
-                format!("{}.0.0", reply.code / 100)
-            } else {
-                reply.enhanced.clone()
-            };
-            Some(RecipientReport {
-                final_recipient: address.clone(),
-                original_recipient: orcpt_of(job, *index),
+            RecipientReport::owed(
+                recipient_of(job, *index)?,
                 action,
-                status,
-                remote_mta: outcome.remote_host.clone(),
-                diagnostic: format!("{} {} {}", reply.code, reply.enhanced, reply.text)
-                    .replace("  ", " "),
-            })
+                &outcome.reply,
+                &outcome.remote_host,
+            )
         })
         .collect()
 }
@@ -111,7 +82,7 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailflow_proto::v1::{DsnNotify, JobRecipient, MailFrom, Recipient, RemoteReply};
+    use mailflow_proto::v1::{DsnNotify, JobRecipient, MailFrom, RemoteReply};
 
     fn job(sender: &str, notify: Vec<DsnNotify>) -> DeliveryJob {
         DeliveryJob {
