@@ -25,13 +25,7 @@ pub struct SmtpClient {
 impl SmtpClient {
     /// Connects to `server` from `source` (any loopback address) and reads the greeting.
     pub async fn connect_from(source: IpAddr, server: SocketAddr) -> SmtpClient {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source, 0)).unwrap();
-        let stream = socket
-            .connect(server)
-            .await
-            .expect("connect to the ingress");
-        let (r, w) = stream.into_split();
+        let (r, w) = tcp_from(source, server).await.into_split();
         let mut c = SmtpClient {
             r: BufReader::new(r),
             w,
@@ -102,6 +96,16 @@ impl SmtpClient {
         let reply = self.command(".", 250).await;
         queue_id(&reply.text)
     }
+}
+
+/// A TCP connection to `server` from `source` (any loopback address).
+pub async fn tcp_from(source: IpAddr, server: SocketAddr) -> tokio::net::TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    socket
+        .connect(server)
+        .await
+        .expect("connect to the ingress")
 }
 
 /// The queue id of `2.0.0 Ok: queued as <id>`.

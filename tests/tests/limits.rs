@@ -218,11 +218,7 @@ async fn the_message_rate_per_client_ip_is_limited() {
 /// The first reply a client at `source` gets.
 async fn greeting(source: &str, server: std::net::SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
-        .unwrap();
-    let mut stream = socket.connect(server).await.unwrap();
+    let mut stream = mailflow_tests::client::tcp_from(source.parse().unwrap(), server).await;
     let mut buf = vec![0; 512];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
         .await

@@ -34,8 +34,13 @@ pub struct Client<'a> {
 impl Client<'_> {
     /// May this client send to remote domains?
     pub fn may_relay(&self) -> bool {
-        self.authenticated || self.relay_networks.iter().any(|n| n.contains(&self.ip))
+        self.authenticated || trusted(self.ip, self.relay_networks)
     }
+}
+
+/// True when `ip` is in one of `networks` (`relay_networks`: trusted clients).
+pub fn trusted(ip: IpAddr, networks: &[IpNet]) -> bool {
+    networks.iter().any(|n| n.contains(&ip))
 }
 
 /// A local part that asks a server to route further: `a%b`, `host!user`, or a quoted `@`.
@@ -106,13 +111,11 @@ pub fn decide_sender_domain(sender: &str, lookup: &Result<(), ResolveError>) -> 
             "5.1.8",
             format!("<{sender}>: Sender address rejected: Domain not found"),
         ),
-        Err(ResolveError::Temporary { .. }) => Verdict {
-            action: Action::Tempfail as i32,
-            code: 450,
-            enhanced: "4.1.8".into(),
-            text: format!("<{sender}>: Sender address rejected: Domain not found"),
-            no_cache: false,
-        },
+        Err(ResolveError::Temporary { .. }) => tempfail(
+            450,
+            "4.1.8",
+            format!("<{sender}>: Sender address rejected: Domain not found"),
+        ),
     }
 }
 
@@ -148,16 +151,27 @@ pub fn bad_address(rcpt: &str) -> Verdict {
     )
 }
 
-fn accept() -> Verdict {
+/// The verdict that lets the client go on.
+pub fn accept() -> Verdict {
     Verdict {
         action: Action::Accept as i32,
         ..Default::default()
     }
 }
 
+/// A permanent refusal (5xx).
 fn reject(code: u32, enhanced: &str, text: String) -> Verdict {
+    refusal(Action::Reject, code, enhanced, text)
+}
+
+/// A temporary refusal (4xx).
+pub fn tempfail(code: u32, enhanced: &str, text: String) -> Verdict {
+    refusal(Action::Tempfail, code, enhanced, text)
+}
+
+fn refusal(action: Action, code: u32, enhanced: &str, text: String) -> Verdict {
     Verdict {
-        action: Action::Reject as i32,
+        action: action as i32,
         code,
         enhanced: enhanced.into(),
         text,

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, compare_and_set};
-use mailflow_proto::v1::{Verdict, verdict::Action};
+use mailflow_proto::v1::Verdict;
+
+use crate::checks;
 
 /// The KV bucket of counts.
 pub const RATE_BUCKET: &str = "rate-limits";
@@ -46,14 +48,20 @@ fn window_of(now: SystemTime, length: u64) -> u64 {
 
 /// The refusal once `who` sent `limit` messages this hour.
 fn refusal(who: &str, limit: u32) -> Verdict {
-    Verdict {
-        action: Action::Tempfail as i32,
-        code: 451,
-        enhanced: "4.7.1".into(),
-        text: format!(
+    uncached(checks::tempfail(
+        451,
+        "4.7.1",
+        format!(
             "Error: too much mail from {who} (limit {limit} messages per hour); try again later"
         ),
+    ))
+}
+
+/// A verdict that counted something: the next identical request may be answered otherwise.
+fn uncached(verdict: Verdict) -> Verdict {
+    Verdict {
         no_cache: true,
+        ..verdict
     }
 }
 
@@ -102,12 +110,12 @@ impl RateLimiter {
         let count = self
             .count(&key("conn", &ip_text, window_of(now, MINUTE)))
             .await?;
-        Ok((count > self.connections).then(|| Verdict {
-            action: Action::Tempfail as i32,
-            code: 421,
-            enhanced: "4.7.0".into(),
-            text: format!("Error: too many connections from {ip_text}"),
-            no_cache: true,
+        Ok((count > self.connections).then(|| {
+            uncached(checks::tempfail(
+                421,
+                "4.7.0",
+                format!("Error: too many connections from {ip_text}"),
+            ))
         }))
     }
 

@@ -1,7 +1,7 @@
 //! The in-memory copy of the directory bucket, and the decisions made over it: whether an
 //! address exists, what it expands to, and who owns it. Pure logic, tested without NATS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 use mailflow_proto::v1::{AliasInfo, StoredUser};
@@ -101,16 +101,16 @@ impl Snapshot {
     /// duplicates. Remote addresses and local ones that are not redirected stay as they are
     /// (an unknown local user is the delivery's business to refuse).
     pub fn expand(&self, address: &str) -> Result<Vec<String>, ExpandError> {
-        let mut out = Vec::new();
+        let mut out = Found::default();
         self.expand_into(address, &mut Vec::new(), &mut out)?;
-        Ok(out)
+        Ok(out.addresses)
     }
 
     fn expand_into(
         &self,
         address: &str,
         path: &mut Vec<String>,
-        out: &mut Vec<String>,
+        out: &mut Found,
     ) -> Result<(), ExpandError> {
         let parsed = address::parse_mailbox(address).ok();
         let alias = parsed
@@ -118,7 +118,7 @@ impl Snapshot {
             .filter(|m| self.is_local(&m.domain))
             .and_then(|m| self.redirect(&m.local, &m.domain));
         let Some(alias) = alias else {
-            push_unique(out, address, self);
+            out.push(address, self);
             return Ok(());
         };
         let me = normal(address, self);
@@ -132,11 +132,11 @@ impl Snapshot {
         for target in &alias.targets {
             if normal(target, self) == me {
                 // `a -> a, b`: keep a copy in a's own mailbox.
-                push_unique(out, target, self);
+                out.push(target, self);
             } else {
                 self.expand_into(target, path, out)?;
             }
-            if out.len() > MAX_EXPANSION {
+            if out.addresses.len() > MAX_EXPANSION {
                 return Err(ExpandError::TooMany);
             }
         }
@@ -168,10 +168,20 @@ fn normal(address: &str, snapshot: &Snapshot) -> String {
     }
 }
 
-fn push_unique(out: &mut Vec<String>, address: &str, snapshot: &Snapshot) {
-    let key = normal(address, snapshot);
-    if !out.iter().any(|a| normal(a, snapshot) == key) {
-        out.push(address.to_string());
+/// The addresses an expansion found so far, each once.
+#[derive(Default)]
+struct Found {
+    /// In the order found.
+    addresses: Vec<String>,
+    /// Their [`normal`] forms, to tell a duplicate.
+    seen: HashSet<String>,
+}
+
+impl Found {
+    fn push(&mut self, address: &str, snapshot: &Snapshot) {
+        if self.seen.insert(normal(address, snapshot)) {
+            self.addresses.push(address.to_string());
+        }
     }
 }
 

@@ -79,26 +79,28 @@ impl PolicyService {
                 .map_err(unavailable_dir)?;
             return Ok(checks::decide_sender(sender, identity, owned));
         }
-        let trusted = self.relay_networks.iter().any(|n| n.contains(&ip));
+        let trusted = checks::trusted(ip, &self.relay_networks);
+        // Only an unauthenticated sender from outside on the MX port has its domain checked.
         let domain = address::parse_mailbox(sender)
             .ok()
-            .filter(|m| !m.is_address_literal())
+            .filter(|m| !m.is_address_literal() && session.listener == "mx" && !trusted)
             .map(|m| m.domain);
-        // Our own domains exist; whether a client may use them is SPF's and DMARC's concern.
-        let local = match &domain {
-            Some(d) => self
-                .directory
-                .view(|dir| dir.is_local(d))
-                .await
-                .map_err(unavailable_dir)?,
-            None => false,
+        let Some(domain) = domain else {
+            return Ok(checks::decide_sender(sender, "", true));
         };
-        Ok(match domain {
-            Some(domain) if session.listener == "mx" && !trusted && !local => {
-                checks::decide_sender_domain(sender, &self.mail_domain(&domain).await)
-            }
-            _ => checks::decide_sender(sender, "", true),
-        })
+        // Our own domains exist; whether a client may use them is SPF's and DMARC's concern.
+        let local = self
+            .directory
+            .view(|dir| dir.is_local(&domain))
+            .await
+            .map_err(unavailable_dir)?;
+        if local {
+            return Ok(checks::decide_sender(sender, "", true));
+        }
+        Ok(checks::decide_sender_domain(
+            sender,
+            &self.mail_domain(&domain).await,
+        ))
     }
 
     /// What DNS says about a domain's mail: `Ok` when it has somewhere to go.
@@ -128,13 +130,12 @@ impl policy_server::Policy for PolicyService {
     ) -> Result<Response<Verdict>, Status> {
         let ip = client_ip(request.into_inner().session.as_ref())?;
         let accept = |no_cache| Verdict {
-            action: Action::Accept as i32,
             no_cache,
-            ..Default::default()
+            ..checks::accept()
         };
         // Trusted networks are neither counted nor looked up (like Postfix's
         // smtpd_client_event_limit_exceptions and a permit_mynetworks first).
-        if self.relay_networks.iter().any(|n| n.contains(&ip)) {
+        if checks::trusted(ip, &self.relay_networks) {
             return Ok(Response::new(accept(false)));
         }
         let counted = self.rates.as_ref().filter(|r| r.limits_connections());
