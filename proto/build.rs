@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "mailflow/v1/policy.proto",
     "mailflow/v1/directory.proto",
     "mailflow/v1/queue.proto",
+    "mailflow/v1/quarantine.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

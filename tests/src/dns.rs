@@ -24,7 +24,13 @@ impl DnsServer {
     /// Serves `zones`, each `(origin, zone file text)`.
     pub async fn start(zones: &[(&str, String)]) -> DnsServer {
         let mut catalog = Catalog::new();
-        for (origin, text) in zones {
+        // The `test` TLD itself, so that a name under it outside the test's zones does not
+        // exist (NXDOMAIN), as a real TLD answers, instead of being refused.
+        let tld = (
+            "test",
+            "$ORIGIN test.\n$TTL 60\n@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60\n@ IN NS ns.test.\nns IN A 127.0.0.1\n".to_string(),
+        );
+        for (origin, text) in std::iter::once(&tld).chain(zones) {
             let origin = Name::from_ascii(origin).unwrap();
             let (origin, records) = Parser::new(text.as_str(), None, Some(origin))
                 .parse()

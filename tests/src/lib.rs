@@ -7,6 +7,7 @@
 //! - [`sink::Sink`]: SMTP servers on loopback addresses that record what they receive;
 //! - [`stack::Stack`]: the three service binaries with a per-test configuration;
 //! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes;
+//! - [`mailctl`]: the operator's tool run against a stack;
 //! - [`world::World`]: a stack with two remote domains and their exchangers;
 //! - `peers/smtp_peer.py`: Python's smtplib as a client ([`peer`]).
 //!
@@ -18,6 +19,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod mailctl;
 pub mod nats;
 pub mod peer;
 pub mod sink;
@@ -25,7 +27,7 @@ pub mod stack;
 pub mod wait;
 pub mod world;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 
 /// The workspace root.
@@ -53,10 +55,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port that is free on 127.0.0.1 right now.
+/// A port that is free on 127.0.0.1 right now, for a service the test starts.
+///
+/// Ports come from below the kernel's ephemeral range (32768-60999 by default): a port taken
+/// from that range could be handed to some outgoing connection (a client of NATS, say)
+/// before the service binds it. Each call in this process gets a different port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a: SocketAddr| a.port())
-        .expect("an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + n) % COUNT).expect("in range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -173,7 +173,19 @@ command_timeout = "10s"
             POLICY => self.policy,
             _ => self.queue,
         };
-        wait::port_open(addr, Duration::from_secs(30)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            let exited = self
+                .procs
+                .get_mut(name)
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "{name} is not listening on {addr} (exit: {exited:?}); its log:\n{}",
+                self.log(name)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts a second policy replica on its own port (same NATS, same buckets); it runs
@@ -339,10 +351,22 @@ pub async fn local() -> (Stack, crate::dns::DnsServer) {
 
 /// [`local`] with more `[policy]` settings (TOML lines).
 pub async fn local_with_policy(policy_extra: &str) -> (Stack, crate::dns::DnsServer) {
-    let (origin, zone) = crate::dns::mx_zone("client.test", "127.0.0.9");
+    local_with_zones(policy_extra, &[]).await
+}
+
+/// [`local_with_policy`] with more zones, each `(origin, zone file text)`.
+pub async fn local_with_zones(
+    policy_extra: &str,
+    zones: &[(String, String)],
+) -> (Stack, crate::dns::DnsServer) {
     let blocklist = "$ORIGIN bl.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n@ IN NS ns\nns IN A 127.0.0.1\n6.0.0.127 IN A 127.0.0.2\n".to_string();
-    let dns =
-        crate::dns::DnsServer::start(&[(origin.as_str(), zone), ("bl.test", blocklist)]).await;
+    let mut all = vec![
+        crate::dns::mx_zone("client.test", "127.0.0.9"),
+        ("bl.test".to_string(), blocklist),
+    ];
+    all.extend_from_slice(zones);
+    let all: Vec<(&str, String)> = all.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
+    let dns = crate::dns::DnsServer::start(&all).await;
     let stack = Stack::start(Options {
         dns: dns.addr,
         mx_port: 25,

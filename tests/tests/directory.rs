@@ -3,71 +3,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mailflow_proto::v1::{
     AuthenticateRequest, SessionInfo, authenticate_response::Result as AuthResult,
     policy_client::PolicyClient,
 };
-use mailflow_tests::binary;
 use mailflow_tests::client::SmtpClient;
+use mailflow_tests::mailctl::{self, ok, refused};
 use mailflow_tests::peer;
 use mailflow_tests::stack::{Stack, local};
-
-/// What one `mailctl` run did.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `mailctl` against the stack's Directory service, with `stdin` as its input.
-async fn mailctl(stack: &Stack, args: &[&str], stdin: &str) -> Run {
-    let server = format!("http://{}", stack.policy);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let stdin = stdin.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(binary("mailctl"))
-            .arg("--directory-server")
-            .arg(server)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// `mailctl` that must succeed; returns its output.
-async fn ok(stack: &Stack, args: &[&str]) -> String {
-    let run = mailctl(stack, args, "").await;
-    assert!(run.ok, "mailctl {args:?} failed: {}", run.stderr);
-    run.stdout
-}
-
-/// `mailctl` that must fail with `code` in its message.
-async fn refused(stack: &Stack, args: &[&str], code: &str) {
-    let run = mailctl(stack, args, "").await;
-    assert!(!run.ok, "mailctl {args:?} succeeded: {}", run.stdout);
-    assert!(run.stderr.contains(code), "{args:?}: {}", run.stderr);
-}
 
 async fn authenticate(stack: &Stack, user: &str, password: &str) -> AuthResult {
     let mut policy = PolicyClient::connect(format!("http://{}", stack.policy))
@@ -100,14 +45,14 @@ async fn mailctl_manages_domains_users_and_aliases() {
     );
 
     // Users: the password comes from standard input, and passwd replaces it.
-    let added = mailctl(&stack, &["user", "add", "Ann@other.test"], "first\n").await;
+    let added = mailctl::run(&stack, &["user", "add", "Ann@other.test"], "first\n").await;
     assert!(added.ok, "{}", added.stderr);
     assert_eq!(added.stdout, "user ann@other.test added\n");
     assert_eq!(
         authenticate(&stack, "ann@other.test", "first").await,
         AuthResult::Ok
     );
-    let changed = mailctl(&stack, &["user", "passwd", "ann@other.test"], "second\n").await;
+    let changed = mailctl::run(&stack, &["user", "passwd", "ann@other.test"], "second\n").await;
     assert!(changed.ok, "{}", changed.stderr);
     assert_eq!(
         authenticate(&stack, "ann@other.test", "first").await,
@@ -117,13 +62,13 @@ async fn mailctl_manages_domains_users_and_aliases() {
         authenticate(&stack, "ann@other.test", "second").await,
         AuthResult::Ok
     );
-    let nobody = mailctl(&stack, &["user", "passwd", "nobody@other.test"], "x\n").await;
+    let nobody = mailctl::run(&stack, &["user", "passwd", "nobody@other.test"], "x\n").await;
     assert!(
         !nobody.ok && nobody.stderr.contains("NotFound"),
         "{}",
         nobody.stderr
     );
-    let empty = mailctl(&stack, &["user", "passwd", "ann@other.test"], "\n").await;
+    let empty = mailctl::run(&stack, &["user", "passwd", "ann@other.test"], "\n").await;
     assert!(
         !empty.ok && empty.stderr.contains("no password"),
         "{}",

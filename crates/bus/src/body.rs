@@ -37,6 +37,32 @@ impl BodyStore {
         self.inline_limit
     }
 
+    /// Stores a whole body: inline when small, else as object `name`.
+    pub async fn put(&self, name: &str, content: Vec<u8>) -> Result<Body, BusError> {
+        let size = content.len() as u64;
+        if content.len() <= self.inline_limit {
+            return Ok(Body {
+                location: Some(Location::Inline(content.into())),
+                size,
+                ..Default::default()
+            });
+        }
+        self.store
+            .put(name, &mut content.as_slice())
+            .await
+            .map_err(|e| storage_error("put", name, e.to_string()))?;
+        Ok(Body {
+            location: Some(Location::Object(name.to_string())),
+            size,
+            ..Default::default()
+        })
+    }
+
+    /// The content `body` refers to, its prefix first.
+    pub async fn load(&self, body: &Body) -> Result<Bytes, BusError> {
+        load_body(&self.store, body).await
+    }
+
     /// Starts writing the body of message `name` into the object store while it arrives.
     pub fn spool(&self, name: &str) -> Spool {
         let (writer, mut reader) = tokio::io::duplex(PIPE_BUFFER);
@@ -129,6 +155,7 @@ impl Spool {
         Ok(Body {
             location: Some(Location::Object(name)),
             size,
+            ..Default::default()
         })
     }
 
@@ -156,20 +183,27 @@ impl Spool {
     }
 }
 
-/// Returns the content a [`Body`] refers to.
+/// Returns the content a [`Body`] refers to, its prefix first.
 pub async fn load_body(store: &ObjectStore, body: &Body) -> Result<Bytes, BusError> {
-    match &body.location {
-        Some(Location::Inline(b)) => Ok(b.clone()),
+    let stored = match &body.location {
+        Some(Location::Inline(b)) => b.clone(),
         Some(Location::Object(name)) => {
             let err = |e: String| storage_error("get", name, e);
             let mut object = store.get(name).await.map_err(|e| err(e.to_string()))?;
             let mut buf = Vec::with_capacity(usize::try_from(body.size).unwrap_or(0));
+            buf.extend_from_slice(&body.prefix);
             object
                 .read_to_end(&mut buf)
                 .await
                 .map_err(|e| err(e.to_string()))?;
-            Ok(Bytes::from(buf))
+            return Ok(Bytes::from(buf));
         }
-        None => Ok(Bytes::new()),
+        None => Bytes::new(),
+    };
+    if body.prefix.is_empty() {
+        return Ok(stored);
     }
+    Ok(Bytes::from(
+        [body.prefix.as_ref(), stored.as_ref()].concat(),
+    ))
 }

@@ -24,6 +24,8 @@ pub mod names {
     pub const STATUS_BUCKET: &str = "mail-status";
     /// Domains and users.
     pub const DIRECTORY_BUCKET: &str = "directory";
+    /// Messages the scan stage held back, by queue id.
+    pub const QUARANTINE_BUCKET: &str = "quarantine";
     /// Bodies too large to travel inline.
     pub const BODIES_STORE: &str = "mail-bodies";
     /// The durable consumer of the route stage on `MAIL_IN`.
@@ -85,6 +87,8 @@ pub struct Topology {
     pub directory: kv::Store,
     /// Object store `mail-bodies`.
     pub bodies: object_store::ObjectStore,
+    /// KV `quarantine`.
+    pub quarantine: kv::Store,
     /// Stream `MAIL_EVENTS`, for reading recipients' latest events.
     pub events: stream::Stream,
 }
@@ -147,6 +151,8 @@ impl Topology {
         let directory = bus
             .open_kv(names::DIRECTORY_BUCKET, 5, Duration::ZERO)
             .await?;
+        // Held messages expire with their bodies.
+        let quarantine = bus.open_kv(names::QUARANTINE_BUCKET, 1, RETENTION).await?;
         let bodies = match js.get_object_store(names::BODIES_STORE).await {
             Ok(store) => store,
             Err(_) => js
@@ -164,6 +170,7 @@ impl Topology {
             status,
             directory,
             bodies,
+            quarantine,
             events,
         })
     }

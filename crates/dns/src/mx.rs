@@ -115,6 +115,12 @@ impl MxResolver {
         Ok(Self { resolver, port })
     }
 
+    /// The hickory resolver underneath, for other lookups over the same nameservers and
+    /// cache (SPF, DKIM and DMARC records).
+    pub fn hickory(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     /// True when `ip` is listed in the DNS blocklist `zone` (RFC 5782: an A record in
     /// 127.0.0.0/8 for the reversed address under the zone). A lookup that fails counts as
     /// not listed: a broken blocklist must not stop mail.

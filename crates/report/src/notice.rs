@@ -129,6 +129,7 @@ pub fn notice(
         body: Some(Body {
             location: Some(Location::Inline(Bytes::from(message))),
             size,
+            ..Default::default()
         }),
         listener: "notification".into(),
         ..Default::default()

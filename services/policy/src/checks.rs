@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use mail_auth::SpfResult;
 use mailflow_dns::ResolveError;
 use mailflow_proto::v1::{Verdict, verdict::Action};
 use mailflow_smtp::Mailbox;
@@ -119,6 +120,25 @@ pub fn decide_sender_domain(sender: &str, lookup: &Result<(), ResolveError>) -> 
     }
 }
 
+/// Decides on an SPF result (RFC 7208 §8, RFC 7372 codes). Only enforced when configured,
+/// and then only `fail` (`550 5.7.23`) and `temperror` (`451 4.7.24`): `softfail` and the
+/// rest are for DMARC to weigh after the queue.
+pub fn decide_spf(sender: &str, result: SpfResult, enforce: bool) -> Verdict {
+    match result {
+        SpfResult::Fail if enforce => reject(
+            550,
+            "5.7.23",
+            format!("<{sender}>: Sender address rejected: SPF validation failed"),
+        ),
+        SpfResult::TempError if enforce => tempfail(
+            451,
+            "4.7.24",
+            format!("<{sender}>: Sender address rejected: SPF validation error"),
+        ),
+        _ => accept(),
+    }
+}
+
 /// Decides on the reverse path. An authenticated client may use only addresses it owns
 /// (`owned`: its own, or an alias of it) and the null sender, for notifications; an
 /// unauthenticated one is not checked here.
@@ -175,7 +195,7 @@ fn refusal(action: Action, code: u32, enhanced: &str, text: String) -> Verdict {
         code,
         enhanced: enhanced.into(),
         text,
-        no_cache: false,
+        ..Default::default()
     }
 }
 
@@ -308,6 +328,29 @@ mod tests {
         assert_eq!(
             (temp.action(), temp.code, temp.enhanced.as_str()),
             (Action::Tempfail, 450, "4.1.8")
+        );
+    }
+
+    #[test]
+    fn spf_is_enforced_only_when_configured() {
+        let s = "a@forged.test";
+        for result in [SpfResult::Fail, SpfResult::TempError, SpfResult::SoftFail] {
+            assert_eq!(decide_spf(s, result, false).action(), Action::Accept);
+        }
+        let fail = decide_spf(s, SpfResult::Fail, true);
+        assert_eq!(
+            (fail.action(), fail.code, fail.enhanced.as_str()),
+            (Action::Reject, 550, "5.7.23")
+        );
+        let temp = decide_spf(s, SpfResult::TempError, true);
+        assert_eq!((temp.code, temp.enhanced.as_str()), (451, "4.7.24"));
+        assert_eq!(
+            decide_spf(s, SpfResult::SoftFail, true).action(),
+            Action::Accept
+        );
+        assert_eq!(
+            decide_spf(s, SpfResult::Pass, true).action(),
+            Action::Accept
         );
     }
 }

@@ -1,9 +1,11 @@
 //! The mailflow policy service.
 //!
 //! - gRPC `Policy`: the in-session checks the ingress asks for while the client waits;
-//! - gRPC `Directory`: local domains and users, kept in the JetStream KV `directory` so that
-//!   every replica sees the same data;
-//! - the route stage: consumes `MAIL_IN`, splits each message into one delivery job per
+//! - gRPC `Directory`: local domains, users, aliases and DKIM keys, kept in the JetStream
+//!   KV `directory` so that every replica sees the same data;
+//! - gRPC `Quarantine`: held messages, listed, released or deleted by an operator;
+//! - the scan-and-route stage: consumes `MAIL_IN`, scans each message (content rules,
+//!   SPF/DKIM/DMARC/ARC verification, DKIM signing), splits it into one delivery job per
 //!   destination domain on `MAIL_OUT`, and acknowledges its input only once the jobs are
 //!   durable.
 
@@ -12,12 +14,19 @@
 pub mod auth;
 pub mod checks;
 pub mod directory;
+pub mod dkim;
 pub mod grpc;
+pub mod quarantine;
 pub mod rate;
 pub mod route;
+pub mod scan;
 
-use mailflow_bus::{Bus, BusError, Topology};
-use mailflow_proto::v1::{directory_server::DirectoryServer, policy_server::PolicyServer};
+use mail_auth::MessageAuthenticator;
+use mailflow_bus::{BodyStore, Bus, BusError, Topology};
+use mailflow_proto::v1::{
+    directory_server::DirectoryServer, policy_server::PolicyServer,
+    quarantine_server::QuarantineServer,
+};
 use mailflow_runtime::Config;
 use mailflow_runtime::grpc::GrpcError;
 use tokio_util::sync::CancellationToken;
@@ -38,19 +47,34 @@ pub enum PolicyError {
     Dns(#[from] mailflow_dns::ResolverSetupError),
 }
 
-/// Runs the gRPC services and the route stage until `shutdown`.
+/// Runs the gRPC services and the scan-and-route stage until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), PolicyError> {
     let bus = Bus::connect(&config.nats, "mailflow-policy", &shutdown).await?;
     let topology = Topology::ensure(&bus, &shutdown).await?;
     let directory = Directory::open(topology.directory.clone(), shutdown.clone());
-
-    let router_stage = route::RouteStage::new(
-        bus.clone(),
+    let dns = mailflow_dns::MxResolver::new(&config.policy.dns_servers, 25)?;
+    let quarantine = quarantine::Quarantine::new(
+        topology.quarantine.clone(),
+        topology.status.clone(),
         topology.bodies.clone(),
-        config.ingress.hostname.clone(),
-        directory.clone(),
-        config.policy.out_shards,
+        bus.clone(),
     );
+    let hostname = config.ingress.hostname.clone();
+
+    let router_stage = route::RouteStage {
+        bus: bus.clone(),
+        bodies: BodyStore::new(topology.bodies.clone(), config.nats.inline_body_limit),
+        hostname: hostname.clone(),
+        directory: directory.clone(),
+        shards: config.policy.out_shards,
+        scanner: scan::Scanner::new(
+            MessageAuthenticator(dns.hickory()),
+            hostname.clone(),
+            config.policy.relay_networks.clone(),
+            config.policy.scan.clone(),
+        ),
+        quarantine: quarantine.clone(),
+    };
     let stage_shutdown = shutdown.clone();
     let stage = tokio::spawn(async move { router_stage.run(stage_shutdown).await });
 
@@ -61,13 +85,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     health
         .set_serving::<DirectoryServer<grpc::DirectoryService>>()
         .await;
+    health
+        .set_serving::<QuarantineServer<grpc::QuarantineService>>()
+        .await;
     let failures = auth::FailureCounter::open(
         &bus,
         config.policy.auth_failure_limit,
         config.policy.auth_failure_window,
     )
     .await?;
-    let dns = mailflow_dns::MxResolver::new(&config.policy.dns_servers, 25)?;
     let rates = rate::RateLimiter::open(
         &bus,
         config.policy.rate_limit_per_ip,
@@ -75,19 +101,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
         config.policy.connection_rate_limit,
     )
     .await?;
-    let policy = grpc::PolicyService::new(
-        directory.clone(),
-        config.policy.relay_networks.clone(),
+    let policy = grpc::PolicyService {
+        authenticator: MessageAuthenticator(dns.hickory()),
+        directory: directory.clone(),
+        relay_networks: config.policy.relay_networks.clone(),
         failures,
         dns,
         rates,
-        config.policy.dnsbl_zones.clone(),
-    );
+        dnsbl_zones: config.policy.dnsbl_zones.clone(),
+        spf_enforce: config.policy.spf_enforce,
+        hostname,
+    };
     let addr = config.policy.grpc_listen;
-    tracing::info!(%addr, "Policy and Directory gRPC ready");
+    tracing::info!(%addr, "Policy, Directory and Quarantine gRPC ready");
     let served = router
         .add_service(PolicyServer::new(policy))
         .add_service(DirectoryServer::new(grpc::DirectoryService::new(directory)))
+        .add_service(QuarantineServer::new(grpc::QuarantineService::new(
+            quarantine,
+        )))
         .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

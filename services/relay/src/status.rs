@@ -38,7 +38,10 @@ fn storage(op: &'static str, name: &str, e: impl std::fmt::Display) -> BusError 
 
 /// True for states that end a recipient's story.
 pub fn is_final(state: RecipientState) -> bool {
-    matches!(state, RecipientState::Delivered | RecipientState::Bounced)
+    matches!(
+        state,
+        RecipientState::Delivered | RecipientState::Bounced | RecipientState::Discarded
+    )
 }
 
 /// Applies an event to the recipient it is about.

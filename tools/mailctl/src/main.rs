@@ -1,9 +1,11 @@
-//! `mailctl`: the operator's command-line tool, a thin gRPC client of the Queue and
-//! Directory services.
+//! `mailctl`: the operator's command-line tool, a thin gRPC client of the Queue,
+//! Directory and Quarantine services.
 
 #![forbid(unsafe_code)]
 
 mod directory;
+mod dkim;
+mod quarantine;
 mod status;
 
 use std::time::Duration;
@@ -11,9 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use directory::{AliasAction, DomainAction, UserAction};
+use dkim::DkimAction;
 use mailflow_proto::v1::{
-    GetMessageRequest, directory_client::DirectoryClient, queue_client::QueueClient,
+    GetMessageRequest, directory_client::DirectoryClient, quarantine_client::QuarantineClient,
+    queue_client::QueueClient,
 };
+use quarantine::QuarantineAction;
 use tonic::transport::Channel;
 
 /// Operate a mailflow installation.
@@ -28,7 +33,7 @@ struct Cli {
         global = true
     )]
     server: String,
-    /// The Directory service (the policy service's gRPC address).
+    /// The Directory and Quarantine services (the policy service's gRPC address).
     #[arg(
         long,
         env = "MAILFLOW_DIRECTORY_GRPC",
@@ -61,6 +66,16 @@ enum Command {
     Alias {
         #[command(subcommand)]
         action: AliasAction,
+    },
+    /// DKIM signing keys of local domains.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// Messages held by the scan stage.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
     },
 }
 
@@ -102,6 +117,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Alias { action } => {
             directory::alias(directory_client(&cli.directory_server).await?, action).await?;
+        }
+        Command::Dkim { action } => {
+            dkim::dkim(directory_client(&cli.directory_server).await?, action).await?;
+        }
+        Command::Quarantine { action } => {
+            let client = QuarantineClient::new(channel(&cli.directory_server).await?);
+            quarantine::quarantine(client, action).await?;
         }
     }
     Ok(())

@@ -11,6 +11,8 @@ fn state_name(state: RecipientState) -> &'static str {
         RecipientState::Delivered => "delivered",
         RecipientState::Deferred => "deferred",
         RecipientState::Bounced => "bounced",
+        RecipientState::Quarantined => "quarantined",
+        RecipientState::Discarded => "discarded",
     }
 }
 

@@ -103,6 +103,7 @@ impl<P: Spool> Incoming<P> {
                 Ok(Body {
                     location: Some(Location::Inline(content.freeze())),
                     size,
+                    ..Default::default()
                 })
             }
             Stage::Inline => {

@@ -155,6 +155,8 @@ where
             trace: None,
             body: Some(body),
             listener: self.config.kind.name().to_string(),
+            spf: tx.spf.clone(),
+            released: false,
         };
         match self.backend.enqueue(message).await {
             Ok(()) => {

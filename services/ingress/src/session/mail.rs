@@ -66,13 +66,14 @@ where
         // Policy checks the sender: an authenticated one must own the address, an
         // unauthenticated one on the MX port must have a domain that exists. The null sender
         // is always allowed (RFC 5321 §4.5.5).
+        let mut spf = String::new();
         if !matches!(from, Path::Null) {
             let request = CheckSenderRequest {
                 session: Some(self.session_info(&greeting.name)),
                 sender: from.address(),
             };
             match self.backend.check_sender(request).await {
-                Ok(v) if v.action() == mailflow_proto::v1::verdict::Action::Accept => {}
+                Ok(v) if v.action() == mailflow_proto::v1::verdict::Action::Accept => spf = v.spf,
                 Ok(v) => return self.refuse(verdict_reply(v)),
                 Err(e) => {
                     tracing::warn!(error = %e, "sender check failed");
@@ -87,6 +88,7 @@ where
                 params,
                 rcpts: Vec::new(),
                 chunks: Chunks::None,
+                spf,
             }),
         );
         self.reply(Reply::new(250, EnhancedCode::new(2, 1, 0), "Ok"));

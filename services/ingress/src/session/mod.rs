@@ -130,6 +130,9 @@ struct Transaction<P> {
     rcpts: Vec<(Mailbox, RcptParams)>,
     /// BDAT chunks received so far, once the client started with BDAT.
     chunks: Chunks<P>,
+    /// The SPF result the policy service computed for the sender, recorded with the
+    /// message so that the scan stage need not look it up again.
+    spf: String,
 }
 
 /// The BDAT side of a transaction (RFC 3030).

@@ -91,6 +91,7 @@ impl Spool for MemorySpool {
         Ok(Body {
             location: Some(Location::Object(self.name.clone())),
             size,
+            ..Default::default()
         })
     }
 
@@ -133,7 +134,7 @@ impl Backend for TestBackend {
             code: if listed { 554 } else { 0 },
             enhanced: if listed { "5.7.1" } else { "" }.into(),
             text: "Service unavailable; client blocked using bl.test".into(),
-            no_cache: false,
+            ..Default::default()
         })
     }
 
@@ -144,7 +145,7 @@ impl Backend for TestBackend {
             code,
             enhanced: enh.into(),
             text: text.into(),
-            no_cache: false,
+            ..Default::default()
         };
         if rcpt.ends_with("@down.test") {
             return Err(BackendError::Policy("unreachable".into()));
@@ -165,7 +166,7 @@ impl Backend for TestBackend {
             code,
             enhanced: enhanced.into(),
             text: text.into(),
-            no_cache: false,
+            ..Default::default()
         };
         Ok(
             if identity.is_empty() && req.sender.ends_with("@nowhere.test") {
@@ -173,6 +174,8 @@ impl Backend for TestBackend {
             } else if identity.is_empty() || req.sender == identity {
                 Verdict {
                     action: Action::Accept as i32,
+                    // The real policy evaluates SPF for outside senders only.
+                    spf: if identity.is_empty() { "softfail" } else { "" }.into(),
                     ..Default::default()
                 }
             } else {
@@ -394,6 +397,8 @@ async fn a_transaction_is_queued_with_a_received_header() {
     assert_eq!(msg.recipients[0].dsn_orcpt, "rfc822;user@local.test");
     assert_eq!(msg.recipients[0].dsn_notify.len(), 2);
     assert_eq!(msg.client_ip, "192.0.2.10");
+    // The sender check's SPF result travels with the message.
+    assert_eq!(msg.spf, "softfail");
     assert_eq!(msg.helo, "client.test");
     let text = std::str::from_utf8(content).unwrap();
     assert!(
@@ -815,6 +820,7 @@ async fn submission_requires_tls_then_auth_and_owned_sender() {
     let (msg, content) = &queued[0];
     assert_eq!(msg.auth_identity, "user@local.test");
     assert_eq!(msg.listener, "submission");
+    assert_eq!(msg.spf, "");
     assert_eq!(msg.tls.as_ref().unwrap().version, "TLSv1.3");
     let text = std::str::from_utf8(content).unwrap();
     assert!(

@@ -1,7 +1,7 @@
 //! KV keys of the directory bucket.
 //!
-//! Keys are `domain.<domain>`, `user.<domain>.<local part>`, `alias.<domain>.<local part>`
-//! and `catchall.<domain>`, lower-cased, with every octet outside `[A-Za-z0-9_-]` written as
+//! Keys are `domain.<domain>`, `user.<domain>.<local part>`, `alias.<domain>.<local part>`,
+//! `catchall.<domain>` and `dkim.<domain>`, lower-cased, with every octet outside `[A-Za-z0-9_-]` written as
 //! `=XX` (NATS keys allow only a few characters, and the dot separates tokens).
 
 /// What one key names.
@@ -13,6 +13,8 @@ pub enum Key {
     User(String, String),
     /// An alias: (domain, local part); an empty local part is the domain's catch-all.
     Alias(String, String),
+    /// The DKIM signing key of a domain.
+    Dkim(String),
 }
 
 impl Key {
@@ -23,6 +25,7 @@ impl Key {
             Key::User(d, l) => format!("user.{}.{}", token(d), token(l)),
             Key::Alias(d, l) if l.is_empty() => format!("catchall.{}", token(d)),
             Key::Alias(d, l) => format!("alias.{}.{}", token(d), token(l)),
+            Key::Dkim(d) => format!("dkim.{}", token(d)),
         }
     }
 
@@ -36,6 +39,7 @@ impl Key {
         match kind {
             "domain" => Some(Key::Domain(untoken(rest))),
             "catchall" => Some(Key::Alias(untoken(rest), String::new())),
+            "dkim" => Some(Key::Dkim(untoken(rest))),
             "user" => pair().map(|(d, l)| Key::User(d, l)),
             "alias" => pair().map(|(d, l)| Key::Alias(d, l)),
             _ => None,
@@ -109,6 +113,12 @@ mod tests {
         let star = Key::Alias("x.test".into(), "*".into());
         assert_eq!(Key::decode(&star.encode()), Some(star));
         assert_eq!(Key::decode("other.thing"), None);
+        let dkim = Key::Dkim("X.test".into());
+        assert_eq!(dkim.encode(), "dkim.x=2Etest");
+        assert_eq!(
+            Key::decode("dkim.x=2Etest"),
+            Some(Key::Dkim("x.test".into()))
+        );
         assert_eq!(Key::decode("user.onlydomain"), None);
     }
 }

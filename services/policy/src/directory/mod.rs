@@ -1,4 +1,5 @@
-//! The directory: local domains, users and aliases in the JetStream KV bucket `directory`
+//! The directory: local domains, users, aliases and DKIM keys in the JetStream KV bucket
+//! `directory`
 //! (keys in [`keys`], values protobuf messages).
 //!
 //! Every policy replica keeps the whole directory in memory, fed by a KV watch: lookups in
@@ -18,7 +19,9 @@ use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::Bytes;
 use futures::StreamExt;
 use mailflow_bus::compare_and_set;
-use mailflow_proto::v1::{AliasInfo, DomainInfo, StoredUser};
+use mailflow_proto::v1::{
+    AliasInfo, DkimAlgorithm, DkimKeyInfo, DomainInfo, StoredDkimKey, StoredUser,
+};
 use mailflow_smtp::address;
 use prost::Message;
 use tokio::sync::watch;
@@ -64,6 +67,12 @@ pub enum DirectoryError {
     /// Hashing failed.
     #[error("password hashing: {0}")]
     Hash(String),
+    /// A DKIM selector that is not a DNS label sequence.
+    #[error("invalid DKIM selector {0:?}")]
+    InvalidSelector(String),
+    /// The key could not be generated.
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
 }
 
 fn storage(e: impl std::fmt::Display) -> DirectoryError {
@@ -89,6 +98,11 @@ fn split_address(address: &str) -> Result<(String, String), DirectoryError> {
         return Err(DirectoryError::InvalidAddress(address.to_string()));
     }
     Ok((mailbox.local.to_lowercase(), mailbox.domain))
+}
+
+/// A domain as the directory keeps it: trimmed, without the root's dot, lower case.
+fn normal_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('.').to_lowercase()
 }
 
 /// Splits an alias source: `local@domain`, or `@domain` for the catch-all (empty local).
@@ -182,7 +196,7 @@ impl Directory {
 
     /// Adds a local domain (idempotent).
     pub async fn add_domain(&self, domain: &str) -> Result<String, DirectoryError> {
-        let domain = domain.trim().trim_end_matches('.').to_lowercase();
+        let domain = normal_domain(domain);
         if !address::is_domain(&domain) {
             return Err(DirectoryError::InvalidDomain(domain));
         }
@@ -196,7 +210,7 @@ impl Directory {
 
     /// Removes a local domain that has no users and no aliases left.
     pub async fn remove_domain(&self, domain: &str) -> Result<String, DirectoryError> {
-        let domain = domain.trim().trim_end_matches('.').to_lowercase();
+        let domain = normal_domain(domain);
         let (known, users, aliases) = self
             .view(|s| {
                 (
@@ -403,6 +417,56 @@ impl Directory {
                 .collect()
         })
         .await
+    }
+}
+
+impl Directory {
+    /// Generates a DKIM key for the local domain `domain`, replacing its current one, and
+    /// returns what to publish in DNS.
+    pub async fn generate_dkim(
+        &self,
+        domain: &str,
+        selector: &str,
+        algorithm: DkimAlgorithm,
+    ) -> Result<DkimKeyInfo, DirectoryError> {
+        let domain = normal_domain(domain);
+        self.require_local(&domain).await?;
+        let selector = match selector.trim() {
+            "" => crate::dkim::default_selector(std::time::SystemTime::now()),
+            s if address::is_domain(s) => s.to_lowercase(),
+            s => return Err(DirectoryError::InvalidSelector(s.to_string())),
+        };
+        let key = {
+            let domain = domain.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::dkim::generate(&domain, &selector, algorithm)
+            })
+            .await
+            .map_err(|e| crate::dkim::DkimError::Crypto(e.to_string()))??
+        };
+        self.put(Key::Dkim(domain), key.encode_to_vec()).await?;
+        Ok(crate::dkim::info(&key))
+    }
+
+    /// Every domain's DKIM key, without private parts, sorted by domain.
+    pub async fn dkim_keys(&self) -> Result<Vec<DkimKeyInfo>, DirectoryError> {
+        self.view(|s| s.dkim.values().map(crate::dkim::info).collect())
+            .await
+    }
+
+    /// Removes a domain's DKIM key.
+    pub async fn remove_dkim(&self, domain: &str) -> Result<(), DirectoryError> {
+        let domain = normal_domain(domain);
+        if !self.view(|s| s.dkim.contains_key(&domain)).await? {
+            return Err(DirectoryError::NotFound(format!("DKIM key of {domain}")));
+        }
+        self.delete(Key::Dkim(domain)).await
+    }
+
+    /// The signing key of `domain`, if it has one.
+    pub async fn dkim_key(&self, domain: &str) -> Result<Option<StoredDkimKey>, DirectoryError> {
+        let domain = domain.to_lowercase();
+        self.view(|s| s.dkim.get(&domain).cloned()).await
     }
 }
 

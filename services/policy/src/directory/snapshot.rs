@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
-use mailflow_proto::v1::{AliasInfo, StoredUser};
+use mailflow_proto::v1::{AliasInfo, StoredDkimKey, StoredUser};
 use mailflow_smtp::address;
 use prost::Message;
 
@@ -42,6 +42,8 @@ pub struct Snapshot {
     /// Aliases by (domain, local part), both lower case; an empty local part is the
     /// domain's catch-all.
     pub aliases: BTreeMap<(String, String), AliasInfo>,
+    /// DKIM signing keys by domain, lower case.
+    pub dkim: BTreeMap<String, StoredDkimKey>,
 }
 
 /// `(domain, local)` lower-cased, the way the maps are keyed.
@@ -65,6 +67,7 @@ impl Snapshot {
             }
             Key::User(d, l) => update(&mut self.users, (d, l), value),
             Key::Alias(d, l) => update(&mut self.aliases, (d, l), value),
+            Key::Dkim(d) => update(&mut self.dkim, d, value),
         }
     }
 
@@ -196,11 +199,7 @@ pub fn of_domain<'a, T>(
 }
 
 /// Applies a put (decoding the record) or a delete to one map.
-fn update<T: Message + Default>(
-    map: &mut BTreeMap<(String, String), T>,
-    key: (String, String),
-    value: Option<&Bytes>,
-) {
+fn update<K: Ord, T: Message + Default>(map: &mut BTreeMap<K, T>, key: K, value: Option<&Bytes>) {
     match value.map(|v| T::decode(v.clone())) {
         Some(Ok(record)) => {
             map.insert(key, record);

@@ -1,11 +1,12 @@
-//! gRPC `Directory`: domains, users and aliases, as `mailctl` manages them.
+//! gRPC `Directory`: domains, users, aliases and DKIM keys, as `mailctl` manages them.
 
 use mailflow_proto::v1::{
-    AddAliasRequest, AddDomainRequest, AddUserRequest, AliasInfo, DomainInfo, ListAliasesRequest,
-    ListAliasesResponse, ListDomainsRequest, ListDomainsResponse, ListUsersRequest,
-    ListUsersResponse, RemoveAliasRequest, RemoveAliasResponse, RemoveDomainRequest,
-    RemoveDomainResponse, RemoveUserRequest, RemoveUserResponse, SetPasswordRequest, UserInfo,
-    directory_server,
+    AddAliasRequest, AddDomainRequest, AddUserRequest, AliasInfo, DkimKeyInfo, DomainInfo,
+    GenerateDkimKeyRequest, ListAliasesRequest, ListAliasesResponse, ListDkimKeysRequest,
+    ListDkimKeysResponse, ListDomainsRequest, ListDomainsResponse, ListUsersRequest,
+    ListUsersResponse, RemoveAliasRequest, RemoveAliasResponse, RemoveDkimKeyRequest,
+    RemoveDkimKeyResponse, RemoveDomainRequest, RemoveDomainResponse, RemoveUserRequest,
+    RemoveUserResponse, SetPasswordRequest, UserInfo, directory_server,
 };
 use tonic::{Request, Response, Status};
 
@@ -29,13 +30,14 @@ fn status(e: DirectoryError) -> Status {
         DirectoryError::InvalidDomain(_)
         | DirectoryError::InvalidAddress(_)
         | DirectoryError::EmptyPassword
-        | DirectoryError::NoTargets => Status::invalid_argument(e.to_string()),
+        | DirectoryError::NoTargets
+        | DirectoryError::InvalidSelector(_) => Status::invalid_argument(e.to_string()),
         DirectoryError::UnknownDomain(_) | DirectoryError::DomainInUse { .. } => {
             Status::failed_precondition(e.to_string())
         }
         DirectoryError::NotFound(_) => Status::not_found(e.to_string()),
         DirectoryError::Storage(_) => Status::unavailable(e.to_string()),
-        DirectoryError::Hash(_) => Status::internal(e.to_string()),
+        DirectoryError::Hash(_) | DirectoryError::Dkim(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -181,5 +183,37 @@ impl directory_server::Directory for DirectoryService {
             .map_err(status)?;
         tracing::info!(source = %req.source, removed = ?req.targets, "alias changed");
         Ok(Response::new(RemoveAliasResponse { remaining }))
+    }
+
+    async fn generate_dkim_key(
+        &self,
+        request: Request<GenerateDkimKeyRequest>,
+    ) -> Result<Response<DkimKeyInfo>, Status> {
+        let req = request.into_inner();
+        let key = self
+            .directory
+            .generate_dkim(&req.domain, &req.selector, req.algorithm())
+            .await
+            .map_err(status)?;
+        tracing::info!(domain = %key.domain, selector = %key.selector, "DKIM key generated");
+        Ok(Response::new(key))
+    }
+
+    async fn list_dkim_keys(
+        &self,
+        _request: Request<ListDkimKeysRequest>,
+    ) -> Result<Response<ListDkimKeysResponse>, Status> {
+        let keys = self.directory.dkim_keys().await.map_err(status)?;
+        Ok(Response::new(ListDkimKeysResponse { keys }))
+    }
+
+    async fn remove_dkim_key(
+        &self,
+        request: Request<RemoveDkimKeyRequest>,
+    ) -> Result<Response<RemoveDkimKeyResponse>, Status> {
+        let domain = request.into_inner().domain;
+        self.directory.remove_dkim(&domain).await.map_err(status)?;
+        tracing::info!(%domain, "DKIM key removed");
+        Ok(Response::new(RemoveDkimKeyResponse {}))
     }
 }

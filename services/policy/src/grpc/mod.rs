@@ -1,13 +1,16 @@
-//! The gRPC services: `Policy` (in-session checks) and `Directory`.
+//! The gRPC services: `Policy` (in-session checks), `Directory` and `Quarantine`.
 
 mod directory;
+mod quarantine;
 
 pub use directory::DirectoryService;
+pub use quarantine::QuarantineService;
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+use mail_auth::MessageAuthenticator;
 use mailflow_dns::MxResolver;
 use mailflow_proto::v1::{
     AuthenticateRequest, AuthenticateResponse, CheckConnectionRequest, CheckRecipientRequest,
@@ -21,43 +24,31 @@ use crate::auth::{self, AuthError, FailureCounter};
 use crate::checks::{self, Client, Destination};
 use crate::directory::{Directory, DirectoryError};
 use crate::rate::RateLimiter;
+use crate::scan::verify::{self, Envelope};
 
 /// gRPC `Policy`.
 pub struct PolicyService {
+    /// SPF lookups of senders, over the same resolver as `dns`.
+    pub authenticator: MessageAuthenticator,
     /// Where local domains and users are looked up.
-    directory: Directory,
+    pub directory: Directory,
     /// Networks allowed to relay without authentication.
-    relay_networks: Vec<IpNet>,
+    pub relay_networks: Vec<IpNet>,
     /// Failed AUTH attempts per client IP.
-    failures: FailureCounter,
+    pub failures: FailureCounter,
     /// Where remote domains' mail goes (null MX, unknown domains); answers cached by TTL.
-    dns: MxResolver,
+    pub dns: MxResolver,
     /// Message and connection rate limits, when configured.
-    rates: Option<RateLimiter>,
+    pub rates: Option<RateLimiter>,
     /// DNS blocklists asked about connecting clients.
-    dnsbl_zones: Vec<String>,
+    pub dnsbl_zones: Vec<String>,
+    /// Refuse senders whose SPF result is `fail` (or a temporary error).
+    pub spf_enforce: bool,
+    /// Our name, the SPF "receiving host" (`%{r}`).
+    pub hostname: String,
 }
 
 impl PolicyService {
-    /// The service over `directory`.
-    pub fn new(
-        directory: Directory,
-        relay_networks: Vec<IpNet>,
-        failures: FailureCounter,
-        dns: MxResolver,
-        rates: Option<RateLimiter>,
-        dnsbl_zones: Vec<String>,
-    ) -> Self {
-        Self {
-            directory,
-            relay_networks,
-            failures,
-            dns,
-            rates,
-            dnsbl_zones,
-        }
-    }
-
     /// The sender check before rate limits: ownership for an authenticated client, the
     /// domain for an unauthenticated one on the MX port.
     async fn sender_verdict(
@@ -97,10 +88,23 @@ impl PolicyService {
         if local {
             return Ok(checks::decide_sender(sender, "", true));
         }
-        Ok(checks::decide_sender_domain(
-            sender,
-            &self.mail_domain(&domain).await,
-        ))
+        let verdict = checks::decide_sender_domain(sender, &self.mail_domain(&domain).await);
+        if verdict.action() != Action::Accept {
+            return Ok(verdict);
+        }
+        let envelope = Envelope {
+            ip,
+            helo: &session.helo,
+            mail_from: sender,
+        };
+        let spf = verify::spf(&self.authenticator, &self.hostname, envelope)
+            .await
+            .result();
+        tracing::debug!(%sender, client = %ip, spf = %spf, "SPF evaluated");
+        Ok(Verdict {
+            spf: verify::spf_name(spf),
+            ..checks::decide_spf(sender, spf, self.spf_enforce)
+        })
     }
 
     /// What DNS says about a domain's mail: `Ok` when it has somewhere to go.

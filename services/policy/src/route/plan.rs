@@ -1,63 +1,18 @@
-//! The route stage: aliases expanded, then one delivery job per destination domain.
-//!
-//! For each accepted message it expands every recipient through the directory's aliases
-//! and catch-alls, records the initial status (every final recipient queued, or bounced
-//! when its alias cannot be expanded),
-//! publishes the jobs to `MAIL_OUT` with their acknowledgements in flight together, and only
-//! then acknowledges the message on `MAIL_IN`. A crash anywhere in between redelivers the
-//! message; the status record is only created if missing and the jobs carry a
-//! `Nats-Msg-Id`, so a second pass changes nothing.
+//! The pure part of routing: alias expansion, the status record a routed message starts
+//! with, and the split into one delivery job per destination domain.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use async_nats::jetstream::object_store::ObjectStore;
-use async_nats::jetstream::{self, AckKind, kv};
-use bytes::Bytes;
-use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
+use mailflow_bus::names;
 use mailflow_proto::v1::{
     AcceptedMessage, DeliveryJob, JobRecipient, LocalRoute, MessageStatus, Recipient,
     RecipientState, RecipientStatus, RemoteReply, RemoteRoute, Route, route,
 };
-use mailflow_report::{Action, Original, RecipientReport, notice};
-use prost::Message;
-use tokio_util::sync::CancellationToken;
 
-use crate::directory::{Directory, DirectoryError, ExpandError, Snapshot};
-
-/// Messages routed at once by one replica.
-const CONCURRENCY: usize = 64;
-
-/// Why one message could not be routed (it is redelivered).
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    /// The directory could not be read.
-    #[error(transparent)]
-    Directory(#[from] DirectoryError),
-    /// Publishing or storing failed.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// The status record could not be created.
-    #[error("status record: {0}")]
-    Status(String),
-}
-
-/// The consumer of `MAIL_IN`.
-pub struct RouteStage {
-    /// Publishes jobs.
-    bus: Bus,
-    /// Bodies in the object store, for returning a message with a failure report.
-    bodies: ObjectStore,
-    /// The name failure reports come from.
-    hostname: String,
-    /// Tells local domains from remote ones.
-    directory: Directory,
-    /// Number of `mail.out.<shard>` subjects.
-    shards: u32,
-}
+use crate::directory::{ExpandError, Snapshot};
 
 /// The domain part of an address, lower-cased.
-fn domain_of(address: &str) -> String {
+pub fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
         .map_or(String::new(), |(_, d)| d.to_lowercase())
@@ -81,8 +36,9 @@ pub struct Expanded {
     pub recipient: Recipient,
     /// The address the client gave, when an alias changed it; empty otherwise.
     pub original: String,
-    /// Why the client's address could not be expanded; such a recipient is not delivered.
-    pub failure: Option<ExpandError>,
+    /// Why this recipient is not delivered (its alias could not be expanded, or the
+    /// message was refused): the reply recorded and reported to the sender.
+    pub failure: Option<RemoteReply>,
 }
 
 /// Expands every recipient of a message through the directory's aliases.
@@ -95,7 +51,7 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
                 out.push(Expanded {
                     recipient: rcpt.clone(),
                     original: String::new(),
-                    failure: Some(failure),
+                    failure: Some(expansion_reply(&failure)),
                 });
                 continue;
             }
@@ -188,9 +144,13 @@ fn expansion_reply(failure: &ExpandError) -> RemoteReply {
     }
 }
 
-/// The status record of a freshly routed message: every final recipient queued, and those
-/// whose alias could not be expanded bounced.
-pub fn initial_status(msg: &AcceptedMessage, recipients: &[Expanded]) -> MessageStatus {
+/// The status record of a freshly routed message: every final recipient `pending`
+/// (queued, or quarantined), and those that failed bounced.
+pub fn initial_status(
+    msg: &AcceptedMessage,
+    recipients: &[Expanded],
+    pending: RecipientState,
+) -> MessageStatus {
     MessageStatus {
         queue_id: msg.queue_id.clone(),
         sender: msg
@@ -207,165 +167,14 @@ pub fn initial_status(msg: &AcceptedMessage, recipients: &[Expanded]) -> Message
                 address: r.recipient.address.clone(),
                 original: r.original.clone(),
                 state: match r.failure {
-                    None => RecipientState::Queued,
+                    None => pending,
                     Some(_) => RecipientState::Bounced,
                 } as i32,
-                last_reply: r.failure.as_ref().map(expansion_reply),
+                last_reply: r.failure.clone(),
                 updated_at: msg.received_at,
                 ..Default::default()
             })
             .collect(),
-    }
-}
-
-impl RouteStage {
-    /// A stage publishing through `bus`.
-    pub fn new(
-        bus: Bus,
-        bodies: ObjectStore,
-        hostname: String,
-        directory: Directory,
-        shards: u32,
-    ) -> Self {
-        Self {
-            bus,
-            bodies,
-            hostname,
-            directory,
-            shards,
-        }
-    }
-
-    /// Consumes `MAIL_IN` until `shutdown`.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
-        let status = self
-            .bus
-            .js
-            .get_key_value(names::STATUS_BUCKET)
-            .await
-            .map_err(|e| BusError::Setup {
-                name: names::STATUS_BUCKET.into(),
-                reason: e.to_string(),
-            })?;
-        let spec = ConsumerSpec {
-            stream: names::MAIL_IN,
-            durable: names::ROUTE_CONSUMER.into(),
-            filter: None,
-            ack_wait: Duration::from_secs(30),
-            max_ack_pending: 1024,
-            concurrency: CONCURRENCY,
-        };
-        consume(&self.bus, spec, &shutdown, |msg| self.handle(&status, msg)).await;
-        Ok(())
-    }
-
-    async fn handle(&self, status: &kv::Store, msg: jetstream::Message) {
-        let accepted = match AcceptedMessage::decode(msg.payload.clone()) {
-            Ok(a) => a,
-            Err(e) => {
-                // Not something a retry can fix; keep it out of the way and say so loudly.
-                tracing::error!(error = %e, subject = %msg.subject, "undecodable message on MAIL_IN; terminated");
-                let _ = msg.ack_with(AckKind::Term).await;
-                return;
-            }
-        };
-        match self.route(status, &accepted).await {
-            Ok(jobs) => {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(queue_id = %accepted.queue_id, error = %e, "ack failed; the message will be routed again");
-                } else {
-                    tracing::info!(queue_id = %accepted.queue_id, jobs, "routed");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(queue_id = %accepted.queue_id, error = %e, "routing failed; will retry");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
-        }
-    }
-
-    async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<usize, RouteError> {
-        let (recipients, local) = self
-            .directory
-            .view(|d| {
-                let recipients = expand(d, &msg.recipients);
-                let local: HashSet<String> = recipients
-                    .iter()
-                    .map(|r| domain_of(&r.recipient.address))
-                    .filter(|domain| d.is_local(domain))
-                    .collect();
-                (recipients, local)
-            })
-            .await?;
-        for failed in recipients
-            .iter()
-            .filter_map(|r| r.failure.as_ref().map(|f| (r, f)))
-        {
-            tracing::warn!(queue_id = %msg.queue_id, recipient = %failed.0.recipient.address, error = %failed.1, "alias expansion failed");
-        }
-        let record = Bytes::from(initial_status(msg, &recipients).encode_to_vec());
-        match status.create(&msg.queue_id, record).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(e) => return Err(RouteError::Status(e.to_string())),
-        }
-        self.report_failures(msg, &recipients).await?;
-        let jobs = split(msg, &recipients, &local, self.shards);
-        let count = jobs.len();
-        self.bus
-            .publish_all(jobs.into_iter().map(|(subject, job)| {
-                let id = job.job_id.clone();
-                (subject, id, Bytes::from(job.encode_to_vec()))
-            }))
-            .await?;
-        Ok(count)
-    }
-}
-
-impl RouteStage {
-    /// Tells the sender about recipients whose alias could not be expanded (RFC 3464), as the
-    /// relay does for delivery failures. `Nats-Msg-Id = dsn.<queue id>.route`, so a second
-    /// pass over the same message sends nothing new.
-    async fn report_failures(
-        &self,
-        msg: &AcceptedMessage,
-        recipients: &[Expanded],
-    ) -> Result<(), RouteError> {
-        let mail_from = msg.mail_from.clone().unwrap_or_default();
-        if mail_from.address.is_empty() {
-            return Ok(());
-        }
-        let reports: Vec<RecipientReport> = recipients
-            .iter()
-            .filter_map(|e| {
-                let reply = expansion_reply(e.failure.as_ref()?);
-                RecipientReport::owed(&e.recipient, Action::Failed, &reply, "")
-            })
-            .collect();
-        if reports.is_empty() {
-            return Ok(());
-        }
-        let body = msg.body.clone().unwrap_or_default();
-        let content = load_body(&self.bodies, &body).await?;
-        let original = Original {
-            queue_id: &msg.queue_id,
-            mail_from: &mail_from,
-            received_at: msg.received_at,
-            content: &content,
-        };
-        let queue_id = ulid::Ulid::generate().to_string();
-        let report = notice(&self.hostname, original, reports, &queue_id);
-        self.bus
-            .publish(
-                names::MAIL_IN_SUBJECT.into(),
-                &format!("dsn.{}.route", msg.queue_id),
-                Bytes::from(report.encode_to_vec()),
-            )
-            .await?;
-        tracing::info!(queue_id = %msg.queue_id, notice = %queue_id, "failure report queued");
-        Ok(())
     }
 }
 
@@ -430,7 +239,11 @@ mod tests {
     #[test]
     fn initial_status_queues_every_recipient() {
         let msg = message(&["a@x.test", "b@y.test"]);
-        let st = initial_status(&msg, &expand(&Snapshot::default(), &msg.recipients));
+        let st = initial_status(
+            &msg,
+            &expand(&Snapshot::default(), &msg.recipients),
+            RecipientState::Queued,
+        );
         assert_eq!(st.recipients.len(), 2);
         assert!(
             st.recipients
@@ -471,9 +284,9 @@ mod tests {
             expanded[0].recipient.dsn_notify,
             msg.recipients[0].dsn_notify
         );
-        assert!(matches!(expanded[2].failure, Some(ExpandError::Loop(_))));
+        assert_eq!(expanded[2].failure.as_ref().unwrap().enhanced, "5.4.6");
 
-        let st = initial_status(&msg, &expanded);
+        let st = initial_status(&msg, &expanded, RecipientState::Queued);
         let states: Vec<RecipientState> = st.recipients.iter().map(|r| r.state()).collect();
         assert_eq!(
             states,

@@ -18,6 +18,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::Value;
 
+mod scan;
+
+pub use scan::{HeaderRule, Pattern, RuleAction, ScanConfig};
+
 /// The exit code for a bad configuration (EX_USAGE, as the design requires).
 pub const EX_CONFIG: i32 = 64;
 
@@ -230,6 +234,12 @@ pub struct PolicyConfig {
     /// Nameservers as `ip:port` for the in-session DNS checks (null MX of recipient domains,
     /// existence of sender domains); empty means the system's (`/etc/resolv.conf`).
     pub dns_servers: Vec<SocketAddr>,
+    /// Refuse MAIL FROM on the MX port when the sender's SPF result is `fail` (`550
+    /// 5.7.23`) or a temporary DNS error (`451 4.7.24`), RFC 7372. Off by default: the
+    /// result is recorded either way and DMARC judges it after the queue.
+    pub spf_enforce: bool,
+    /// The scan stage's checks.
+    pub scan: ScanConfig,
 }
 
 impl Default for PolicyConfig {
@@ -246,6 +256,8 @@ impl Default for PolicyConfig {
             rate_limit_per_user: 0,
             dnsbl_zones: Vec::new(),
             connection_rate_limit: 0,
+            spf_enforce: false,
+            scan: ScanConfig::default(),
         }
     }
 }

@@ -1,0 +1,277 @@
+//! The scan-and-route stage: each accepted message is scanned ([`crate::scan`]), its
+//! aliases expanded, and one delivery job per destination domain published.
+//!
+//! For each message on `MAIL_IN` it scans the content (and stores what the scan added or
+//! removed), expands every recipient through the directory's aliases and catch-alls,
+//! records the initial status (every final recipient queued, or bounced when its alias
+//! cannot be expanded), publishes the jobs to `MAIL_OUT` with their acknowledgements in
+//! flight together, and only then acknowledges the message on `MAIL_IN`. A quarantined
+//! message is held instead, and a refused one reported to its sender. A crash anywhere in
+//! between redelivers the message; the status record is only created if missing and the
+//! jobs carry a `Nats-Msg-Id`, so a second pass changes nothing.
+
+mod plan;
+
+pub use plan::{Expanded, domain_of, expand, initial_status, split};
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, kv};
+use bytes::Bytes;
+use mailflow_bus::{BodyStore, Bus, BusError, ConsumerSpec, consume, names};
+use mailflow_proto::v1::{AcceptedMessage, RecipientState, RemoteReply};
+use mailflow_report::{Action, Original, RecipientReport, notice};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::directory::{Directory, DirectoryError};
+use crate::quarantine::{Quarantine, QuarantineError};
+use crate::scan::{Decision, Origin, Scanner};
+
+/// Messages routed at once by one replica.
+const CONCURRENCY: usize = 64;
+
+/// Why one message could not be routed (it is redelivered).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The directory could not be read.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// Publishing or storing failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The status record could not be created.
+    #[error("status record: {0}")]
+    Status(String),
+    /// The message could not be quarantined.
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
+}
+
+/// The consumer of `MAIL_IN`.
+pub struct RouteStage {
+    /// Publishes jobs.
+    pub bus: Bus,
+    /// Bodies: scanned, rewritten, and returned with failure reports.
+    pub bodies: BodyStore,
+    /// The name failure reports come from.
+    pub hostname: String,
+    /// Tells local domains from remote ones, and holds the DKIM keys.
+    pub directory: Directory,
+    /// Number of `mail.out.<shard>` subjects.
+    pub shards: u32,
+    /// Checks, verifies and signs each message first.
+    pub scanner: Scanner,
+    /// Where held messages go.
+    pub quarantine: Quarantine,
+}
+
+impl RouteStage {
+    /// Consumes `MAIL_IN` until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BusError> {
+        let status = self
+            .bus
+            .js
+            .get_key_value(names::STATUS_BUCKET)
+            .await
+            .map_err(|e| BusError::Setup {
+                name: names::STATUS_BUCKET.into(),
+                reason: e.to_string(),
+            })?;
+        let spec = ConsumerSpec {
+            stream: names::MAIL_IN,
+            durable: names::ROUTE_CONSUMER.into(),
+            filter: None,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1024,
+            concurrency: CONCURRENCY,
+        };
+        consume(&self.bus, spec, &shutdown, |msg| self.handle(&status, msg)).await;
+        Ok(())
+    }
+
+    async fn handle(&self, status: &kv::Store, msg: jetstream::Message) {
+        let accepted = match AcceptedMessage::decode(msg.payload.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                // Not something a retry can fix; keep it out of the way and say so loudly.
+                tracing::error!(error = %e, subject = %msg.subject, "undecodable message on MAIL_IN; terminated");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        match self.route(status, &accepted).await {
+            Ok(jobs) => {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(queue_id = %accepted.queue_id, error = %e, "ack failed; the message will be routed again");
+                } else {
+                    tracing::info!(queue_id = %accepted.queue_id, jobs, "routed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue_id = %accepted.queue_id, error = %e, "routing failed; will retry");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<usize, RouteError> {
+        let mut msg = msg.clone();
+        // A released message was scanned before it was held.
+        let (decision, subject) = if msg.released {
+            (Decision::Deliver, String::new())
+        } else {
+            self.scan(&mut msg).await?
+        };
+        let (mut recipients, local) = self
+            .directory
+            .view(|d| {
+                let recipients = expand(d, &msg.recipients);
+                let local: HashSet<String> = recipients
+                    .iter()
+                    .map(|r| domain_of(&r.recipient.address))
+                    .filter(|domain| d.is_local(domain))
+                    .collect();
+                (recipients, local)
+            })
+            .await?;
+        for failed in recipients
+            .iter()
+            .filter_map(|r| r.failure.as_ref().map(|f| (r, f)))
+        {
+            tracing::warn!(queue_id = %msg.queue_id, recipient = %failed.0.recipient.address, error = %failed.1.text, "alias expansion failed");
+        }
+        let pending = match &decision {
+            Decision::Deliver => RecipientState::Queued,
+            Decision::Quarantine(reason) => {
+                tracing::warn!(queue_id = %msg.queue_id, %reason, "quarantined");
+                RecipientState::Quarantined
+            }
+            Decision::Reject(reason) => {
+                tracing::warn!(queue_id = %msg.queue_id, %reason, "refused by a content rule");
+                let reply = RemoteReply {
+                    code: 550,
+                    enhanced: "5.7.1".into(),
+                    text: format!("message content rejected: {reason}"),
+                };
+                for r in recipients.iter_mut().filter(|r| r.failure.is_none()) {
+                    r.failure = Some(reply.clone());
+                }
+                RecipientState::Queued
+            }
+        };
+        let record = Bytes::from(initial_status(&msg, &recipients, pending).encode_to_vec());
+        // A released message replaces its quarantined record; any other keeps the first.
+        let written = if msg.released {
+            status
+                .put(&msg.queue_id, record)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            match status.create(&msg.queue_id, record).await {
+                Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        };
+        written.map_err(RouteError::Status)?;
+        if let Decision::Quarantine(reason) = &decision {
+            self.quarantine.hold(&msg, reason, subject).await?;
+            return Ok(0);
+        }
+        self.report_failures(&msg, &recipients).await?;
+        let jobs = split(&msg, &recipients, &local, self.shards);
+        let count = jobs.len();
+        self.bus
+            .publish_all(jobs.into_iter().map(|(subject, job)| {
+                let id = job.job_id.clone();
+                (subject, id, Bytes::from(job.encode_to_vec()))
+            }))
+            .await?;
+        Ok(count)
+    }
+}
+
+impl RouteStage {
+    /// Scans `msg` and stores what the scan changed in its body: added header fields in the
+    /// prefix, a rewritten message inline or as a new object. Returns the decision and the
+    /// message's subject.
+    async fn scan(&self, msg: &mut AcceptedMessage) -> Result<(Decision, String), RouteError> {
+        let origin = self.scanner.origin(msg);
+        if origin == Origin::Internal {
+            return Ok((Decision::Deliver, String::new()));
+        }
+        let body = msg.body.clone().unwrap_or_default();
+        let content = self.bodies.load(&body).await?;
+        let key = match origin {
+            Origin::Own => {
+                let sender = msg.mail_from.as_ref().map_or("", |m| m.address.as_str());
+                self.directory.dkim_key(&domain_of(sender)).await?
+            }
+            Origin::Outside(_) | Origin::Internal => None,
+        };
+        let scanned = self.scanner.scan(msg, &content, key.as_ref()).await;
+        let added = scanned.prefix.len() as u64;
+        let mut body = match scanned.rewritten {
+            // Under a new name: the original stays, so that a redelivered message is
+            // scanned from the original.
+            Some(rewritten) => {
+                let name = format!("{}.scanned", msg.queue_id);
+                self.bodies.put(&name, rewritten).await?
+            }
+            None => body,
+        };
+        body.prefix = [scanned.prefix.as_slice(), body.prefix.as_ref()]
+            .concat()
+            .into();
+        body.size += added;
+        msg.body = Some(body);
+        Ok((scanned.decision, scanned.subject))
+    }
+
+    /// Tells the sender about recipients that failed here (an alias that cannot be
+    /// expanded, a message refused by a content rule; RFC 3464), as the relay does for
+    /// delivery failures. `Nats-Msg-Id = dsn.<queue id>.route`, so a second
+    /// pass over the same message sends nothing new.
+    async fn report_failures(
+        &self,
+        msg: &AcceptedMessage,
+        recipients: &[Expanded],
+    ) -> Result<(), RouteError> {
+        let mail_from = msg.mail_from.clone().unwrap_or_default();
+        if mail_from.address.is_empty() {
+            return Ok(());
+        }
+        let reports: Vec<RecipientReport> = recipients
+            .iter()
+            .filter_map(|e| {
+                RecipientReport::owed(&e.recipient, Action::Failed, e.failure.as_ref()?, "")
+            })
+            .collect();
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let body = msg.body.clone().unwrap_or_default();
+        let content = self.bodies.load(&body).await?;
+        let original = Original {
+            queue_id: &msg.queue_id,
+            mail_from: &mail_from,
+            received_at: msg.received_at,
+            content: &content,
+        };
+        let queue_id = ulid::Ulid::generate().to_string();
+        let report = notice(&self.hostname, original, reports, &queue_id);
+        self.bus
+            .publish(
+                names::MAIL_IN_SUBJECT.into(),
+                &format!("dsn.{}.route", msg.queue_id),
+                Bytes::from(report.encode_to_vec()),
+            )
+            .await?;
+        tracing::info!(queue_id = %msg.queue_id, notice = %queue_id, "failure report queued");
+        Ok(())
+    }
+}

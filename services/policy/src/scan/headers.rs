@@ -1,0 +1,180 @@
+//! The header section of a message (RFC 5322 §2.2): its fields as they are on the wire,
+//! folded lines included. Pure functions over octets, for the scan stage's checks and for
+//! removing forged fields.
+
+use std::ops::Range;
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field<'a> {
+    /// The field name as written (compare it case-insensitively).
+    pub name: &'a str,
+    /// The octets after the colon, folding and the final CRLF included.
+    pub raw_value: &'a [u8],
+    /// Where the whole field (name to final CRLF) lies in the message.
+    pub span: Range<usize>,
+}
+
+impl Field<'_> {
+    /// The value unfolded (RFC 5322 §2.2.3) and trimmed; octets that are not UTF-8 are
+    /// replaced.
+    pub fn value(&self) -> String {
+        let text = String::from_utf8_lossy(self.raw_value);
+        let mut out = String::with_capacity(text.len());
+        for piece in text.split("\r\n") {
+            out.push_str(piece);
+        }
+        out.trim().to_string()
+    }
+
+    /// True when the name is `name`, ignoring case.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// The length of the header section: up to and including the empty line that ends it, or
+/// the whole message when there is none.
+pub fn section_len(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |at| at + 4)
+}
+
+/// The fields of the header section in order. A line that is neither a field nor a
+/// continuation (no colon) ends the section, as it would for most parsers.
+pub fn fields(message: &[u8]) -> Vec<Field<'_>> {
+    let section = &message[..section_len(message)];
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < section.len() {
+        let rest = &section[at..];
+        if rest.starts_with(b"\r\n") {
+            break;
+        }
+        let end = field_end(rest);
+        let field = &rest[..end];
+        let Some(colon) = memchr::memchr(b':', field) else {
+            break;
+        };
+        let Ok(name) = std::str::from_utf8(&field[..colon]) else {
+            break;
+        };
+        out.push(Field {
+            name: name.trim_end(),
+            raw_value: &field[colon + 1..],
+            span: at..at + end,
+        });
+        at += end;
+    }
+    out
+}
+
+/// The length of the field starting `rest`: through the CRLF of its last line, continuation
+/// lines (starting with space or tab) included.
+fn field_end(rest: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match memchr::memmem::find(&rest[at..], b"\r\n") {
+            Some(i) => {
+                at += i + 2;
+                if !matches!(rest.get(at), Some(b' ' | b'\t')) {
+                    return at;
+                }
+            }
+            None => return rest.len(),
+        }
+    }
+}
+
+/// `message` without the fields `drop` selects; `None` when it selects none.
+pub fn without<'a>(message: &'a [u8], drop: impl Fn(&Field<'a>) -> bool) -> Option<Vec<u8>> {
+    let dropped: Vec<Range<usize>> = fields(message)
+        .iter()
+        .filter(|f| drop(f))
+        .map(|f| f.span.clone())
+        .collect();
+    if dropped.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    let mut at = 0;
+    for span in dropped {
+        out.extend_from_slice(&message[at..span.start]);
+        at = span.end;
+    }
+    out.extend_from_slice(&message[at..]);
+    Some(out)
+}
+
+/// The authentication service identifier of an `Authentication-Results` value (RFC 8601
+/// §2.2): what precedes the first `;`, comments and an optional version removed.
+pub fn authserv_id(value: &str) -> &str {
+    let head = value.split(';').next().unwrap_or_default();
+    let head = head.split('(').next().unwrap_or_default();
+    head.split_whitespace().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &[u8] = b"Received: from a\r\n\tby b; Sat, 28 Nov 2026\r\nSubject: Hello\r\n  world\r\nAuthentication-Results: mx.test; spf=pass\r\nFrom: x@y\r\n\r\nbody: not a header\r\n";
+
+    #[test]
+    fn fields_keep_folding_and_spans() {
+        let f = fields(MESSAGE);
+        let names: Vec<&str> = f.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            ["Received", "Subject", "Authentication-Results", "From"]
+        );
+        assert_eq!(f[0].value(), "from a\tby b; Sat, 28 Nov 2026");
+        assert_eq!(f[1].value(), "Hello  world");
+        assert_eq!(
+            &MESSAGE[f[1].span.clone()],
+            b"Subject: Hello\r\n  world\r\n".as_slice()
+        );
+        assert!(f[2].is("authentication-results"));
+        assert_eq!(
+            section_len(MESSAGE),
+            MESSAGE.len() - b"body: not a header\r\n".len()
+        );
+    }
+
+    #[test]
+    fn edge_cases_end_the_section_safely() {
+        assert!(fields(b"").is_empty());
+        assert!(fields(b"\r\nbody").is_empty());
+        assert_eq!(section_len(b"\r\nbody"), 2);
+        // No blank line: the whole message is the header section.
+        let f = fields(b"A: 1\r\nB: 2");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[1].value(), "2");
+        // A line without a colon ends the fields.
+        assert_eq!(fields(b"A: 1\r\ngarbage\r\nB: 2\r\n\r\n").len(), 1);
+        // Invalid UTF-8 in a value is replaced, not refused.
+        assert_eq!(fields(b"A: \xff\r\n\r\n")[0].value(), "\u{fffd}");
+        // A bare LF inside a value is not a line end (the ingress refuses it by default).
+        assert_eq!(fields(b"A: x\ny\r\n\r\n")[0].value(), "x\ny");
+    }
+
+    #[test]
+    fn removing_fields_leaves_the_rest_untouched() {
+        let out = without(MESSAGE, |f| f.is("Authentication-Results")).unwrap();
+        assert_eq!(
+            out,
+            b"Received: from a\r\n\tby b; Sat, 28 Nov 2026\r\nSubject: Hello\r\n  world\r\nFrom: x@y\r\n\r\nbody: not a header\r\n"
+        );
+        assert_eq!(without(MESSAGE, |f| f.is("X-None")), None);
+    }
+
+    #[test]
+    fn authserv_ids() {
+        assert_eq!(authserv_id(" mx.test; spf=pass"), "mx.test");
+        assert_eq!(authserv_id("mx.test 1; none"), "mx.test");
+        assert_eq!(authserv_id("mx.test (comment); dkim=pass"), "mx.test");
+        assert_eq!(authserv_id(""), "");
+    }
+}

@@ -1,0 +1,166 @@
+//! Content rules: mail loops, the header size cap, header rules and refused attachments.
+//! Pure decisions over the message, tested without any service.
+
+use mail_parser::{Message, MessageParser, MimeHeaders};
+use mailflow_runtime::config::{RuleAction, ScanConfig};
+
+use super::headers::Field;
+
+/// How deep attached messages are opened to look for attachments.
+const MAX_NESTING: usize = 5;
+
+/// A rule that matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What to do with the message.
+    pub action: RuleAction,
+    /// Why, for the operator and (when refused) the sender.
+    pub reason: String,
+}
+
+/// More `Received` fields than `max` means the message is going round in a loop (RFC 5321
+/// §6.3); it is quarantined, never bounced (the bounce would loop too).
+pub fn mail_loop(fields: &[Field<'_>], max: usize) -> Option<Finding> {
+    let received = fields.iter().filter(|f| f.is("Received")).count();
+    (received > max).then(|| Finding {
+        action: RuleAction::Quarantine,
+        reason: format!("mail loop: {received} Received headers (more than {max})"),
+    })
+}
+
+/// The first content rule `message` breaks, in the order: header size, header rules,
+/// attachments.
+pub fn check(
+    message: &[u8],
+    fields: &[Field<'_>],
+    header_len: usize,
+    config: &ScanConfig,
+) -> Option<Finding> {
+    if config.max_header_size > 0 && header_len > config.max_header_size {
+        return Some(Finding {
+            action: config.content_action,
+            reason: format!(
+                "header section of {header_len} octets is larger than {}",
+                config.max_header_size
+            ),
+        });
+    }
+    for rule in &config.header_rules {
+        if let Some(field) = fields
+            .iter()
+            .find(|f| f.is(&rule.header) && rule.pattern.0.is_match(&f.value()))
+        {
+            return Some(Finding {
+                action: rule.action,
+                reason: format!(
+                    "header {} matches the rule {:?}",
+                    field.name,
+                    rule.pattern.0.as_str()
+                ),
+            });
+        }
+    }
+    if config.blocked_extensions.is_empty() {
+        return None;
+    }
+    let parsed = MessageParser::new().parse(message)?;
+    let name = blocked_attachment(&parsed, &config.blocked_extensions, 0)?;
+    Some(Finding {
+        action: config.content_action,
+        reason: format!("attachment {name:?} has a refused file type"),
+    })
+}
+
+/// The name of the first attachment (in attached messages too) whose extension is in
+/// `blocked`.
+fn blocked_attachment(message: &Message<'_>, blocked: &[String], depth: usize) -> Option<String> {
+    for part in message.attachments() {
+        if let Some(name) = part.attachment_name()
+            && let Some((_, ext)) = name.trim().trim_end_matches('.').rsplit_once('.')
+            && blocked.iter().any(|b| b.eq_ignore_ascii_case(ext))
+        {
+            return Some(name.to_string());
+        }
+        if depth < MAX_NESTING
+            && let Some(inner) = part.message()
+            && let Some(name) = blocked_attachment(inner, blocked, depth + 1)
+        {
+            return Some(name);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::headers::{fields, section_len};
+    use super::*;
+    use mailflow_runtime::config::{HeaderRule, Pattern};
+
+    fn run(message: &str, config: &ScanConfig) -> Option<Finding> {
+        let m = message.as_bytes();
+        check(m, &fields(m), section_len(m), config)
+    }
+
+    fn with_attachment(name: &str) -> String {
+        format!(
+            "From: a@x.test\r\nSubject: files\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--b--\r\n"
+        )
+    }
+
+    #[test]
+    fn loops_are_counted_past_the_limit() {
+        let m = "Received: x\r\n".repeat(51) + "\r\nbody\r\n";
+        let f = fields(m.as_bytes());
+        let finding = mail_loop(&f, 50).unwrap();
+        assert_eq!(finding.action, RuleAction::Quarantine);
+        assert!(finding.reason.contains("51 Received"));
+        assert_eq!(mail_loop(&f, 51), None);
+    }
+
+    #[test]
+    fn executable_attachments_are_refused_by_default() {
+        let config = ScanConfig::default();
+        let finding = run(&with_attachment("invoice.PDF.exe"), &config).unwrap();
+        assert_eq!(finding.action, RuleAction::Quarantine);
+        assert!(finding.reason.contains("invoice.PDF.exe"));
+        assert_eq!(run(&with_attachment("invoice.pdf"), &config), None);
+        assert_eq!(run(&with_attachment("noextension"), &config), None);
+        let none = ScanConfig {
+            blocked_extensions: Vec::new(),
+            ..ScanConfig::default()
+        };
+        assert_eq!(run(&with_attachment("x.exe"), &none), None);
+    }
+
+    #[test]
+    fn attachments_inside_attached_messages_are_found() {
+        let inner = with_attachment("tool.scr");
+        let outer = format!(
+            "From: b@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n--o--\r\n"
+        );
+        let finding = run(&outer, &ScanConfig::default()).unwrap();
+        assert!(finding.reason.contains("tool.scr"));
+    }
+
+    #[test]
+    fn header_rules_and_size() {
+        let config = ScanConfig {
+            header_rules: vec![HeaderRule {
+                header: "subject".into(),
+                pattern: Pattern(regex::Regex::new("(?i)cheap pills").unwrap()),
+                action: RuleAction::Reject,
+            }],
+            max_header_size: 100,
+            ..ScanConfig::default()
+        };
+        let spam = run("Subject: CHEAP\r\n pills now\r\n\r\nx\r\n", &config).unwrap();
+        assert_eq!(spam.action, RuleAction::Reject);
+        assert!(spam.reason.contains("Subject"));
+        assert_eq!(run("Subject: hello\r\n\r\nx\r\n", &config), None);
+        let big = format!("X-Pad: {}\r\n\r\nx\r\n", "a".repeat(200));
+        let finding = run(&big, &config).unwrap();
+        assert_eq!(finding.action, RuleAction::Quarantine);
+        assert!(finding.reason.contains("larger than 100"));
+    }
+}
