@@ -1,7 +1,9 @@
 //! Runs `peers/smtp_peer.py` (Python's smtplib) and returns what it printed.
 
+use std::net::SocketAddr;
 use std::process::Command;
 
+use crate::stack::Stack;
 use crate::workspace_root;
 
 /// The peer's output: `key: value` lines.
@@ -37,4 +39,35 @@ pub async fn run(args: Vec<String>) -> PeerOutput {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// smtplib's `submit` as demo@example.test (password `demo`) against `server` (submission
+/// or implicit TLS) of `stack`, with more arguments in `extra`; asserts the peer succeeded.
+pub async fn submit(
+    stack: &Stack,
+    server: SocketAddr,
+    to: &str,
+    subject: &str,
+    extra: &[&str],
+) -> PeerOutput {
+    let server = server.to_string();
+    let mut args = vec![
+        "submit",
+        "--server",
+        &server,
+        "--ca",
+        stack.cert.to_str().expect("UTF-8 path"),
+        "--user",
+        "demo@example.test",
+        "--password",
+        "demo",
+        "--to",
+        to,
+        "--subject",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    let out = run(args.iter().map(|s| s.to_string()).collect()).await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    out
 }

@@ -281,28 +281,11 @@ async fn an_authenticated_user_may_send_as_its_aliases_only() {
     )
     .await;
     let submit = |from: &'static str| {
-        let server = stack.submission.to_string();
-        let ca = stack.cert.to_str().unwrap().to_string();
+        let stack = &stack;
         async move {
-            let args = [
-                "submit",
-                "--server",
-                &server,
-                "--ca",
-                &ca,
-                "--user",
-                "demo@example.test",
-                "--password",
-                "demo",
-                "--to",
-                "boss@example.test",
-                "--subject",
-                from,
-                "--mail-from",
-                from,
-            ];
-            let out = peer::run(args.iter().map(|s| s.to_string()).collect()).await;
-            assert!(out.ok, "{}{}", out.stdout, out.stderr);
+            let extra = ["--mail-from", from];
+            let out =
+                peer::submit(stack, stack.submission, "boss@example.test", from, &extra).await;
             out.get("sender refused").unwrap().to_string()
         }
     };

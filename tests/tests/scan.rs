@@ -237,28 +237,14 @@ async fn signed_and_verified(w: &World, algorithm: &str, selector: &str) {
         "{line}"
     );
     let before = w.a.arrived();
-    let out = peer::run(
-        [
-            "submit",
-            "--server",
-            &w.stack.submission.to_string(),
-            "--ca",
-            w.stack.cert.to_str().unwrap(),
-            "--user",
-            "demo@example.test",
-            "--password",
-            "demo",
-            "--to",
-            "someone@remote-a.test",
-            "--subject",
-            selector,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+    peer::submit(
+        &w.stack,
+        w.stack.submission,
+        "someone@remote-a.test",
+        selector,
+        &[],
     )
     .await;
-    assert!(out.ok, "{}{}", out.stdout, out.stderr);
     wait::until("delivery to sink A", Duration::from_secs(30), || async {
         (w.a.arrived() > before).then_some(())
     })

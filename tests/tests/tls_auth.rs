@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
-use mailflow_tests::peer::{self, PeerOutput};
+use mailflow_tests::peer;
 use mailflow_tests::stack::write_certificate;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
@@ -154,42 +154,12 @@ async fn submission_refuses_plaintext_and_unauthenticated_mail() {
         .await;
 }
 
-/// smtplib's `submit` as demo@example.test (password `demo`) against `server`.
-async fn smtplib_submit(
-    w: &World,
-    server: SocketAddr,
-    to: &str,
-    subject: &str,
-    extra: &[&str],
-) -> PeerOutput {
-    let server = server.to_string();
-    let mut list = vec![
-        "submit",
-        "--server",
-        &server,
-        "--ca",
-        w.stack.cert.to_str().unwrap(),
-        "--user",
-        "demo@example.test",
-        "--password",
-        "demo",
-        "--to",
-        to,
-        "--subject",
-        subject,
-    ];
-    list.extend_from_slice(extra);
-    let out = peer::run(args(&list)).await;
-    assert!(out.ok, "{}{}", out.stdout, out.stderr);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
     let w = World::start().await;
     let extra = ["--smtputf8", "--mail-from", "boss@example.test"];
-    let out = smtplib_submit(
-        &w,
+    let out = peer::submit(
+        &w.stack,
         w.stack.submission,
         "bob@remote-b.test",
         "smtplib-utf8",
@@ -215,8 +185,8 @@ async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_implicit_tls() {
     let w = World::start().await;
-    smtplib_submit(
-        &w,
+    peer::submit(
+        &w.stack,
         w.stack.smtps,
         "demo@example.test",
         "smtps",

@@ -20,6 +20,7 @@ pub mod bdat;
 pub mod command;
 pub mod data;
 pub mod dot;
+pub mod header;
 pub mod line;
 pub mod params;
 pub mod reply;

@@ -11,7 +11,6 @@
 //!
 //! Added fields go into the body's prefix: a large body is not copied to add a few lines.
 
-pub mod headers;
 pub mod rules;
 pub mod verify;
 
@@ -21,6 +20,8 @@ use ipnet::IpNet;
 use mail_auth::MessageAuthenticator;
 use mailflow_proto::v1::{AcceptedMessage, StoredDkimKey};
 use mailflow_runtime::config::{RuleAction, ScanConfig};
+
+use mailflow_smtp::header;
 
 use crate::checks;
 use crate::dkim;
@@ -109,25 +110,19 @@ impl Scanner {
         content: &[u8],
         key: Option<&StoredDkimKey>,
     ) -> Scanned {
-        let rewritten = headers::without(content, |f| {
+        let rewritten = header::without(content, |f| {
             f.is("Authentication-Results")
-                && headers::authserv_id(&f.value()).eq_ignore_ascii_case(&self.hostname)
+                && header::authserv_id(&f.value()).eq_ignore_ascii_case(&self.hostname)
         });
         let message = rewritten.as_deref().unwrap_or(content);
-        let fields = headers::fields(message);
+        let fields = header::fields(message);
         let subject = fields
             .iter()
             .find(|f| f.is("Subject"))
             .map(|f| f.value())
             .unwrap_or_default();
-        let finding = rules::mail_loop(&fields, self.config.max_received).or_else(|| {
-            rules::check(
-                message,
-                &fields,
-                headers::section_len(message),
-                &self.config,
-            )
-        });
+        let finding = rules::mail_loop(&fields, self.config.max_received)
+            .or_else(|| rules::check(message, &fields, header::section_len(message), &self.config));
         let mut decision = match finding {
             None => Decision::Deliver,
             Some(f) if f.action == RuleAction::Reject => Decision::Reject(f.reason),

@@ -4,7 +4,7 @@
 use mail_parser::{Message, MessageParser, MimeHeaders};
 use mailflow_runtime::config::{RuleAction, ScanConfig};
 
-use super::headers::Field;
+use mailflow_smtp::header::Field;
 
 /// How deep attached messages are opened to look for attachments.
 const MAX_NESTING: usize = 5;
@@ -93,9 +93,9 @@ fn blocked_attachment(message: &Message<'_>, blocked: &[String], depth: usize) -
 
 #[cfg(test)]
 mod tests {
-    use super::super::headers::{fields, section_len};
     use super::*;
     use mailflow_runtime::config::{HeaderRule, Pattern};
+    use mailflow_smtp::header::{fields, section_len};
 
     fn run(message: &str, config: &ScanConfig) -> Option<Finding> {
         let m = message.as_bytes();

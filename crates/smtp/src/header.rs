@@ -1,6 +1,6 @@
 //! The header section of a message (RFC 5322 §2.2): its fields as they are on the wire,
-//! folded lines included. Pure functions over octets, for the scan stage's checks and for
-//! removing forged fields.
+//! folded lines included. Pure functions over octets, for the policy's scan stage (its
+//! checks, and removing forged fields).
 
 use std::ops::Range;
 
