@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Python's smtplib as a real SMTP client of mailflow, driven by the end-to-end tests.
+"""Python's smtplib as a real SMTP client of mailflow, driven by the end-to-end tests, and
+imaplib and poplib as the mail clients that read what it delivered.
 
 Each subcommand prints the facts the test checks, one `key: value` per line, and exits 0
 when the scenario behaved as mailflow promises.
 """
 import argparse
+import imaplib
+import poplib
 import socket
 import smtplib
 import ssl
@@ -136,6 +139,36 @@ def peer_cert(args):
     return 0
 
 
+def imap_subjects(args):
+    """Logs in over IMAP (imaplib) and prints the Subject of every message in INBOX."""
+    host, port = args.server.rsplit(":", 1)
+    with imaplib.IMAP4(host, int(port), timeout=30) as m:
+        m.login(args.user, args.password)
+        m.select("INBOX", readonly=True)
+        _, data = m.search(None, "ALL")
+        for num in data[0].split():
+            _, fetched = m.fetch(num, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            header = fetched[0][1].decode("utf-8", "replace").strip()
+            print(f"subject: {header.split(':', 1)[1].strip()}")
+    return 0
+
+
+def pop3_subjects(args):
+    """Logs in over POP3 (poplib) and prints the Subject of every message."""
+    host, port = args.server.rsplit(":", 1)
+    client = poplib.POP3(host, int(port), timeout=30)
+    client.user(args.user)
+    client.pass_(args.password)
+    count, _ = client.stat()
+    for i in range(1, count + 1):
+        _, lines, _ = client.top(i, 0)
+        for line in lines:
+            if line.lower().startswith(b"subject:"):
+                print(f"subject: {line.decode('utf-8', 'replace')[8:].strip()}")
+    client.quit()
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -160,8 +193,14 @@ def main():
     c = sub.add_parser("peer-cert")
     c.add_argument("--server", required=True)
     c.add_argument("--out", required=True)
+    for name in ("imap-subjects", "pop3-subjects"):
+        m = sub.add_parser(name)
+        m.add_argument("--server", required=True)
+        m.add_argument("--user", required=True)
+        m.add_argument("--password", required=True)
     args = p.parse_args()
-    commands = {"submit": submit, "bad-login": bad_login, "injection": injection, "peer-cert": peer_cert}
+    commands = {"submit": submit, "bad-login": bad_login, "injection": injection, "peer-cert": peer_cert,
+                "imap-subjects": imap_subjects, "pop3-subjects": pop3_subjects}
     return commands[args.cmd](args)
 
 

@@ -4,6 +4,7 @@
 //!   temporary store, which a test can stop and start again;
 //! - [`dns::DnsServer`]: a real DNS server (hickory-server, in process) serving test zones
 //!   over UDP and TCP;
+//! - [`dovecot::Dovecot`]: a real Dovecot with LMTP, IMAP and POP3;
 //! - [`sink::Sink`]: SMTP servers on loopback addresses that record what they receive;
 //! - [`stack::Stack`]: the three service binaries with a per-test configuration;
 //! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes;
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod dovecot;
 pub mod mailctl;
 pub mod nats;
 pub mod peer;

@@ -272,6 +272,7 @@ command_timeout = "10s"
             .await
             .add_domain(AddDomainRequest {
                 domain: domain.into(),
+                ..Default::default()
             })
             .await
             .expect("AddDomain");

@@ -96,6 +96,7 @@ async fn directory_lists_and_refuses_bad_input_with_proper_codes() {
         .unwrap();
     dir.add_domain(AddDomainRequest {
         domain: "Second.TEST".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -123,6 +124,7 @@ async fn directory_lists_and_refuses_bad_input_with_proper_codes() {
     let bad_domain = dir
         .add_domain(AddDomainRequest {
             domain: "not a domain".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -86,6 +86,7 @@ async fn main() {
         directory
             .add_domain(AddDomainRequest {
                 domain: "load.test".into(),
+                ..Default::default()
             })
             .await?;
         directory

@@ -1,6 +1,8 @@
-//! Delivering one job: local recipients into Maildir, remote ones to the smarthost or the
-//! domain's mail exchangers. Every recipient gets an [`Outcome`].
+//! Delivering one job by its domain's transport: into Maildir, over LMTP, to a fixed SMTP
+//! server (a smarthost) or to the domain's mail exchangers. Every recipient gets an
+//! [`Outcome`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use mailflow_smtp::ServerReply;
 use crate::maildir::LocalDelivery;
 use crate::smtp_client::{self, ClientConfig, ConnectionCache, Credentials, Envelope, HostFailure};
 use mailflow_dns::{MxResolver, ResolveError, Target};
+use mailflow_runtime::config::Transport;
 use tokio_rustls::TlsConnector;
 
 /// The result of one delivery attempt for one recipient.
@@ -113,8 +116,10 @@ pub struct Deliverer {
     pub maildir_root: PathBuf,
     /// MX lookups.
     pub resolver: MxResolver,
-    /// All remote mail goes here when set (`host:port`).
+    /// All remote mail goes here when set (`host:port`), unless `transports` says otherwise.
     pub smarthost: Option<String>,
+    /// Transports by domain, from the configuration.
+    pub transports: BTreeMap<String, Transport>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Per-reply timeout.
@@ -123,7 +128,7 @@ pub struct Deliverer {
     pub connections: Arc<ConnectionCache>,
     /// Opportunistic STARTTLS.
     pub tls: TlsConnector,
-    /// Credentials for the smarthost, if it wants them.
+    /// Credentials for the smarthost and `smtp:` transports, if they want them.
     pub smarthost_auth: Option<Credentials>,
 }
 
@@ -131,6 +136,31 @@ pub struct Deliverer {
 pub type Pending = (u32, String);
 
 impl Deliverer {
+    /// How `job` leaves: the transport the directory gave it, else the configured one for
+    /// its domain, else Maildir for a local domain and the smarthost or the MX hosts for a
+    /// remote one.
+    pub fn transport(&self, job: &DeliveryJob) -> Transport {
+        if !job.transport.is_empty() {
+            match job.transport.parse() {
+                Ok(t) => return t,
+                Err(e) => {
+                    tracing::warn!(domain = %job.domain, error = %e, "directory transport ignored")
+                }
+            }
+        }
+        if let Some(t) = self.transports.get(&job.domain) {
+            return t.clone();
+        }
+        match job.route.as_ref().and_then(|r| r.kind.as_ref()) {
+            Some(route::Kind::Local(_)) => Transport::Maildir(self.maildir_root.clone()),
+            _ => self
+                .smarthost
+                .as_ref()
+                .and_then(|s| format!("smtp:{s}").parse().ok())
+                .unwrap_or(Transport::Mx),
+        }
+    }
+
     /// Delivers `content` to `pending` recipients of `job`.
     pub async fn deliver(
         &self,
@@ -138,21 +168,25 @@ impl Deliverer {
         pending: &[Pending],
         content: Bytes,
     ) -> Vec<Outcome> {
-        match job.route.as_ref().and_then(|r| r.kind.as_ref()) {
-            Some(route::Kind::Local(_)) => self.deliver_local(job, pending, content).await,
-            _ => self.deliver_remote(job, pending, &content).await,
+        match self.transport(job) {
+            Transport::Maildir(root) => self.deliver_local(root, job, pending, content).await,
+            transport => {
+                self.deliver_remote(&transport, job, pending, &content)
+                    .await
+            }
         }
     }
 
     async fn deliver_local(
         &self,
+        root: PathBuf,
         job: &DeliveryJob,
         pending: &[Pending],
         content: Bytes,
     ) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(pending.len());
         for (index, rcpt) in pending {
-            let root = self.maildir_root.clone();
+            let root = root.clone();
             let hostname = self.hostname.clone();
             let queue_id = job.queue_id.clone();
             let sender = job
@@ -201,23 +235,27 @@ impl Deliverer {
         out
     }
 
-    async fn targets(&self, domain: &str) -> Result<Vec<Target>, Outcome> {
-        if let Some(smarthost) = &self.smarthost {
-            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(smarthost.as_str()).await {
+    /// Where to connect for `transport`: its host for SMTP and LMTP, the domain's MX hosts
+    /// otherwise.
+    async fn targets(&self, transport: &Transport, domain: &str) -> Result<Vec<Target>, Outcome> {
+        if let Some(endpoint) = transport.endpoint() {
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(endpoint.as_str()).await {
                 Ok(a) => a.collect(),
                 Err(e) => {
                     return Err(Outcome::new(
                         RecipientState::Deferred,
                         451,
                         "4.4.3",
-                        format!("cannot resolve smarthost {smarthost}: {e}"),
+                        format!("cannot resolve {transport}: {e}"),
                     ));
                 }
             };
-            return Ok(vec![Target {
-                host: smarthost.clone(),
-                addrs,
-            }]);
+            let host = endpoint
+                .rsplit_once(':')
+                .map_or(endpoint.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_string();
+            return Ok(vec![Target { host, addrs }]);
         }
         self.resolver.targets(domain).await.map_err(|e| {
             let (state, code, enh) = match &e {
@@ -231,14 +269,17 @@ impl Deliverer {
 
     async fn deliver_remote(
         &self,
+        transport: &Transport,
         job: &DeliveryJob,
         pending: &[Pending],
         content: &[u8],
     ) -> Vec<Outcome> {
-        if let Some(refusal) = job.mail_from.as_ref().and_then(requiretls_refusal) {
+        let lmtp = matches!(transport, Transport::Lmtp { .. });
+        // LMTP is final delivery into a mailbox, not transit: REQUIRETLS does not apply.
+        if !lmtp && let Some(refusal) = job.mail_from.as_ref().and_then(requiretls_refusal) {
             return vec![refusal; pending.len()];
         }
-        let targets = match self.targets(&job.domain).await {
+        let targets = match self.targets(transport, &job.domain).await {
             Ok(t) => t,
             Err(outcome) => return vec![outcome; pending.len()],
         };
@@ -255,8 +296,12 @@ impl Deliverer {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             tls: &self.tls,
-            // Credentials go to the configured smarthost only, never to an MX host.
-            auth: self.smarthost.as_ref().and(self.smarthost_auth.as_ref()),
+            // Credentials go to smarthosts only, never to an MX host or an LMTP server.
+            auth: match transport {
+                Transport::Smtp { .. } => self.smarthost_auth.as_ref(),
+                _ => None,
+            },
+            lmtp,
         };
         let mut last_failure = None;
         for target in &targets {

@@ -83,6 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         maildir_root: relay.maildir_root.clone(),
         resolver: mailflow_dns::MxResolver::new(&relay.dns_servers, relay.mx_port)?,
         smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),
+        transports: relay.transports.clone(),
         connect_timeout: relay.connect_timeout,
         command_timeout: relay.command_timeout,
         connections: Arc::default(),

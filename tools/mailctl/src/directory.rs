@@ -16,10 +16,14 @@ use crate::grpc_error;
 /// `mailctl domain ...`
 #[derive(Subcommand)]
 pub enum DomainAction {
-    /// Make a domain local.
+    /// Make a domain local, or change how its mail is delivered.
     Add {
         /// The domain.
         domain: String,
+        /// `maildir:/path`, `lmtp:host:port` (Dovecot) or `smtp:[host]:port`; the relay's
+        /// Maildir root when not given.
+        #[arg(long)]
+        transport: Option<String>,
     },
     /// List local domains.
     List,
@@ -97,6 +101,15 @@ fn read_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// ` via <transport>` when the domain has its own transport.
+fn via(transport: &str) -> String {
+    if transport.is_empty() {
+        String::new()
+    } else {
+        format!(" via {transport}")
+    }
+}
+
 /// One alias as `source -> target, target`.
 fn render_alias(alias: &AliasInfo) -> String {
     format!("{} -> {}", alias.source, alias.targets.join(", "))
@@ -108,13 +121,16 @@ pub async fn domain(
     action: DomainAction,
 ) -> anyhow::Result<()> {
     match action {
-        DomainAction::Add { domain } => {
+        DomainAction::Add { domain, transport } => {
             let info = client
-                .add_domain(AddDomainRequest { domain })
+                .add_domain(AddDomainRequest {
+                    domain,
+                    transport: transport.unwrap_or_default(),
+                })
                 .await
                 .map_err(grpc_error)?
                 .into_inner();
-            println!("domain {} added", info.domain);
+            println!("domain {} added{}", info.domain, via(&info.transport));
         }
         DomainAction::List => {
             let list = client
@@ -123,7 +139,7 @@ pub async fn domain(
                 .map_err(grpc_error)?
                 .into_inner();
             for d in list.domains {
-                println!("{}", d.domain);
+                println!("{}{}", d.domain, via(&d.transport));
             }
         }
         DomainAction::Rm { domain } => {

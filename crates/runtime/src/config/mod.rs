@@ -19,8 +19,10 @@ use serde::de::DeserializeOwned;
 use toml::Value;
 
 mod scan;
+mod transport;
 
 pub use scan::{HeaderRule, Pattern, RuleAction, ScanConfig};
+pub use transport::{Transport, TransportError};
 
 /// The exit code for a bad configuration (EX_USAGE, as the design requires).
 pub const EX_CONFIG: i32 = 64;
@@ -280,8 +282,12 @@ pub struct RelayConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// The port of remote mail exchangers (25; tests use their own).
     pub mx_port: u16,
-    /// Send all remote mail to this `host:port` instead of the MX hosts.
+    /// Send all remote mail to this `host:port` instead of the MX hosts (unless
+    /// `transports` names another way for the domain).
     pub smarthost: Option<String>,
+    /// Transports by destination domain (lower case), e.g. `"example.org" =
+    /// "lmtp:127.0.0.1:24"`; a transport set on a local domain in the directory wins.
+    pub transports: std::collections::BTreeMap<String, Transport>,
     /// Authenticate to the smarthost as this user (AUTH PLAIN, only over TLS).
     pub smarthost_username: Option<String>,
     /// The file holding the smarthost password (its first line), e.g. a mounted secret; the
@@ -321,6 +327,7 @@ impl Default for RelayConfig {
             dns_servers: Vec::new(),
             mx_port: 25,
             smarthost: None,
+            transports: std::collections::BTreeMap::new(),
             smarthost_username: None,
             smarthost_password_file: None,
             concurrency: 64,

@@ -22,6 +22,7 @@ use mailflow_bus::compare_and_set;
 use mailflow_proto::v1::{
     AliasInfo, DkimAlgorithm, DkimKeyInfo, DomainInfo, StoredDkimKey, StoredUser,
 };
+use mailflow_runtime::config::Transport;
 use mailflow_smtp::address;
 use prost::Message;
 use tokio::sync::watch;
@@ -67,6 +68,9 @@ pub enum DirectoryError {
     /// Hashing failed.
     #[error("password hashing: {0}")]
     Hash(String),
+    /// A transport that does not parse.
+    #[error("{0}")]
+    InvalidTransport(String),
     /// A DKIM selector that is not a DNS label sequence.
     #[error("invalid DKIM selector {0:?}")]
     InvalidSelector(String),
@@ -194,18 +198,29 @@ impl Directory {
         }
     }
 
-    /// Adds a local domain (idempotent).
-    pub async fn add_domain(&self, domain: &str) -> Result<String, DirectoryError> {
+    /// Adds a local domain, or changes its transport (empty: the relay's default).
+    pub async fn add_domain(
+        &self,
+        domain: &str,
+        transport: &str,
+    ) -> Result<DomainInfo, DirectoryError> {
         let domain = normal_domain(domain);
         if !address::is_domain(&domain) {
             return Err(DirectoryError::InvalidDomain(domain));
         }
+        let transport = match transport.trim() {
+            "" => String::new(),
+            t => t
+                .parse::<Transport>()
+                .map_err(|e| DirectoryError::InvalidTransport(e.to_string()))?
+                .to_string(),
+        };
         let value = DomainInfo {
             domain: domain.clone(),
+            transport,
         };
-        self.put(Key::Domain(domain.clone()), value.encode_to_vec())
-            .await?;
-        Ok(domain)
+        self.put(Key::Domain(domain), value.encode_to_vec()).await?;
+        Ok(value)
     }
 
     /// Removes a local domain that has no users and no aliases left.
@@ -234,9 +249,18 @@ impl Directory {
         Ok(domain)
     }
 
-    /// Every local domain, sorted.
-    pub async fn domains(&self) -> Result<Vec<String>, DirectoryError> {
-        self.view(|s| s.domains.iter().cloned().collect()).await
+    /// Every local domain with its transport, sorted.
+    pub async fn domains(&self) -> Result<Vec<DomainInfo>, DirectoryError> {
+        self.view(|s| {
+            s.domains
+                .iter()
+                .map(|d| DomainInfo {
+                    domain: d.clone(),
+                    transport: s.transport(d).to_string(),
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Adds or replaces a user; only an argon2id hash of the password is stored.

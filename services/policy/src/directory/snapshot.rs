@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
-use mailflow_proto::v1::{AliasInfo, StoredDkimKey, StoredUser};
+use mailflow_proto::v1::{AliasInfo, DomainInfo, StoredDkimKey, StoredUser};
 use mailflow_smtp::address;
 use prost::Message;
 
@@ -37,6 +37,8 @@ pub enum ExpandError {
 pub struct Snapshot {
     /// Local domains.
     pub domains: BTreeSet<String>,
+    /// Local domains' records (their transports).
+    pub domain_info: BTreeMap<String, DomainInfo>,
     /// Users by (domain, local part), both lower case.
     pub users: BTreeMap<(String, String), StoredUser>,
     /// Aliases by (domain, local part), both lower case; an empty local part is the
@@ -60,15 +62,24 @@ impl Snapshot {
         match key {
             Key::Domain(domain) => {
                 if value.is_some() {
-                    self.domains.insert(domain);
+                    self.domains.insert(domain.clone());
                 } else {
                     self.domains.remove(&domain);
                 }
+                update(&mut self.domain_info, domain, value);
             }
             Key::User(d, l) => update(&mut self.users, (d, l), value),
             Key::Alias(d, l) => update(&mut self.aliases, (d, l), value),
             Key::Dkim(d) => update(&mut self.dkim, d, value),
         }
+    }
+
+    /// The transport the directory sets for the local domain `domain` (empty for the
+    /// default).
+    pub fn transport(&self, domain: &str) -> &str {
+        self.domain_info
+            .get(&domain.to_lowercase())
+            .map_or("", |d| d.transport.as_str())
     }
 
     /// True when `domain` is local.

@@ -31,7 +31,8 @@ fn status(e: DirectoryError) -> Status {
         | DirectoryError::InvalidAddress(_)
         | DirectoryError::EmptyPassword
         | DirectoryError::NoTargets
-        | DirectoryError::InvalidSelector(_) => Status::invalid_argument(e.to_string()),
+        | DirectoryError::InvalidSelector(_)
+        | DirectoryError::InvalidTransport(_) => Status::invalid_argument(e.to_string()),
         DirectoryError::UnknownDomain(_) | DirectoryError::DomainInUse { .. } => {
             Status::failed_precondition(e.to_string())
         }
@@ -52,13 +53,14 @@ impl directory_server::Directory for DirectoryService {
         &self,
         request: Request<AddDomainRequest>,
     ) -> Result<Response<DomainInfo>, Status> {
-        let domain = self
+        let req = request.into_inner();
+        let info = self
             .directory
-            .add_domain(&request.into_inner().domain)
+            .add_domain(&req.domain, &req.transport)
             .await
             .map_err(status)?;
-        tracing::info!(%domain, "domain added");
-        Ok(Response::new(DomainInfo { domain }))
+        tracing::info!(domain = %info.domain, transport = %info.transport, "domain added");
+        Ok(Response::new(info))
     }
 
     async fn list_domains(
@@ -66,12 +68,7 @@ impl directory_server::Directory for DirectoryService {
         _request: Request<ListDomainsRequest>,
     ) -> Result<Response<ListDomainsResponse>, Status> {
         let domains = self.directory.domains().await.map_err(status)?;
-        Ok(Response::new(ListDomainsResponse {
-            domains: domains
-                .into_iter()
-                .map(|domain| DomainInfo { domain })
-                .collect(),
-        }))
+        Ok(Response::new(ListDomainsResponse { domains }))
     }
 
     async fn remove_domain(

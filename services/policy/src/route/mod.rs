@@ -14,7 +14,7 @@ mod plan;
 
 pub use plan::{Expanded, domain_of, expand, initial_status, split};
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
@@ -130,10 +130,14 @@ impl RouteStage {
             .directory
             .view(|d| {
                 let recipients = expand(d, &msg.recipients);
-                let local: HashSet<String> = recipients
+                let local: HashMap<String, String> = recipients
                     .iter()
                     .map(|r| domain_of(&r.recipient.address))
                     .filter(|domain| d.is_local(domain))
+                    .map(|domain| {
+                        let transport = d.transport(&domain).to_string();
+                        (domain, transport)
+                    })
                     .collect();
                 (recipients, local)
             })

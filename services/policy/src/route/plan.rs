@@ -1,7 +1,7 @@
 //! The pure part of routing: alias expansion, the status record a routed message starts
 //! with, and the split into one delivery job per destination domain.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use mailflow_bus::names;
 use mailflow_proto::v1::{
@@ -90,7 +90,7 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
 pub fn split(
     msg: &AcceptedMessage,
     recipients: &[Expanded],
-    local_domains: &HashSet<String>,
+    local_domains: &HashMap<String, String>,
     shards: u32,
 ) -> Vec<(String, DeliveryJob)> {
     let mut jobs: Vec<(String, DeliveryJob)> = Vec::new();
@@ -108,10 +108,9 @@ pub fn split(
             job.recipients.push(entry);
             continue;
         }
-        let kind = if local_domains.contains(&domain) {
-            route::Kind::Local(LocalRoute {})
-        } else {
-            route::Kind::Remote(RemoteRoute {})
+        let (kind, transport) = match local_domains.get(&domain) {
+            Some(transport) => (route::Kind::Local(LocalRoute {}), transport.clone()),
+            None => (route::Kind::Remote(RemoteRoute {}), String::new()),
         };
         let job = DeliveryJob {
             job_id: format!("{}.{}", msg.queue_id, jobs.len()),
@@ -124,6 +123,7 @@ pub fn split(
             received_at: msg.received_at,
             trace: msg.trace.clone(),
             attempts_before: 0,
+            transport,
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }
@@ -205,7 +205,8 @@ mod tests {
             "b@local.test",
             "y@other.test",
         ]);
-        let local: HashSet<String> = ["local.test".to_string()].into();
+        let local: HashMap<String, String> =
+            [("local.test".to_string(), "lmtp:[127.0.0.1]:24".to_string())].into();
         let recipients = expand(&Snapshot::default(), &msg.recipients);
         let jobs = split(&msg, &recipients, &local, 16);
         assert_eq!(jobs.len(), 3);
@@ -213,6 +214,7 @@ mod tests {
         assert!(subject.starts_with("mail.out."));
         assert_eq!(first.job_id, "Q1.0");
         assert_eq!(first.domain, "local.test");
+        assert_eq!(first.transport, "lmtp:[127.0.0.1]:24");
         assert!(matches!(
             first.route.as_ref().unwrap().kind,
             Some(route::Kind::Local(_))
@@ -299,7 +301,7 @@ mod tests {
         let reply = st.recipients[2].last_reply.as_ref().unwrap();
         assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.4.6"));
 
-        let local: HashSet<String> = ["x.test".to_string()].into();
+        let local: HashMap<String, String> = [("x.test".to_string(), String::new())].into();
         let jobs = split(&msg, &expanded, &local, 4);
         let indexes: Vec<(String, u32)> = jobs
             .iter()

@@ -1,5 +1,6 @@
 //! One connection to a mail exchanger: greeting, EHLO (HELO as a fallback), and STARTTLS
-//! when the server offers it (RFC 3207), after which EHLO is said again.
+//! when the server offers it (RFC 3207), after which EHLO is said again. An LMTP server
+//! (RFC 2033) is greeted with LHLO instead, and has no HELO to fall back to.
 
 use std::io;
 use std::net::SocketAddr;
@@ -137,9 +138,10 @@ impl Conn {
         }
     }
 
-    /// EHLO (HELO when refused); returns the extension keywords, upper case.
-    async fn hello(&mut self, helo: &str) -> Result<Vec<String>, HostFailure> {
-        let ehlo = self.command(&format!("EHLO {helo}"), "EHLO").await?;
+    /// EHLO (HELO when refused), or LHLO; returns the extension keywords, upper case.
+    async fn hello(&mut self, helo: &str, lmtp: bool) -> Result<Vec<String>, HostFailure> {
+        let verb = if lmtp { "LHLO" } else { "EHLO" };
+        let ehlo = self.command(&format!("{verb} {helo}"), verb).await?;
         if ehlo.is_success() {
             return Ok(ehlo
                 .lines
@@ -147,6 +149,10 @@ impl Conn {
                 .skip(1)
                 .map(|l| l.to_ascii_uppercase())
                 .collect());
+        }
+        if lmtp {
+            let _ = self.command("QUIT", "QUIT").await;
+            return Err(self.refused(ehlo));
         }
         let reply = self.command(&format!("HELO {helo}"), "HELO").await?;
         if !reply.is_success() {
@@ -167,6 +173,8 @@ pub(super) struct Ready {
     pub(super) tls: Option<TlsInfo>,
     /// When it last finished a transaction.
     pub(super) idle_since: Instant,
+    /// An LMTP session: one reply per accepted recipient after the data.
+    pub(super) lmtp: bool,
 }
 
 impl Ready {
@@ -218,7 +226,7 @@ pub(super) async fn open(
         let _ = conn.command("QUIT", "QUIT").await;
         return Err(conn.refused(greeting));
     }
-    let mut extensions = conn.hello(config.helo).await?;
+    let mut extensions = conn.hello(config.helo, config.lmtp).await?;
     let mut session = None;
     if tls && has(&extensions, "STARTTLS") {
         let reply = conn.command("STARTTLS", "STARTTLS").await?;
@@ -228,7 +236,7 @@ pub(super) async fn open(
             conn = upgraded;
             session = Some(info);
             // RFC 3207 §4.2: forget what was learnt before TLS.
-            extensions = conn.hello(config.helo).await?;
+            extensions = conn.hello(config.helo, config.lmtp).await?;
         }
     }
     if let Some(credentials) = config.auth {
@@ -239,6 +247,7 @@ pub(super) async fn open(
         extensions,
         tls: session,
         idle_since: Instant::now(),
+        lmtp: config.lmtp,
     })
 }
 

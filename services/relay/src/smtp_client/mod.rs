@@ -43,6 +43,8 @@ pub struct ClientConfig<'a> {
     pub tls: &'a TlsConnector,
     /// Credentials to authenticate with (the smarthost's), if any.
     pub auth: Option<&'a Credentials>,
+    /// Speak LMTP (RFC 2033) instead of SMTP.
+    pub lmtp: bool,
 }
 
 /// A user name and password for AUTH PLAIN (RFC 4954, RFC 4616).
@@ -123,18 +125,18 @@ const REUSE_TIME: Duration = Duration::from_secs(5);
 /// Idle connections kept per address.
 const MAX_IDLE_PER_ADDR: usize = 20;
 
-/// Idle connections by address, so consecutive messages to one destination skip the
-/// connect, greeting and EHLO.
+/// Idle connections by address and protocol (LMTP or not), so consecutive messages to one
+/// destination skip the connect, greeting and EHLO.
 #[derive(Default)]
 pub struct ConnectionCache {
     /// Idle, ready connections.
-    idle: Mutex<HashMap<SocketAddr, Vec<Ready>>>,
+    idle: Mutex<HashMap<(SocketAddr, bool), Vec<Ready>>>,
 }
 
 impl ConnectionCache {
-    fn take(&self, addr: SocketAddr) -> Option<Ready> {
+    fn take(&self, addr: SocketAddr, lmtp: bool) -> Option<Ready> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&(addr, lmtp))?;
         while let Some(ready) = list.pop() {
             if ready.idle_since.elapsed() < REUSE_TIME {
                 return Some(ready);
@@ -146,7 +148,7 @@ impl ConnectionCache {
     fn put(&self, addr: SocketAddr, mut ready: Ready) {
         ready.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry((addr, ready.lmtp)).or_default();
         list.retain(|r| r.idle_since.elapsed() < REUSE_TIME);
         if list.len() < MAX_IDLE_PER_ADDR {
             list.push(ready);
@@ -167,7 +169,7 @@ pub async fn deliver(
     env: &Envelope<'_>,
     cache: &ConnectionCache,
 ) -> Result<Delivered, HostFailure> {
-    if let Some(mut ready) = cache.take(addr) {
+    if let Some(mut ready) = cache.take(addr, config.lmtp) {
         match transaction(&mut ready, env).await {
             // The server closed the idle connection (or says it will): start afresh.
             Err(HostFailure::Lost {

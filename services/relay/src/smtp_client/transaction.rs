@@ -1,5 +1,6 @@
 //! One transaction on a ready connection: MAIL, RCPT and DATA (pipelined when the server
-//! offers PIPELINING), then the body.
+//! offers PIPELINING), then the body. Over LMTP (RFC 2033 §4.2) each accepted recipient
+//! gets its own reply to the end of data.
 
 use mailflow_smtp::{ServerReply, dot};
 
@@ -68,6 +69,18 @@ pub(super) async fn transaction(
     let mut encoded = Vec::new();
     dot::encode(env.body, &mut encoded);
     conn.send(&encoded, "sending message body").await?;
+    if ready.lmtp {
+        let mut out = Vec::with_capacity(replies.len());
+        for r in replies {
+            out.push(if r.is_success() {
+                conn.read_reply("waiting for a recipient's end of data reply")
+                    .await?
+            } else {
+                r
+            });
+        }
+        return Ok(out);
+    }
     let fin = conn.read_reply("waiting for the end of data reply").await?;
     Ok(replies
         .into_iter()
