@@ -45,6 +45,10 @@ pub struct Sink {
     arrived: Arc<AtomicUsize>,
     /// Connections accepted.
     connections: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+    /// The most connections open at once.
+    peak: Arc<AtomicUsize>,
     /// True while end-of-DATA replies are held back.
     hold: Arc<watch::Sender<bool>>,
     /// PIPELINING is advertised.
@@ -91,6 +95,8 @@ impl Sink {
             received: Arc::default(),
             arrived: Arc::default(),
             connections: Arc::default(),
+            open: Arc::default(),
+            peak: Arc::default(),
             hold: Arc::new(hold),
             pipelining: Arc::new(AtomicBool::new(true)),
             pipelined: Arc::default(),
@@ -103,9 +109,12 @@ impl Sink {
             while let Ok((stream, _)) = listener.accept().await {
                 n += 1;
                 s.connections.fetch_add(1, Ordering::SeqCst);
+                let now = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                s.peak.fetch_max(now, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _ = s.session(Box::new(stream), n, false).await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -125,6 +134,11 @@ impl Sink {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
 
     /// Advertises PIPELINING (the default) or not, from the next EHLO on.

@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, AckKind};
 use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
 use mailflow_proto::v1::{DeliveryJob, RecipientState};
+use mailflow_runtime::config::Transport;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::deliver::{Deliverer, Pending};
+use crate::destination::{self, Destinations};
 use crate::lifetime::Lifetime;
 use crate::status::{StatusBook, is_final};
 use crate::{notify, retry};
@@ -37,6 +39,8 @@ pub struct Consumer {
     pub retry_delays: Vec<Duration>,
     /// Queue lifetime and delay warning.
     pub lifetime: Lifetime,
+    /// Per-destination concurrency and rate.
+    pub destinations: Destinations,
 }
 
 impl Consumer {
@@ -61,6 +65,22 @@ impl Consumer {
                 let _ = msg.ack_with(AckKind::Term).await;
                 return;
             }
+        };
+        // A destination at its limit: the job goes to the back of the queue rather than
+        // hold a delivery slot (mail for other destinations keeps flowing). Local Maildir
+        // delivery opens no connection and is not limited.
+        let limited = !matches!(self.deliverer.transport(&job), Transport::Maildir(_));
+        let _permit = if limited {
+            match self
+                .destinations
+                .acquire(&job.domain, destination::WAIT)
+                .await
+            {
+                Some(permit) => Some(permit),
+                None => return self.requeue(&msg, &job).await,
+            }
+        } else {
+            None
         };
         // Attempts before this publication of the job, plus this stream's deliveries of it.
         let delivered = msg.info().map_or(1, |i| i.delivered).max(1) as u32;
@@ -101,6 +121,29 @@ impl Consumer {
                 tracing::warn!(job_id = %job.job_id, error = %e, "delivery attempt not recorded; retrying soon");
                 msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await
+            }
+        };
+        if let Err(e) = ack {
+            tracing::warn!(job_id = %job.job_id, error = %e, "acknowledgement failed; the job may be delivered again");
+        }
+    }
+
+    /// Publishes `job` again at the end of its subject and acknowledges this copy. The new
+    /// copy has a fresh `Nats-Msg-Id` (this one's stream sequence), so it is not taken for a
+    /// duplicate; a crash between the two steps leaves both copies, which can deliver twice
+    /// but never loses the job.
+    async fn requeue(&self, msg: &jetstream::Message, job: &DeliveryJob) {
+        let sequence = msg.info().map_or(0, |i| i.stream_sequence);
+        let id = format!("{}.wait.{sequence}", job.job_id);
+        let published = self
+            .bus
+            .publish(msg.subject.to_string(), &id, msg.payload.clone())
+            .await;
+        let ack = match published {
+            Ok(()) => msg.ack().await,
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, error = %e, "cannot requeue; retrying soon");
+                msg.ack_with(AckKind::Nak(Some(destination::WAIT))).await
             }
         };
         if let Err(e) = ack {

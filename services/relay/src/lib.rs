@@ -9,6 +9,7 @@
 
 pub mod consumer;
 pub mod deliver;
+pub mod destination;
 pub mod lifetime;
 pub mod maildir;
 pub mod notify;
@@ -111,6 +112,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             max: relay.max_queue_lifetime,
             warn_after: relay.delay_warning_time,
         },
+        destinations: destination::Destinations::new(
+            relay.destination_concurrency,
+            relay.destination_rate,
+        ),
     });
     let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
 

@@ -295,6 +295,12 @@ pub struct RelayConfig {
     pub smarthost_password_file: Option<PathBuf>,
     /// Delivery jobs handled at once by one relay process.
     pub concurrency: usize,
+    /// Deliveries to one destination domain at once, per relay process (not for Maildir);
+    /// a job beyond it goes back to the end of the queue.
+    pub destination_concurrency: usize,
+    /// Deliveries per second to one destination domain, per relay process; 0 means no
+    /// limit.
+    pub destination_rate: f64,
     /// How long a job may stay unacknowledged before JetStream gives it to another replica;
     /// the relay reports progress while it works, so this bounds recovery after a crash.
     #[serde(with = "humantime_serde")]
@@ -331,6 +337,8 @@ impl Default for RelayConfig {
             smarthost_username: None,
             smarthost_password_file: None,
             concurrency: 64,
+            destination_concurrency: 20,
+            destination_rate: 0.0,
             ack_wait: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
