@@ -4,6 +4,7 @@
 //!   temporary store, which a test can stop and start again;
 //! - [`dns::DnsServer`]: a real DNS server (hickory-server, in process) serving test zones
 //!   over UDP and TCP;
+//! - [`pki::TestCa`] and [`https::HttpsServer`]: verified TLS and an MTA-STS policy host;
 //! - [`dovecot::Dovecot`]: a real Dovecot with LMTP, IMAP and POP3;
 //! - [`sink::Sink`]: SMTP servers on loopback addresses that record what they receive;
 //! - [`stack::Stack`]: the three service binaries with a per-test configuration;
@@ -21,9 +22,11 @@
 pub mod client;
 pub mod dns;
 pub mod dovecot;
+pub mod https;
 pub mod mailctl;
 pub mod nats;
 pub mod peer;
+pub mod pki;
 pub mod sink;
 pub mod stack;
 pub mod wait;

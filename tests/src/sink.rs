@@ -156,6 +156,11 @@ impl Sink {
         *self.starttls.lock().unwrap() = Some(StartTls::Working(self_signed_acceptor()));
     }
 
+    /// Offers STARTTLS from the next EHLO on, presenting what `acceptor` holds.
+    pub fn offer_starttls_with(&self, acceptor: TlsAcceptor) {
+        *self.starttls.lock().unwrap() = Some(StartTls::Working(acceptor));
+    }
+
     /// Requires AUTH PLAIN as `user` with `password` before MAIL, offered only over TLS.
     pub fn require_auth(&self, user: &str, password: &str) {
         *self.auth.lock().unwrap() = Some((user.into(), password.into()));

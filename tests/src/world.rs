@@ -41,10 +41,16 @@ impl World {
     /// [`World::start`] with more `[relay]` settings (TOML lines); `{sink_a}` in them stands
     /// for sink A's address.
     pub async fn start_with_relay(relay_extra: &str) -> World {
+        Self::start_with(relay_extra, &[]).await
+    }
+
+    /// [`World::start_with_relay`] with more records (zone file lines) in some of the
+    /// world's zones, each `(zone, lines)`.
+    pub async fn start_with(relay_extra: &str, records: &[(&str, &str)]) -> World {
         let (a, b) = Sink::pair(A, B).await;
         // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
         a.offer_starttls();
-        let zones = [
+        let mut zones = [
             mx_zone("remote-a.test", "127.0.0.2"),
             mx_zone("remote-b.test", "127.0.0.3"),
             null_mx_zone("nomail.test"),
@@ -52,6 +58,13 @@ impl World {
             mx_zone("client.test", "127.0.0.9"),
             fallback_zone(),
         ];
+        for (zone, lines) in records {
+            let (_, text) = zones
+                .iter_mut()
+                .find(|(origin, _)| origin == zone)
+                .expect("a zone of the world");
+            text.push_str(lines);
+        }
         let zones: Vec<(&str, String)> =
             zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
         let dns = DnsServer::start(&zones).await;

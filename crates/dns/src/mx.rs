@@ -135,6 +135,47 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records at `name`, each one's strings joined (RFC 7208 §3.3, RFC 8461
+    /// §3.1); none when the name or the records do not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(ResolveError::Temporary {
+                domain: name.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The addresses of `host` with `port`.
+    pub async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Err(ResolveError::NoAddress(host.to_string()))
+            }
+            Err(e) => Err(ResolveError::Temporary {
+                domain: host.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// The hosts to try for `domain`, most preferred first.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));

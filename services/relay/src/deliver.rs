@@ -17,7 +17,10 @@ use mailflow_smtp::ServerReply;
 use crate::maildir::LocalDelivery;
 use crate::smtp_client::{self, ClientConfig, ConnectionCache, Credentials, Envelope, HostFailure};
 use mailflow_dns::{MxResolver, ResolveError, Target};
+use mailflow_mta_sts::Mode;
 use mailflow_runtime::config::Transport;
+
+use crate::mta_sts::MtaSts;
 use tokio_rustls::TlsConnector;
 
 /// The result of one delivery attempt for one recipient.
@@ -77,18 +80,18 @@ impl Outcome {
     }
 }
 
-/// The outcome of a REQUIRETLS message (RFC 8689) for a remote destination. It may only
-/// travel over TLS whose certificate was verified through MTA-STS or DANE, to a next hop that
-/// offers REQUIRETLS; this relay does not verify certificates yet (its TLS is
-/// opportunistic), so such a message is returned with `5.7.30` rather than sent over a path
-/// the sender forbade (§4.2.1).
-pub fn requiretls_refusal(mail_from: &MailFrom) -> Option<Outcome> {
-    mail_from.requiretls.then(|| {
+/// The outcome of a REQUIRETLS message (RFC 8689) for a remote destination without a
+/// verified path. It may only travel over TLS whose certificate was verified (here: through
+/// MTA-STS in enforce mode; DANE is not implemented), to a next hop that offers REQUIRETLS,
+/// so it is returned with `5.7.30` rather than sent over a path the sender forbade
+/// (§4.2.1).
+pub fn requiretls_refusal(mail_from: &MailFrom, verified_path: bool) -> Option<Outcome> {
+    (mail_from.requiretls && !verified_path).then(|| {
         Outcome::new(
             RecipientState::Bounced,
             550,
             "5.7.30",
-            "REQUIRETLS: no verified TLS path (MTA-STS or DANE) to the destination".into(),
+            "REQUIRETLS: no verified TLS path (MTA-STS) to the destination".into(),
         )
     })
 }
@@ -128,6 +131,10 @@ pub struct Deliverer {
     pub connections: Arc<ConnectionCache>,
     /// Opportunistic STARTTLS.
     pub tls: TlsConnector,
+    /// Verified TLS, for destinations whose MTA-STS policy is in enforce mode.
+    pub verified_tls: TlsConnector,
+    /// MTA-STS policies (none when disabled).
+    pub mta_sts: Option<Arc<MtaSts>>,
     /// Credentials for the smarthost and `smtp:` transports, if they want them.
     pub smarthost_auth: Option<Credentials>,
 }
@@ -267,6 +274,42 @@ impl Deliverer {
         })
     }
 
+    /// Applies the destination's MTA-STS policy to MX delivery (RFC 8461 §4): in enforce
+    /// mode only the MX hosts the policy lists remain, and `Ok(true)` asks for verified TLS.
+    /// Fixed servers (smarthost, `smtp:`, LMTP) are not MX hosts and are not affected.
+    async fn mta_sts_enforced(
+        &self,
+        transport: &Transport,
+        domain: &str,
+        targets: &mut Vec<Target>,
+    ) -> Result<bool, Outcome> {
+        let Some(sts) = self
+            .mta_sts
+            .as_ref()
+            .filter(|_| *transport == Transport::Mx)
+        else {
+            return Ok(false);
+        };
+        let Some(policy) = sts.policy(domain).await else {
+            return Ok(false);
+        };
+        if policy.mode != Mode::Enforce {
+            // Testing mode: delivered as usual; the result is only logged (no TLSRPT yet).
+            tracing::info!(%domain, "MTA-STS policy in testing mode");
+            return Ok(false);
+        }
+        targets.retain(|t| policy.allows(&t.host));
+        if targets.is_empty() {
+            return Err(Outcome::new(
+                RecipientState::Deferred,
+                451,
+                "4.7.5",
+                format!("MTA-STS policy of {domain}: none of its MX hosts is listed in the policy"),
+            ));
+        }
+        Ok(true)
+    }
+
     async fn deliver_remote(
         &self,
         transport: &Transport,
@@ -275,21 +318,30 @@ impl Deliverer {
         content: &[u8],
     ) -> Vec<Outcome> {
         let lmtp = matches!(transport, Transport::Lmtp { .. });
-        // LMTP is final delivery into a mailbox, not transit: REQUIRETLS does not apply.
-        if !lmtp && let Some(refusal) = job.mail_from.as_ref().and_then(requiretls_refusal) {
-            return vec![refusal; pending.len()];
-        }
-        let targets = match self.targets(transport, &job.domain).await {
+        let mut targets = match self.targets(transport, &job.domain).await {
             Ok(t) => t,
             Err(outcome) => return vec![outcome; pending.len()],
         };
+        let enforced = match self
+            .mta_sts_enforced(transport, &job.domain, &mut targets)
+            .await
+        {
+            Ok(enforced) => enforced,
+            Err(outcome) => return vec![outcome; pending.len()],
+        };
         let mail_from = job.mail_from.clone().unwrap_or_default();
+        // LMTP is final delivery into a mailbox, not transit: REQUIRETLS does not apply.
+        let requiretls = mail_from.requiretls && !lmtp;
+        if requiretls && let Some(refusal) = requiretls_refusal(&mail_from, enforced) {
+            return vec![refusal; pending.len()];
+        }
         let env = Envelope {
             from: &mail_from.address,
             rcpts: pending.iter().map(|(_, a)| a.as_str()).collect(),
             body: content,
             eight_bit: mail_from.body() == BodyType::EightBitMime,
             smtputf8: mail_from.smtputf8 && needs_smtputf8(&mail_from.address, pending, content),
+            requiretls,
         };
         let config = ClientConfig {
             helo: &self.hostname,
@@ -302,6 +354,7 @@ impl Deliverer {
                 _ => None,
             },
             lmtp,
+            verified: enforced.then_some(&self.verified_tls),
         };
         let mut last_failure = None;
         for target in &targets {
@@ -337,10 +390,29 @@ impl Deliverer {
                     "the mail exchanger does not support SMTPUTF8, which this message needs".into(),
                 )
             },
+            Some((host, failure @ HostFailure::NoRequireTls { addr })) => Outcome {
+                remote_host: host,
+                remote_ip: addr.ip().to_string(),
+                ..Outcome::new(RecipientState::Bounced, 550, "5.7.30", failure.to_string())
+            },
             Some((host, failure @ HostFailure::Auth { .. })) => Outcome {
                 remote_host: host,
                 ..Outcome::new(RecipientState::Deferred, 451, "4.7.0", failure.to_string())
             },
+            // RFC 8461 §5: a policy failure defers the mail; it never goes in plaintext.
+            Some((host, failure @ (HostFailure::Tls { .. } | HostFailure::TlsRequired { .. })))
+                if enforced =>
+            {
+                Outcome {
+                    remote_host: host,
+                    ..Outcome::new(
+                        RecipientState::Deferred,
+                        451,
+                        "4.7.5",
+                        format!("MTA-STS policy of {}: {failure}", job.domain),
+                    )
+                }
+            }
             Some((host, failure)) => Outcome {
                 remote_host: host,
                 ..Outcome::new(RecipientState::Deferred, 451, "4.4.1", failure.to_string())
@@ -363,12 +435,13 @@ mod tests {
     #[test]
     fn requiretls_mail_is_never_sent_over_an_unverified_path() {
         let plain = MailFrom::default();
-        assert!(requiretls_refusal(&plain).is_none());
+        assert!(requiretls_refusal(&plain, false).is_none());
         let strict = MailFrom {
             requiretls: true,
             ..MailFrom::default()
         };
-        let refusal = requiretls_refusal(&strict).unwrap();
+        assert!(requiretls_refusal(&strict, true).is_none());
+        let refusal = requiretls_refusal(&strict, false).unwrap();
         assert_eq!(refusal.state, RecipientState::Bounced);
         assert_eq!(
             (refusal.reply.code, refusal.reply.enhanced.as_str()),

@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod destination;
 pub mod lifetime;
 pub mod maildir;
+pub mod mta_sts;
 pub mod notify;
 pub mod queue;
 pub mod retry;
@@ -39,6 +40,9 @@ pub enum RelayError {
     /// The gRPC server could not be built or failed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// The trust anchors for verified TLS could not be read.
+    #[error(transparent)]
+    TrustAnchors(#[from] smtp_client::tls::CaError),
     /// A secret file could not be read.
     #[error("cannot read {path}: {reason}")]
     Secret {
@@ -79,16 +83,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         topology.events.clone(),
         bus.clone(),
     );
+    let resolver = mailflow_dns::MxResolver::new(&relay.dns_servers, relay.mx_port)?;
+    let verified_tls = smtp_client::tls::verified(relay.tls_ca_file.as_deref())?;
+    let mta_sts = relay.mta_sts.then(|| {
+        Arc::new(mta_sts::MtaSts::new(
+            resolver.clone(),
+            verified_tls.clone(),
+            relay.mta_sts_port,
+            relay.connect_timeout + relay.command_timeout,
+        ))
+    });
     let deliverer = deliver::Deliverer {
         hostname: relay.hostname.clone(),
         maildir_root: relay.maildir_root.clone(),
-        resolver: mailflow_dns::MxResolver::new(&relay.dns_servers, relay.mx_port)?,
+        resolver,
         smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),
         transports: relay.transports.clone(),
         connect_timeout: relay.connect_timeout,
         command_timeout: relay.command_timeout,
         connections: Arc::default(),
         tls: smtp_client::tls::opportunistic(),
+        verified_tls,
+        mta_sts,
         smarthost_auth: smarthost_credentials(relay)?,
     };
     // An empty schedule would leave deferred jobs nowhere to wait: retry every 5 minutes.

@@ -295,6 +295,13 @@ pub struct RelayConfig {
     pub smarthost_password_file: Option<PathBuf>,
     /// Delivery jobs handled at once by one relay process.
     pub concurrency: usize,
+    /// Look up and honour destinations' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// The HTTPS port MTA-STS policies are fetched from (443; tests use their own).
+    pub mta_sts_port: u16,
+    /// More trust anchors (PEM) for verified TLS (MTA-STS policy hosts and MX hosts), on
+    /// top of the Web PKI roots; for private PKIs and tests.
+    pub tls_ca_file: Option<PathBuf>,
     /// Deliveries to one destination domain at once, per relay process (not for Maildir);
     /// a job beyond it goes back to the end of the queue.
     pub destination_concurrency: usize,
@@ -337,6 +344,9 @@ impl Default for RelayConfig {
             smarthost_username: None,
             smarthost_password_file: None,
             concurrency: 64,
+            mta_sts: true,
+            mta_sts_port: 443,
+            tls_ca_file: None,
             destination_concurrency: 20,
             destination_rate: 0.0,
             ack_wait: Duration::from_secs(30),

@@ -175,6 +175,8 @@ pub(super) struct Ready {
     pub(super) idle_since: Instant,
     /// An LMTP session: one reply per accepted recipient after the data.
     pub(super) lmtp: bool,
+    /// Its TLS certificate was verified.
+    pub(super) verified: bool,
 }
 
 impl Ready {
@@ -228,9 +230,17 @@ pub(super) async fn open(
     }
     let mut extensions = conn.hello(config.helo, config.lmtp).await?;
     let mut session = None;
+    if config.verified.is_some() && !has(&extensions, "STARTTLS") {
+        let _ = conn.command("QUIT", "QUIT").await;
+        return Err(HostFailure::TlsRequired { addr });
+    }
     if tls && has(&extensions, "STARTTLS") {
         let reply = conn.command("STARTTLS", "STARTTLS").await?;
-        // A refusal (454) leaves the session in plaintext: this is opportunistic TLS.
+        if reply.code != 220 && config.verified.is_some() {
+            let _ = conn.command("QUIT", "QUIT").await;
+            return Err(HostFailure::TlsRequired { addr });
+        }
+        // Otherwise a refusal (454) leaves the session in plaintext: opportunistic TLS.
         if reply.code == 220 {
             let (upgraded, info) = starttls(conn, host, config).await?;
             conn = upgraded;
@@ -248,6 +258,7 @@ pub(super) async fn open(
         tls: session,
         idle_since: Instant::now(),
         lmtp: config.lmtp,
+        verified: config.verified.is_some(),
     })
 }
 
@@ -299,7 +310,8 @@ async fn starttls(
     // Anything the server sent after its 220 would be plaintext injected before the
     // handshake (RFC 3207 §5): it is dropped with the buffer.
     let name = super::tls::server_name(host, addr);
-    let handshake = config.tls.connect(name, tcp);
+    let connector = config.verified.unwrap_or(config.tls);
+    let handshake = connector.connect(name, tcp);
     let stream = match tokio::time::timeout(config.command_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(failed(e.to_string())),

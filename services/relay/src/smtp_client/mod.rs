@@ -29,6 +29,8 @@ pub struct Envelope<'a> {
     pub eight_bit: bool,
     /// The transaction needs SMTPUTF8.
     pub smtputf8: bool,
+    /// The sender asked for REQUIRETLS (RFC 8689): the next hop must offer it.
+    pub requiretls: bool,
 }
 
 /// Timeouts and our name.
@@ -45,6 +47,10 @@ pub struct ClientConfig<'a> {
     pub auth: Option<&'a Credentials>,
     /// Speak LMTP (RFC 2033) instead of SMTP.
     pub lmtp: bool,
+    /// TLS is required and verified with this connector (MTA-STS enforce): no STARTTLS, a
+    /// failed handshake or a certificate that does not match the host fails the host,
+    /// never falling back to plaintext.
+    pub verified: Option<&'a TlsConnector>,
 }
 
 /// A user name and password for AUTH PLAIN (RFC 4954, RFC 4616).
@@ -111,6 +117,18 @@ pub enum HostFailure {
         /// Why.
         reason: String,
     },
+    /// The message requires REQUIRETLS and the server does not offer it (RFC 8689 §4.2.1).
+    #[error("{addr} does not offer REQUIRETLS, which the sender asked for")]
+    NoRequireTls {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// TLS is required (MTA-STS) and the server does not offer STARTTLS.
+    #[error("{addr} does not offer STARTTLS, which the destination's policy requires")]
+    TlsRequired {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The transaction needs SMTPUTF8 and the server lacks it (RFC 6531 §3.4).
     #[error("{addr} does not support SMTPUTF8")]
     NoSmtpUtf8 {
@@ -125,18 +143,23 @@ const REUSE_TIME: Duration = Duration::from_secs(5);
 /// Idle connections kept per address.
 const MAX_IDLE_PER_ADDR: usize = 20;
 
-/// Idle connections by address and protocol (LMTP or not), so consecutive messages to one
-/// destination skip the connect, greeting and EHLO.
+/// What an idle connection is kept under: the address, whether it speaks LMTP, and
+/// whether its TLS was verified (an opportunistic session never serves a delivery that
+/// requires verification).
+type CacheKey = (SocketAddr, bool, bool);
+
+/// Idle connections, so consecutive messages to one destination skip the connect, greeting
+/// and EHLO.
 #[derive(Default)]
 pub struct ConnectionCache {
     /// Idle, ready connections.
-    idle: Mutex<HashMap<(SocketAddr, bool), Vec<Ready>>>,
+    idle: Mutex<HashMap<CacheKey, Vec<Ready>>>,
 }
 
 impl ConnectionCache {
-    fn take(&self, addr: SocketAddr, lmtp: bool) -> Option<Ready> {
+    fn take(&self, key: CacheKey) -> Option<Ready> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&(addr, lmtp))?;
+        let list = idle.get_mut(&key)?;
         while let Some(ready) = list.pop() {
             if ready.idle_since.elapsed() < REUSE_TIME {
                 return Some(ready);
@@ -148,7 +171,7 @@ impl ConnectionCache {
     fn put(&self, addr: SocketAddr, mut ready: Ready) {
         ready.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry((addr, ready.lmtp)).or_default();
+        let list = idle.entry((addr, ready.lmtp, ready.verified)).or_default();
         list.retain(|r| r.idle_since.elapsed() < REUSE_TIME);
         if list.len() < MAX_IDLE_PER_ADDR {
             list.push(ready);
@@ -169,7 +192,7 @@ pub async fn deliver(
     env: &Envelope<'_>,
     cache: &ConnectionCache,
 ) -> Result<Delivered, HostFailure> {
-    if let Some(mut ready) = cache.take(addr, config.lmtp) {
+    if let Some(mut ready) = cache.take((addr, config.lmtp, config.verified.is_some())) {
         match transaction(&mut ready, env).await {
             // The server closed the idle connection (or says it will): start afresh.
             Err(HostFailure::Lost {
@@ -181,8 +204,8 @@ pub async fn deliver(
     }
     let mut ready = match open(addr, host, config, true).await {
         // A failed handshake leaves no usable session; like Postfix at security level
-        // "may", try again in plaintext rather than not deliver.
-        Err(HostFailure::Tls { reason, .. }) => {
+        // "may", try again in plaintext rather than not deliver (unless TLS is required).
+        Err(HostFailure::Tls { reason, .. }) if config.verified.is_none() => {
             tracing::info!(%addr, %reason, "TLS handshake failed; retrying without TLS");
             open(addr, host, config, false).await?
         }

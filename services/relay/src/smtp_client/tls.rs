@@ -4,6 +4,9 @@
 //! check could only turn encrypted deliveries into plaintext ones, never stop an active
 //! attacker (MTA-STS and DANE are how a domain asks for verification). Handshake
 //! signatures are still verified, so the session is bound to the key the server presented.
+//!
+//! When a domain does ask (MTA-STS in enforce mode), the [`verified`] connector checks the
+//! certificate against the Web PKI roots (plus `tls_ca_file`) and the MX host name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +87,42 @@ pub fn opportunistic() -> TlsConnector {
     match config {
         Ok(config) => TlsConnector::from(Arc::new(config)),
         // The ring provider supports the default versions; this cannot fail.
+        Err(e) => unreachable!("ring supports TLS 1.2 and 1.3: {e}"),
+    }
+}
+
+/// Why the verifying connector could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read trust anchors from {path}: {reason}")]
+pub struct CaError {
+    /// The CA file.
+    pub path: std::path::PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// The connector for verified TLS: the Web PKI roots (webpki-roots) and the certificates of
+/// `ca_file` (PEM) as trust anchors, and the server's name checked.
+pub fn verified(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, CaError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let error = |reason: String| CaError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+            let cert = cert.map_err(|e| error(e.to_string()))?;
+            roots.add(cert).map_err(|e| error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(config) => Ok(TlsConnector::from(Arc::new(config))),
         Err(e) => unreachable!("ring supports TLS 1.2 and 1.3: {e}"),
     }
 }

@@ -30,6 +30,14 @@ pub(super) async fn transaction(
     if env.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
+    if env.requiretls {
+        if !ready.has("REQUIRETLS") {
+            return Err(HostFailure::NoRequireTls {
+                addr: ready.conn.addr,
+            });
+        }
+        mail.push_str(" REQUIRETLS");
+    }
     let rcpts: Vec<String> = env.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
     let pipelining = ready.has("PIPELINING");
     let conn = &mut ready.conn;

@@ -1,0 +1,95 @@
+//! MTA-STS (RFC 8461) against a real policy host (HTTPS with a certificate from a test CA)
+//! and real DNS: in enforce mode mail goes only over TLS verified for a listed MX, and is
+//! deferred, never sent in plaintext, when that is not possible.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use mailflow_proto::v1::{MessageStatus, RecipientState};
+use mailflow_tests::client::SmtpClient;
+use mailflow_tests::https::HttpsServer;
+use mailflow_tests::pki::TestCa;
+use mailflow_tests::wait;
+use mailflow_tests::world::World;
+
+const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx.remote-a.test\r\nmx: *.remote-b.test\r\nmax_age: 86400\r\n";
+
+async fn send(w: &World, rcpt: &str) -> String {
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail("sender@client.test", &[rcpt], "Subject: sts\r\n\r\nx\r\n")
+        .await;
+    c.command("QUIT", 221).await;
+    id
+}
+
+/// Waits until the recipient was deferred with a reply text containing `text` after at
+/// least `attempts` attempts.
+async fn deferred_with(w: &World, id: &str, attempts: u32, text: &str) -> MessageStatus {
+    wait::until(
+        &format!("{id} deferred: {text}"),
+        Duration::from_secs(30),
+        || async {
+            let s = w.stack.get_message(id).await.ok()?;
+            let r = &s.recipients[0];
+            (r.state() == RecipientState::Deferred
+                && r.attempts >= attempts
+                && r.last_reply.as_ref()?.text.contains(text))
+            .then_some(s)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path());
+    let host = ca.acceptor(&["mta-sts.remote-a.test", "mta-sts.remote-b.test"]);
+    let https = HttpsServer::start("127.0.0.7".parse().unwrap(), 0, host, POLICY).await;
+    let records = "_mta-sts IN TXT \"v=STSv1; id=20261128\"\nmta-sts IN A 127.0.0.7\n";
+    let relay = format!(
+        "mta_sts_port = {}\ntls_ca_file = \"{}\"",
+        https.addr.port(),
+        ca_file.display()
+    );
+    let w = World::start_with(
+        &relay,
+        &[("remote-a.test", records), ("remote-b.test", records)],
+    )
+    .await;
+    // A presents a certificate for its MX name from the trusted CA.
+    w.a.offer_starttls_with(ca.acceptor(&["mx.remote-a.test"]));
+
+    let ok = send(&w, "carol@remote-a.test").await;
+    let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
+    let carol = &status.recipients[0];
+    assert_eq!(carol.state(), RecipientState::Delivered, "{status:?}");
+    assert!(carol.tls.is_some());
+    assert!(w.a.received()[0].tls);
+
+    // B offers no STARTTLS: deferred with 4.7.5, never sent in plaintext.
+    let held = send(&w, "bob@remote-b.test").await;
+    let status = deferred_with(&w, &held, 2, "does not offer STARTTLS").await;
+    let reply = status.recipients[0].last_reply.clone().unwrap();
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (451, "4.7.5"),
+        "{reply:?}"
+    );
+    assert!(reply.text.contains("MTA-STS policy of remote-b.test"));
+    // Now B offers STARTTLS with a certificate nobody vouches for: still deferred.
+    w.b.offer_starttls();
+    let attempts = status.recipients[0].attempts;
+    deferred_with(&w, &held, attempts + 1, "TLS with").await;
+    assert_eq!(
+        w.b.arrived(),
+        0,
+        "mail left in plaintext or over unverified TLS"
+    );
+    // One fetch per domain: the retries used the cached policy (same record id).
+    assert_eq!(https.served(), 2);
+}
