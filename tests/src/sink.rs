@@ -340,3 +340,32 @@ fn self_signed_acceptor() -> TlsAcceptor {
         .unwrap();
     TlsAcceptor::from(Arc::new(config))
 }
+
+/// A mail exchanger that accepts connections and never says a word, as a black-holed
+/// destination behaves; it counts the connections.
+pub struct BlackHole {
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+}
+
+impl BlackHole {
+    /// Listens on `addr`.
+    pub async fn start(addr: SocketAddr) -> BlackHole {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        BlackHole { connections }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::SmtpClient;
+use mailflow_tests::sink::BlackHole;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -66,5 +68,65 @@ async fn deliveries_to_one_domain_are_capped_and_other_domains_are_not_held_up()
         w.a.peak_connections() <= 2,
         "{} connections",
         w.a.peak_connections()
+    );
+}
+
+/// Head-of-line isolation at scale: a destination that swallows connections without a word,
+/// with thousands of messages for it, does not delay mail for a healthy destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_destination_with_thousands_of_messages_delays_nobody_else() {
+    const MESSAGES: usize = 2000;
+    // hole.remote-b.test's exchanger accepts connections on 127.0.0.6 and never answers.
+    let w = World::start_with(
+        "destination_backoff = \"10m\"\nretry_delays = [\"1h\"]",
+        &[(
+            "remote-b.test",
+            "hole IN MX 10 mx.hole\nmx.hole IN A 127.0.0.6\n",
+        )],
+    )
+    .await;
+    let hole = BlackHole::start(SocketAddr::new([127, 0, 0, 6].into(), w.a.addr.port())).await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let mut swallowed = Vec::with_capacity(MESSAGES);
+    for i in 0..MESSAGES {
+        let rcpt = format!("user{i}@hole.remote-b.test");
+        swallowed.push(
+            c.send_mail("sender@client.test", &[&rcpt], "Subject: lost\r\n\r\nx\r\n")
+                .await,
+        );
+    }
+    let sent = Instant::now();
+    let ok = c
+        .send_mail(
+            "sender@client.test",
+            &["carol@remote-a.test"],
+            "Subject: fine\r\n\r\nx\r\n",
+        )
+        .await;
+    let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the healthy message took {took:?}"
+    );
+    // Every swallowed message ends up deferred, and the black hole saw few connections:
+    // once it was found unreachable, its mail was deferred without connecting.
+    for id in [
+        &swallowed[0],
+        &swallowed[MESSAGES / 2],
+        &swallowed[MESSAGES - 1],
+    ] {
+        wait::until("a deferral", Duration::from_secs(60), || async {
+            let s = w.stack.get_message(id).await.ok()?;
+            (s.recipients[0].state() == RecipientState::Deferred).then_some(())
+        })
+        .await;
+    }
+    assert!(
+        hole.connections() <= 20,
+        "{} connections",
+        hole.connections()
     );
 }

@@ -69,7 +69,9 @@ impl Consumer {
         // A destination at its limit: the job goes to the back of the queue rather than
         // hold a delivery slot (mail for other destinations keeps flowing). Local Maildir
         // delivery opens no connection and is not limited.
-        let limited = !matches!(self.deliverer.transport(&job), Transport::Maildir(_));
+        let transport = self.deliverer.transport(&job);
+        let limited = !matches!(transport, Transport::Maildir(_))
+            && !self.deliverer.known_unreachable(&job, &transport);
         let _permit = if limited {
             match self
                 .destinations

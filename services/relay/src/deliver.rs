@@ -20,6 +20,7 @@ use mailflow_dns::{MxResolver, ResolveError, Target};
 use mailflow_mta_sts::Mode;
 use mailflow_runtime::config::Transport;
 
+use crate::destination::Unreachable;
 use crate::mta_sts::MtaSts;
 use tokio_rustls::TlsConnector;
 
@@ -39,7 +40,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(state: RecipientState, code: u32, enhanced: &str, text: String) -> Self {
+    /// An outcome with no remote host.
+    pub fn new(state: RecipientState, code: u32, enhanced: &str, text: String) -> Self {
         Self {
             state,
             reply: RemoteReply {
@@ -135,8 +137,26 @@ pub struct Deliverer {
     pub verified_tls: TlsConnector,
     /// MTA-STS policies (none when disabled).
     pub mta_sts: Option<Arc<MtaSts>>,
+    /// Destinations recently unreachable.
+    pub unreachable: Arc<Unreachable>,
     /// Credentials for the smarthost and `smtp:` transports, if they want them.
     pub smarthost_auth: Option<Credentials>,
+}
+
+/// What an unreachable destination is remembered by: the fixed server of a transport, or
+/// the domain whose MX hosts are tried.
+fn unreachable_key(transport: &Transport, domain: &str) -> String {
+    transport.endpoint().unwrap_or_else(|| domain.to_string())
+}
+
+impl Deliverer {
+    /// True when `job` would be deferred at once because its destination was found
+    /// unreachable recently (no connection is made, so no per-destination slot is needed).
+    pub fn known_unreachable(&self, job: &DeliveryJob, transport: &Transport) -> bool {
+        self.unreachable
+            .check(&unreachable_key(transport, &job.domain))
+            .is_some()
+    }
 }
 
 /// A recipient of the job still to be delivered: its index in the message and address.
@@ -318,6 +338,10 @@ impl Deliverer {
         content: &[u8],
     ) -> Vec<Outcome> {
         let lmtp = matches!(transport, Transport::Lmtp { .. });
+        let key = unreachable_key(transport, &job.domain);
+        if let Some(outcome) = self.unreachable.check(&key) {
+            return vec![outcome; pending.len()];
+        }
         let mut targets = match self.targets(transport, &job.domain).await {
             Ok(t) => t,
             Err(outcome) => return vec![outcome; pending.len()],
@@ -364,6 +388,7 @@ impl Deliverer {
                         .await;
                 match delivered {
                     Ok((replies, tls)) => {
+                        self.unreachable.clear(&key);
                         return replies
                             .iter()
                             .map(|r| Outcome::from_reply(r, &target.host, *addr, tls.as_ref()))
@@ -376,6 +401,11 @@ impl Deliverer {
                 }
             }
         }
+        // No server answered at all: leave the destination alone for a while.
+        let silent = matches!(
+            last_failure,
+            Some((_, HostFailure::Connect { .. } | HostFailure::Lost { .. }))
+        );
         let outcome = match last_failure {
             Some((host, HostFailure::Refused { addr, reply })) => {
                 Outcome::from_reply(&reply, &host, addr, None)
@@ -424,6 +454,9 @@ impl Deliverer {
                 format!("no address to deliver to for {}", job.domain),
             ),
         };
+        if silent {
+            self.unreachable.mark(&key, &outcome);
+        }
         vec![outcome; pending.len()]
     }
 }

@@ -5,6 +5,11 @@
 //! A job whose destination is at its limit does not wait long: after [`WAIT`] it is put
 //! back at the end of the delivery queue, so that it neither holds one of the relay's
 //! delivery slots nor delays mail for other destinations (see the consumer).
+//!
+//! A destination none of whose servers could be reached ([`Unreachable`], Postfix's "dead"
+//! destinations) is not tried again for a while: its other mail is deferred at once, so a
+//! black-holed domain costs one connection timeout per back-off period, not one per
+//! message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +18,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::deliver::Outcome;
+
 /// How long a job waits for its destination before it is requeued.
-pub const WAIT: Duration = Duration::from_millis(250);
+pub const WAIT: Duration = Duration::from_millis(50);
 
 /// How many idle destinations are remembered before they are forgotten.
 const REMEMBERED: usize = 10_000;
@@ -100,9 +107,93 @@ impl Destinations {
     }
 }
 
+/// Destinations recently found unreachable, with the outcome their mail gets meanwhile.
+pub struct Unreachable {
+    /// How long after a failure the destination is not tried.
+    backoff: Duration,
+    /// Until when, and what to answer, by destination.
+    map: Mutex<HashMap<String, (Instant, Outcome)>>,
+}
+
+impl Unreachable {
+    /// Destinations are left alone for `backoff` after a failure (zero: never).
+    pub fn new(backoff: Duration) -> Self {
+        Self {
+            backoff,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The outcome for mail to `key` while it is marked unreachable.
+    pub fn check(&self, key: &str) -> Option<Outcome> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((until, outcome)) if *until > Instant::now() => Some(outcome.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Marks `key` unreachable after a failure that gave `outcome`.
+    pub fn mark(&self, key: &str, outcome: &Outcome) {
+        if self.backoff.is_zero() {
+            return;
+        }
+        let mut outcome = outcome.clone();
+        outcome.reply.text = format!(
+            "{} (destination unreachable: not tried again for {}s)",
+            outcome.reply.text,
+            self.backoff.as_secs()
+        );
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > REMEMBERED {
+            let now = Instant::now();
+            map.retain(|_, (until, _)| *until > now);
+        }
+        map.insert(key.to_string(), (Instant::now() + self.backoff, outcome));
+    }
+
+    /// Forgets a failure of `key` (it answered).
+    pub fn clear(&self, key: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailflow_proto::v1::RecipientState;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_destination_is_left_alone_for_the_backoff() {
+        let u = Unreachable::new(Duration::from_secs(60));
+        assert!(u.check("a.test").is_none());
+        let failed = Outcome::new(RecipientState::Deferred, 451, "4.4.1", "timeout".into());
+        u.mark("a.test", &failed);
+        let meanwhile = u.check("a.test").unwrap();
+        assert_eq!(meanwhile.state, RecipientState::Deferred);
+        assert!(
+            meanwhile
+                .reply
+                .text
+                .starts_with("timeout (destination unreachable")
+        );
+        assert!(u.check("b.test").is_none());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(u.check("a.test").is_none());
+        u.mark("a.test", &failed);
+        u.clear("a.test");
+        assert!(u.check("a.test").is_none());
+        let never = Unreachable::new(Duration::ZERO);
+        never.mark("a.test", &failed);
+        assert!(never.check("a.test").is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_is_limited_per_domain() {
@@ -121,14 +212,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_rate_spaces_starts() {
         let d = Destinations::new(10, 4.0);
+        let wait = Duration::from_millis(300);
         let t0 = Instant::now();
-        let _p = d.acquire("a.test", WAIT).await.unwrap();
+        let _p = d.acquire("a.test", wait).await.unwrap();
         assert_eq!(t0.elapsed(), Duration::ZERO);
-        let _p = d.acquire("a.test", WAIT).await.unwrap();
+        let _p = d.acquire("a.test", wait).await.unwrap();
         assert_eq!(t0.elapsed(), Duration::from_millis(250));
-        // The next start is 250 ms away, beyond a zero wait: requeue.
-        assert!(d.acquire("a.test", Duration::ZERO).await.is_none());
-        let _p = d.acquire("a.test", WAIT).await.unwrap();
+        // The next start is 250 ms away, beyond a shorter wait: requeue.
+        assert!(d.acquire("a.test", WAIT).await.is_none());
+        let _p = d.acquire("a.test", wait).await.unwrap();
         assert_eq!(t0.elapsed(), Duration::from_millis(500));
     }
 }

@@ -105,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         tls: smtp_client::tls::opportunistic(),
         verified_tls,
         mta_sts,
+        unreachable: Arc::new(destination::Unreachable::new(relay.destination_backoff)),
         smarthost_auth: smarthost_credentials(relay)?,
     };
     // An empty schedule would leave deferred jobs nowhere to wait: retry every 5 minutes.

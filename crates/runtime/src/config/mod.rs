@@ -308,6 +308,10 @@ pub struct RelayConfig {
     /// Deliveries per second to one destination domain, per relay process; 0 means no
     /// limit.
     pub destination_rate: f64,
+    /// After no server of a destination answered (connection refused or timed out), its
+    /// mail is deferred at once, without connecting, for this long; `0s` never.
+    #[serde(with = "humantime_serde")]
+    pub destination_backoff: Duration,
     /// How long a job may stay unacknowledged before JetStream gives it to another replica;
     /// the relay reports progress while it works, so this bounds recovery after a crash.
     #[serde(with = "humantime_serde")]
@@ -349,6 +353,7 @@ impl Default for RelayConfig {
             tls_ca_file: None,
             destination_concurrency: 20,
             destination_rate: 0.0,
+            destination_backoff: Duration::from_secs(60),
             ack_wait: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
