@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::proto::dnssec::crypto::Ed25519SigningKey;
+use hickory_server::proto::dnssec::rdata::DNSKEY;
+use hickory_server::proto::dnssec::{DnssecSigner, SigningKey};
 use hickory_server::proto::rr::{LowerName, Name};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -23,25 +27,57 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `zones`, each `(origin, zone file text)`.
     pub async fn start(zones: &[(&str, String)]) -> DnsServer {
+        Self::start_signed(zones, &[]).await.0
+    }
+
+    /// [`DnsServer::start`], with the zones named in `signed` signed (DNSSEC, Ed25519,
+    /// NSEC). Also returns their keys as a trust anchor file (DNSKEY records) for a
+    /// validating resolver.
+    pub async fn start_signed(zones: &[(&str, String)], signed: &[&str]) -> (DnsServer, String) {
+        let mut anchors = String::new();
         let mut catalog = Catalog::new();
-        // The `test` TLD itself, so that a name under it outside the test's zones does not
-        // exist (NXDOMAIN), as a real TLD answers, instead of being refused.
+        // The root and the `test` TLD, so that a name outside the test's zones does not exist
+        // (NXDOMAIN) and a DNSSEC-validating resolver can tell unsigned zones apart, as the
+        // real tree answers, instead of being refused.
+        let root = (
+            ".",
+            "$ORIGIN .\n$TTL 60\n@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60\n@ IN NS ns.test.\n".to_string(),
+        );
         let tld = (
             "test",
             "$ORIGIN test.\n$TTL 60\n@ IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60\n@ IN NS ns.test.\nns IN A 127.0.0.1\n".to_string(),
         );
-        for (origin, text) in std::iter::once(&tld).chain(zones) {
+        for (origin, text) in [&root, &tld].into_iter().chain(zones) {
             let origin = Name::from_ascii(origin).unwrap();
             let (origin, records) = Parser::new(text.as_str(), None, Some(origin))
                 .parse()
                 .expect("zone parses");
-            let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+            let mut handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
                 origin.clone(),
                 records,
                 ZoneType::Primary,
                 AxfrPolicy::Deny,
+                Some(NxProofKind::Nsec),
             )
             .expect("zone loads");
+            let name = origin.to_ascii();
+            if signed
+                .iter()
+                .any(|z| z.trim_end_matches('.') == name.trim_end_matches('.'))
+            {
+                let pkcs8 = Ed25519SigningKey::generate_pkcs8().unwrap();
+                let key = Ed25519SigningKey::from_pkcs8(&pkcs8).unwrap();
+                let dnskey = DNSKEY::from_key(&key.to_public_key().unwrap());
+                anchors.push_str(&format!("{origin} 3600 IN DNSKEY {dnskey}\n"));
+                let signer = DnssecSigner::new(
+                    dnskey,
+                    Box::new(key),
+                    origin.clone(),
+                    Duration::from_secs(86_400),
+                );
+                handler.add_zone_signing_key_mut(signer).unwrap();
+                handler.secure_zone_mut().unwrap();
+            }
             catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]);
         }
         // Bind UDP first, then TCP on the same port.
@@ -56,10 +92,13 @@ impl DnsServer {
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 4096);
-        DnsServer {
-            addr,
-            _server: server,
-        }
+        (
+            DnsServer {
+                addr,
+                _server: server,
+            },
+            anchors,
+        )
     }
 }
 

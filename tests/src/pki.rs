@@ -34,12 +34,24 @@ impl TestCa {
 
     /// A TLS acceptor presenting a certificate for `names`, signed by this CA.
     pub fn acceptor(&self, names: &[&str]) -> TlsAcceptor {
+        self.leaf(names).0
+    }
+
+    /// [`TestCa::acceptor`], and the SHA-256 of the certificate's public key in hex: the
+    /// data of a DANE-EE `3 1 1` TLSA record for it.
+    pub fn leaf(&self, names: &[&str]) -> (TlsAcceptor, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(names)
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();
+        let parsed = rustls::server::ParsedCertificate::try_from(cert.der()).unwrap();
+        let spki = ring::digest::digest(
+            &ring::digest::SHA256,
+            parsed.subject_public_key_info().as_ref(),
+        );
+        let spki_hex: String = spki.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -48,7 +60,7 @@ impl TestCa {
             .with_no_client_auth()
             .with_single_cert(vec![cert.der().clone()], key)
             .unwrap();
-        TlsAcceptor::from(Arc::new(config))
+        (TlsAcceptor::from(Arc::new(config)), spki_hex)
     }
 }
 

@@ -30,6 +30,8 @@ pub struct World {
     pub b: Sink,
     /// Kept alive for the relay.
     _dns: DnsServer,
+    /// Holds the DNSSEC trust anchor file of signed zones.
+    _anchor_dir: tempfile::TempDir,
 }
 
 impl World {
@@ -41,12 +43,14 @@ impl World {
     /// [`World::start`] with more `[relay]` settings (TOML lines); `{sink_a}` in them stands
     /// for sink A's address.
     pub async fn start_with_relay(relay_extra: &str) -> World {
-        Self::start_with(relay_extra, &[]).await
+        Self::start_with(relay_extra, &[], &[]).await
     }
 
-    /// [`World::start_with_relay`] with more records (zone file lines) in some of the
-    /// world's zones, each `(zone, lines)`.
-    pub async fn start_with(relay_extra: &str, records: &[(&str, &str)]) -> World {
+    /// [`World::start_with_relay`] with more records (zone file lines, where `{mx_port}`
+    /// stands for the exchangers' port) in some of the world's zones, each `(zone, lines)`,
+    /// and the zones named in `signed` signed with
+    /// DNSSEC (the relay trusts their keys).
+    pub async fn start_with(relay_extra: &str, records: &[(&str, &str)], signed: &[&str]) -> World {
         let (a, b) = Sink::pair(A, B).await;
         // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
         a.offer_starttls();
@@ -63,16 +67,26 @@ impl World {
                 .iter_mut()
                 .find(|(origin, _)| origin == zone)
                 .expect("a zone of the world");
-            text.push_str(lines);
+            text.push_str(&lines.replace("{mx_port}", &a.addr.port().to_string()));
         }
         let zones: Vec<(&str, String)> =
             zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
-        let dns = DnsServer::start(&zones).await;
+        let (dns, anchors) = DnsServer::start_signed(&zones, signed).await;
+        let anchor_dir = tempfile::tempdir().unwrap();
+        let mut relay_extra = relay_extra.replace("{sink_a}", &a.addr.to_string());
+        if !signed.is_empty() {
+            let path = anchor_dir.path().join("trust-anchor.txt");
+            std::fs::write(&path, anchors).unwrap();
+            relay_extra = format!(
+                "dnssec_trust_anchor = \"{}\"\n{relay_extra}",
+                path.display()
+            );
+        }
         let stack = Stack::start(Options {
             dns: dns.addr,
             mx_port: a.addr.port(),
             relay_networks: vec!["127.0.0.1/32".into()],
-            relay_extra: relay_extra.replace("{sink_a}", &a.addr.to_string()),
+            relay_extra,
             policy_extra: String::new(),
         })
         .await;
@@ -81,6 +95,7 @@ impl World {
             a,
             b,
             _dns: dns,
+            _anchor_dir: anchor_dir,
         }
     }
 }

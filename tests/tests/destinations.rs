@@ -83,6 +83,7 @@ async fn a_black_holed_destination_with_thousands_of_messages_delays_nobody_else
             "remote-b.test",
             "hole IN MX 10 mx.hole\nmx.hole IN A 127.0.0.6\n",
         )],
+        &[],
     )
     .await;
     let hole = BlackHole::start(SocketAddr::new([127, 0, 0, 6].into(), w.a.addr.port())).await;

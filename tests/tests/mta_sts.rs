@@ -59,6 +59,7 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     let w = World::start_with(
         &relay,
         &[("remote-a.test", records), ("remote-b.test", records)],
+        &[],
     )
     .await;
     // A presents a certificate for its MX name from the trusted CA.

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -87,32 +88,57 @@ pub struct MxResolver {
 #[error("cannot build the DNS resolver: {0}")]
 pub struct ResolverSetupError(String);
 
+/// A hickory resolver over `servers` (the system's when empty); `validation` asks for
+/// DNSSEC validation, with a trust anchor file or the root's keys.
+fn resolver(
+    servers: &[SocketAddr],
+    validation: Option<Option<&std::path::Path>>,
+) -> Result<TokioResolver, ResolverSetupError> {
+    let err = |e: hickory_resolver::net::NetError| ResolverSetupError(e.to_string());
+    let mut builder = if servers.is_empty() {
+        TokioResolver::builder_tokio().map_err(err)?
+    } else {
+        let name_servers = servers
+            .iter()
+            .map(|s| {
+                let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                for conn in &mut ns.connections {
+                    conn.port = s.port();
+                }
+                ns
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+        Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+    };
+    match validation {
+        Some(Some(path)) => {
+            let anchors = TrustAnchors::from_file(path)
+                .map_err(|e| ResolverSetupError(format!("{}: {e}", path.display())))?;
+            builder = builder.with_trust_anchor(std::sync::Arc::new(anchors));
+        }
+        Some(None) => builder.options_mut().validate = true,
+        None => {}
+    }
+    builder.build().map_err(err)
+}
+
 impl MxResolver {
     /// A resolver using `servers`, or the system's nameservers when empty.
     pub fn new(servers: &[SocketAddr], port: u16) -> Result<Self, ResolverSetupError> {
-        let err = |e: hickory_resolver::net::NetError| ResolverSetupError(e.to_string());
-        let resolver = if servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(err)?
-                .build()
-                .map_err(err)?
-        } else {
-            let name_servers = servers
-                .iter()
-                .map(|s| {
-                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = s.port();
-                    }
-                    ns
-                })
-                .collect();
-            let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
-            Resolver::builder_with_config(config, TokioRuntimeProvider::default())
-                .build()
-                .map_err(err)?
-        };
-        Ok(Self { resolver, port })
+        Ok(Self {
+            resolver: resolver(servers, None)?,
+            port,
+        })
+    }
+
+    /// A DNSSEC-validating resolver over `servers` (answers carry their proof), trusting
+    /// the root's keys, or the DNSKEY records of the `trust_anchor` file when given.
+    pub fn validating(
+        servers: &[SocketAddr],
+        trust_anchor: Option<&std::path::Path>,
+    ) -> Result<TokioResolver, ResolverSetupError> {
+        resolver(servers, Some(trust_anchor))
     }
 
     /// The hickory resolver underneath, for other lookups over the same nameservers and

@@ -20,6 +20,7 @@ use mailflow_dns::{MxResolver, ResolveError, Target};
 use mailflow_mta_sts::Mode;
 use mailflow_runtime::config::Transport;
 
+use crate::dane::{Dane, HostDane};
 use crate::destination::Unreachable;
 use crate::mta_sts::MtaSts;
 use tokio_rustls::TlsConnector;
@@ -139,6 +140,8 @@ pub struct Deliverer {
     pub mta_sts: Option<Arc<MtaSts>>,
     /// Destinations recently unreachable.
     pub unreachable: Arc<Unreachable>,
+    /// DANE lookups (none when disabled).
+    pub dane: Option<Arc<Dane>>,
     /// Credentials for the smarthost and `smtp:` transports, if they want them.
     pub smarthost_auth: Option<Credentials>,
 }
@@ -382,10 +385,38 @@ impl Deliverer {
         };
         let mut last_failure = None;
         for target in &targets {
+            // DANE (RFC 7672) for this MX host takes precedence over MTA-STS (RFC 8461 §2).
+            let host_dane = match (&self.dane, transport) {
+                (Some(dane), Transport::Mx) => dane.host(&job.domain, &target.host).await,
+                _ => HostDane::None,
+            };
+            let dane_tls;
+            let mut host_config = config;
+            let required_by = match host_dane {
+                HostDane::None => enforced.then_some("MTA-STS policy"),
+                HostDane::Required(records) => {
+                    dane_tls = smtp_client::tls::dane(records);
+                    host_config.verified = Some(&dane_tls);
+                    Some("DANE")
+                }
+                HostDane::Unusable(reason) => {
+                    let failure = HostFailure::Unverifiable {
+                        host: target.host.clone(),
+                        reason,
+                    };
+                    last_failure = Some((target.host.clone(), failure, Some("DANE")));
+                    continue;
+                }
+            };
             for addr in &target.addrs {
-                let delivered =
-                    smtp_client::deliver(*addr, &target.host, &config, &env, &self.connections)
-                        .await;
+                let delivered = smtp_client::deliver(
+                    *addr,
+                    &target.host,
+                    &host_config,
+                    &env,
+                    &self.connections,
+                )
+                .await;
                 match delivered {
                     Ok((replies, tls)) => {
                         self.unreachable.clear(&key);
@@ -396,7 +427,7 @@ impl Deliverer {
                     }
                     Err(failure) => {
                         tracing::info!(host = %target.host, %addr, error = %failure, "mail exchanger failed; trying the next");
-                        last_failure = Some((target.host.clone(), failure));
+                        last_failure = Some((target.host.clone(), failure, required_by));
                     }
                 }
             }
@@ -404,13 +435,13 @@ impl Deliverer {
         // No server answered at all: leave the destination alone for a while.
         let silent = matches!(
             last_failure,
-            Some((_, HostFailure::Connect { .. } | HostFailure::Lost { .. }))
+            Some((_, HostFailure::Connect { .. } | HostFailure::Lost { .. }, _))
         );
         let outcome = match last_failure {
-            Some((host, HostFailure::Refused { addr, reply })) => {
+            Some((host, HostFailure::Refused { addr, reply }, _)) => {
                 Outcome::from_reply(&reply, &host, addr, None)
             }
-            Some((host, HostFailure::NoSmtpUtf8 { addr })) => Outcome {
+            Some((host, HostFailure::NoSmtpUtf8 { addr }, _)) => Outcome {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),
                 ..Outcome::new(
@@ -420,30 +451,33 @@ impl Deliverer {
                     "the mail exchanger does not support SMTPUTF8, which this message needs".into(),
                 )
             },
-            Some((host, failure @ HostFailure::NoRequireTls { addr })) => Outcome {
+            Some((host, failure @ HostFailure::NoRequireTls { addr }, _)) => Outcome {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),
                 ..Outcome::new(RecipientState::Bounced, 550, "5.7.30", failure.to_string())
             },
-            Some((host, failure @ HostFailure::Auth { .. })) => Outcome {
+            Some((host, failure @ HostFailure::Auth { .. }, _)) => Outcome {
                 remote_host: host,
                 ..Outcome::new(RecipientState::Deferred, 451, "4.7.0", failure.to_string())
             },
-            // RFC 8461 §5: a policy failure defers the mail; it never goes in plaintext.
-            Some((host, failure @ (HostFailure::Tls { .. } | HostFailure::TlsRequired { .. })))
-                if enforced =>
-            {
-                Outcome {
-                    remote_host: host,
-                    ..Outcome::new(
-                        RecipientState::Deferred,
-                        451,
-                        "4.7.5",
-                        format!("MTA-STS policy of {}: {failure}", job.domain),
-                    )
-                }
-            }
-            Some((host, failure)) => Outcome {
+            // RFC 8461 §5, RFC 7672 §2.2: when TLS is required, a failure defers the mail; it
+            // never goes in plaintext.
+            Some((
+                host,
+                failure @ (HostFailure::Tls { .. }
+                | HostFailure::TlsRequired { .. }
+                | HostFailure::Unverifiable { .. }),
+                Some(required_by),
+            )) => Outcome {
+                remote_host: host,
+                ..Outcome::new(
+                    RecipientState::Deferred,
+                    451,
+                    "4.7.5",
+                    format!("{required_by} of {}: {failure}", job.domain),
+                )
+            },
+            Some((host, failure, _)) => Outcome {
                 remote_host: host,
                 ..Outcome::new(RecipientState::Deferred, 451, "4.4.1", failure.to_string())
             },

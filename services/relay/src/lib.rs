@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod dane;
 pub mod deliver;
 pub mod destination;
 pub mod lifetime;
@@ -106,6 +107,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         verified_tls,
         mta_sts,
         unreachable: Arc::new(destination::Unreachable::new(relay.destination_backoff)),
+        dane: if relay.dane {
+            let validating = mailflow_dns::MxResolver::validating(
+                &relay.dns_servers,
+                relay.dnssec_trust_anchor.as_deref(),
+            )?;
+            Some(Arc::new(dane::Dane::new(validating, relay.mx_port)))
+        } else {
+            None
+        },
         smarthost_auth: smarthost_credentials(relay)?,
     };
     // An empty schedule would leave deferred jobs nowhere to wait: retry every 5 minutes.

@@ -297,6 +297,12 @@ pub struct RelayConfig {
     pub concurrency: usize,
     /// Look up and honour destinations' MTA-STS policies (RFC 8461).
     pub mta_sts: bool,
+    /// Honour DANE (RFC 7672): DNSSEC-validated TLSA records of MX hosts make TLS with a
+    /// matching certificate mandatory.
+    pub dane: bool,
+    /// A file of DNSKEY records to trust for DNSSEC validation instead of the root's keys
+    /// (a private DNSSEC tree; the tests' signed zones).
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// The HTTPS port MTA-STS policies are fetched from (443; tests use their own).
     pub mta_sts_port: u16,
     /// More trust anchors (PEM) for verified TLS (MTA-STS policy hosts and MX hosts), on
@@ -348,6 +354,8 @@ impl Default for RelayConfig {
             smarthost_username: None,
             smarthost_password_file: None,
             concurrency: 64,
+            dane: true,
+            dnssec_trust_anchor: None,
             mta_sts: true,
             mta_sts_port: 443,
             tls_ca_file: None,

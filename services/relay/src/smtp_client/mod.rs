@@ -34,6 +34,7 @@ pub struct Envelope<'a> {
 }
 
 /// Timeouts and our name.
+#[derive(Clone, Copy)]
 pub struct ClientConfig<'a> {
     /// The name sent with EHLO/HELO.
     pub helo: &'a str,
@@ -122,6 +123,15 @@ pub enum HostFailure {
     NoRequireTls {
         /// The address.
         addr: SocketAddr,
+    },
+    /// The host cannot be used safely: its DANE TLSA records could not be looked up or
+    /// validated (RFC 7672 §2.2).
+    #[error("{host}: {reason}")]
+    Unverifiable {
+        /// The MX host.
+        host: String,
+        /// Why.
+        reason: String,
     },
     /// TLS is required (MTA-STS) and the server does not offer STARTTLS.
     #[error("{addr} does not offer STARTTLS, which the destination's policy requires")]

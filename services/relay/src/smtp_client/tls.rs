@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mailflow_proto::v1::TlsInfo;
+
+use crate::dane::{self, Tlsa};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -20,23 +22,43 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// Accepts any certificate; checks the handshake signatures.
+/// Accepts any certificate (opportunistic TLS), or one that matches DANE TLSA records;
+/// checks the handshake signatures either way.
 #[derive(Debug)]
 struct Opportunistic {
     /// The algorithms signatures are checked with.
     provider: Arc<CryptoProvider>,
+    /// The usable TLSA records the certificate must match (DANE); none accepts any
+    /// certificate.
+    dane: Vec<Tlsa>,
 }
 
 impl ServerCertVerifier for Opportunistic {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let algorithms = &self.provider.signature_verification_algorithms;
+        if self.dane.is_empty()
+            || dane::matches(
+                &self.dane,
+                end_entity,
+                intermediates,
+                server_name,
+                now,
+                algorithms,
+            )
+        {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "DANE: the certificate matches no TLSA record".into(),
+            ))
+        }
     }
 
     fn verify_tls12_signature(
@@ -76,12 +98,22 @@ impl ServerCertVerifier for Opportunistic {
 
 /// The connector for opportunistic STARTTLS (TLS 1.2 and 1.3, ring).
 pub fn opportunistic() -> TlsConnector {
+    dane(Vec::new())
+}
+
+/// The connector for a host with DANE TLSA records (RFC 7672): the certificate must match
+/// one of `records`; with none (no usable record), any certificate is accepted, but TLS is
+/// still required by the caller.
+pub fn dane(records: Vec<Tlsa>) -> TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map(|b| {
             b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(Opportunistic { provider }))
+                .with_custom_certificate_verifier(Arc::new(Opportunistic {
+                    provider,
+                    dane: records,
+                }))
                 .with_no_client_auth()
         });
     match config {
