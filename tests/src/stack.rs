@@ -188,20 +188,23 @@ command_timeout = "10s"
         }
     }
 
-    /// Starts a second policy replica on its own port (same NATS, same buckets); it runs
-    /// until the returned process is dropped.
-    pub async fn start_policy_replica(&self) -> (SocketAddr, Child) {
+    /// Starts another replica of `name` (the policy or the relay) with its gRPC service on
+    /// its own port (same NATS, same buckets); it runs until the returned process is
+    /// dropped.
+    pub async fn start_replica(&self, name: &'static str) -> (SocketAddr, Child) {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(self.dir.path().join("policy-replica.log")).unwrap();
-        let child = Command::new(binary(POLICY))
+        let section = if name == POLICY { "POLICY" } else { "RELAY" };
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{name}-replica.log"))).unwrap();
+        let child = Command::new(binary(name))
             .env("MAILFLOW_CONFIG", &self.config)
-            .env("MAILFLOW_POLICY__GRPC_LISTEN", addr.to_string())
+            .env(format!("MAILFLOW_{section}__GRPC_LISTEN"), addr.to_string())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .expect("a second policy starts");
+            .expect("a second replica starts");
         wait::port_open(addr, Duration::from_secs(30)).await;
         (addr, child)
     }
@@ -310,6 +313,7 @@ command_timeout = "10s"
         client
             .get_message(GetMessageRequest {
                 queue_id: queue_id.into(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)

@@ -166,7 +166,7 @@ async fn a_directory_change_reaches_another_replica_within_a_second() {
     use std::time::{Duration, Instant};
 
     let (stack, _dns) = local().await;
-    let (replica, _child) = stack.start_policy_replica().await;
+    let (replica, _child) = stack.start_replica(mailflow_tests::stack::POLICY).await;
     let mut other = PolicyClient::new(channel(replica).await);
     let ask = || CheckRecipientRequest {
         session: Some(SessionInfo {

@@ -24,12 +24,16 @@ pub enum GrpcError {
 /// A router with health and reflection, plus the reporter to mark services as serving.
 pub fn server() -> Result<(HealthReporter, Router), GrpcError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(mailflow_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(mailflow_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: many clients (grpcurl's older releases, Python's grpcio-reflection)
+    // still ask that version.
     let router = Server::builder()
         .add_service(health)
-        .add_service(reflection);
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?);
     Ok((reporter, router))
 }

@@ -19,6 +19,7 @@ use crate::deliver::{Deliverer, Pending};
 use crate::destination::{self, Destinations};
 use crate::lifetime::Lifetime;
 use crate::status::{StatusBook, is_final};
+use crate::suspend::Suspensions;
 use crate::{notify, retry};
 
 /// The consumer's settings.
@@ -41,6 +42,8 @@ pub struct Consumer {
     pub lifetime: Lifetime,
     /// Per-destination concurrency and rate.
     pub destinations: Destinations,
+    /// Domains whose delivery an operator suspended.
+    pub suspensions: Suspensions,
 }
 
 impl Consumer {
@@ -66,6 +69,20 @@ impl Consumer {
                 return;
             }
         };
+        if self.suspensions.contains(&job.domain) {
+            let ack = match retry::hold(&self.bus, &job, &msg.subject).await {
+                Ok(()) => msg.ack().await,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.job_id, error = %e, "cannot hold the job of a suspended domain");
+                    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await
+                }
+            };
+            if let Err(e) = ack {
+                tracing::warn!(job_id = %job.job_id, error = %e, "acknowledgement failed; the job may be held twice");
+            }
+            return;
+        }
         // A destination at its limit: the job goes to the back of the queue rather than
         // hold a delivery slot (mail for other destinations keeps flowing). Local Maildir
         // delivery opens no connection and is not limited.

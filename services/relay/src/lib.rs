@@ -15,10 +15,12 @@ pub mod lifetime;
 pub mod maildir;
 pub mod mta_sts;
 pub mod notify;
+pub mod projection;
 pub mod queue;
 pub mod retry;
 pub mod smtp_client;
 pub mod status;
+pub mod suspend;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +125,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         [] => vec![Duration::from_secs(300)],
         delays => delays.iter().map(|d| **d).collect(),
     };
+    let suspensions = suspend::Suspensions::open(
+        bus.open_kv(suspend::BUCKET, 1, Duration::ZERO).await?,
+        shutdown.clone(),
+    );
+    let projection = Arc::new(projection::Projection::default());
+    {
+        let (projection, status_kv, events) = (
+            projection.clone(),
+            topology.status.clone(),
+            topology.events.clone(),
+        );
+        let stop = shutdown.clone();
+        tokio::spawn(async move { projection.follow(status_kv, events, stop).await });
+    }
+    let queue_service = queue::QueueService {
+        status: status.clone(),
+        events: topology.events.clone(),
+        projection,
+        suspensions: suspensions.clone(),
+        bus: bus.clone(),
+        hostname: relay.hostname.clone(),
+        bodies: topology.bodies.clone(),
+    };
     let mut movers = tokio::task::JoinSet::new();
     for (tier, delay) in retry_delays.iter().enumerate() {
         movers.spawn(retry::mover(bus.clone(), tier, *delay, shutdown.clone()));
@@ -143,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             relay.destination_concurrency,
             relay.destination_rate,
         ),
+        suspensions,
     });
     let consumer_task = tokio::spawn(consumer.run(shutdown.clone()));
 
@@ -153,7 +179,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let addr = relay.grpc_listen;
     tracing::info!(%addr, "Queue gRPC ready");
     let served = router
-        .add_service(QueueServer::new(queue::QueueService::new(status)))
+        .add_service(QueueServer::new(queue_service))
         .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -40,6 +40,25 @@ pub async fn park(
     .await
 }
 
+/// Holds a job whose domain is suspended: back to the first tier without an attempt, to
+/// come round again after the first retry delay (or at once when the domain is resumed).
+pub async fn hold(bus: &Bus, job: &DeliveryJob, out_subject: &str) -> Result<(), BusError> {
+    let mut held = job.clone();
+    held.held += 1;
+    bus.publish(
+        names::retry(0, out_subject),
+        &format!("{}.hold.{}.{}", job.job_id, job.attempts_before, held.held),
+        Bytes::from(held.encode_to_vec()),
+    )
+    .await
+}
+
+/// The `Nats-Msg-Id` of a job on its way back from `MAIL_RETRY` to `MAIL_OUT`: the mover
+/// and an operator's retry-now use the same, so that a job moved by both is published once.
+pub fn out_id(job: &DeliveryJob) -> String {
+    format!("{}.out.{}.{}", job.job_id, job.attempts_before, job.held)
+}
+
 /// How long the job published at `published` still has to wait in a tier of `delay`.
 pub fn remaining(published: SystemTime, delay: Duration, now: SystemTime) -> Duration {
     (published + delay)
@@ -96,7 +115,7 @@ async fn move_when_due(
         Ok(job) => {
             bus.publish(
                 names::out_of_retry(&msg.subject),
-                &format!("{}.out.{}", job.job_id, job.attempts_before),
+                &out_id(&job),
                 msg.payload.clone(),
             )
             .await

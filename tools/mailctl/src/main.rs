@@ -6,6 +6,7 @@
 mod directory;
 mod dkim;
 mod quarantine;
+mod queue;
 mod status;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use mailflow_proto::v1::{
     queue_client::QueueClient,
 };
 use quarantine::QuarantineAction;
+use queue::QueueAction;
 use tonic::transport::Channel;
 
 /// Operate a mailflow installation.
@@ -41,16 +43,36 @@ struct Cli {
         global = true
     )]
     directory_server: String,
+    /// Print JSON instead of tables (status, watch, queue).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show a message and the state of each of its recipients.
+    /// Show a message, the state of each of its recipients and its history.
     Status {
         /// The queue id from `250 2.0.0 Ok: queued as <id>`.
+        #[arg(required_unless_present_any = ["message_id", "envid"])]
+        queue_id: Option<String>,
+        /// Find the message by its Message-ID header instead.
+        #[arg(long, conflicts_with = "queue_id")]
+        message_id: Option<String>,
+        /// Find the message by its DSN ENVID instead.
+        #[arg(long, conflicts_with_all = ["queue_id", "message_id"])]
+        envid: Option<String>,
+    },
+    /// Follow a message live until every recipient is in a final state.
+    Watch {
+        /// The queue id.
         queue_id: String,
+    },
+    /// The queue: list, summary, retry, cancel, suspend, resume.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Local domains.
     Domain {
@@ -100,14 +122,34 @@ fn grpc_error(status: tonic::Status) -> anyhow::Error {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Status { queue_id } => {
+        Command::Status {
+            queue_id,
+            message_id,
+            envid,
+        } => {
             let mut client = QueueClient::new(channel(&cli.server).await?);
             let status = client
-                .get_message(GetMessageRequest { queue_id })
+                .get_message(GetMessageRequest {
+                    queue_id: queue_id.unwrap_or_default(),
+                    message_id: message_id.unwrap_or_default(),
+                    envid: envid.unwrap_or_default(),
+                })
                 .await
                 .map_err(grpc_error)?
                 .into_inner();
-            print!("{}", status::render_status(&status));
+            if cli.json {
+                println!("{}", status::status_json(&status));
+            } else {
+                print!("{}", status::render_status(&status));
+            }
+        }
+        Command::Watch { queue_id } => {
+            let client = QueueClient::new(channel(&cli.server).await?);
+            status::watch(client, queue_id, cli.json).await?;
+        }
+        Command::Queue { action } => {
+            let client = QueueClient::new(channel(&cli.server).await?);
+            queue::queue(client, action, cli.json).await?;
         }
         Command::Domain { action } => {
             directory::domain(directory_client(&cli.directory_server).await?, action).await?;

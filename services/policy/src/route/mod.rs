@@ -20,14 +20,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use mailflow_bus::{BodyStore, Bus, BusError, ConsumerSpec, consume, names};
-use mailflow_proto::v1::{AcceptedMessage, RecipientState, RemoteReply};
+use mailflow_proto::v1::{AcceptedMessage, RecipientState, RemoteReply, body};
 use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::directory::{Directory, DirectoryError};
 use crate::quarantine::{Quarantine, QuarantineError};
-use crate::scan::{Decision, Origin, Scanner};
+use crate::scan::{Decision, Headline, Origin, Scanner, headline};
 
 /// Messages routed at once by one replica.
 const CONCURRENCY: usize = 64;
@@ -121,11 +121,7 @@ impl RouteStage {
     async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<usize, RouteError> {
         let mut msg = msg.clone();
         // A released message was scanned before it was held.
-        let (decision, subject) = if msg.released {
-            (Decision::Deliver, String::new())
-        } else {
-            self.scan(&mut msg).await?
-        };
+        let (decision, headline) = self.scan(&mut msg).await?;
         let (mut recipients, local) = self
             .directory
             .view(|d| {
@@ -167,7 +163,9 @@ impl RouteStage {
                 RecipientState::Queued
             }
         };
-        let record = Bytes::from(initial_status(&msg, &recipients, pending).encode_to_vec());
+        let mut record = initial_status(&msg, &recipients, pending);
+        record.message_id = headline.message_id;
+        let record = Bytes::from(record.encode_to_vec());
         // A released message replaces its quarantined record; any other keeps the first.
         let written = if msg.released {
             status
@@ -183,7 +181,7 @@ impl RouteStage {
         };
         written.map_err(RouteError::Status)?;
         if let Decision::Quarantine(reason) = &decision {
-            self.quarantine.hold(&msg, reason, subject).await?;
+            self.quarantine.hold(&msg, reason, headline.subject).await?;
             return Ok(0);
         }
         self.report_failures(&msg, &recipients).await?;
@@ -202,11 +200,17 @@ impl RouteStage {
 impl RouteStage {
     /// Scans `msg` and stores what the scan changed in its body: added header fields in the
     /// prefix, a rewritten message inline or as a new object. Returns the decision and the
-    /// message's subject.
-    async fn scan(&self, msg: &mut AcceptedMessage) -> Result<(Decision, String), RouteError> {
+    /// message's headline. A released message (scanned before it was held) and one written
+    /// by mailflow itself are not scanned.
+    async fn scan(&self, msg: &mut AcceptedMessage) -> Result<(Decision, Headline), RouteError> {
         let origin = self.scanner.origin(msg);
-        if origin == Origin::Internal {
-            return Ok((Decision::Deliver, String::new()));
+        if msg.released || origin == Origin::Internal {
+            let body = msg.body.clone().unwrap_or_default();
+            let headline = match &body.location {
+                Some(body::Location::Inline(content)) => headline(content),
+                _ => Headline::default(),
+            };
+            return Ok((Decision::Deliver, headline));
         }
         let body = msg.body.clone().unwrap_or_default();
         let content = self.bodies.load(&body).await?;
@@ -233,7 +237,7 @@ impl RouteStage {
             .into();
         body.size += added;
         msg.body = Some(body);
-        Ok((scanned.decision, scanned.subject))
+        Ok((scanned.decision, scanned.headline))
     }
 
     /// Tells the sender about recipients that failed here (an alias that cannot be

@@ -124,6 +124,7 @@ pub fn split(
             trace: msg.trace.clone(),
             attempts_before: 0,
             transport,
+            held: 0,
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }
@@ -161,6 +162,11 @@ pub fn initial_status(
         client_ip: msg.client_ip.clone(),
         received_at: msg.received_at,
         size: msg.body.as_ref().map_or(0, |b| b.size),
+        envid: msg
+            .mail_from
+            .as_ref()
+            .map(|m| m.dsn_envid.clone())
+            .unwrap_or_default(),
         recipients: recipients
             .iter()
             .map(|r| RecipientStatus {
@@ -175,6 +181,7 @@ pub fn initial_status(
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 

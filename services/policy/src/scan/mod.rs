@@ -47,8 +47,36 @@ pub struct Scanned {
     pub prefix: Vec<u8>,
     /// The message without the forged fields, when it had some.
     pub rewritten: Option<Vec<u8>>,
-    /// The `Subject`, for the quarantine list.
+    /// The subject and Message-ID.
+    pub headline: Headline,
+}
+
+/// What lists show of a message's header: the quarantine list its subject, the status
+/// record its Message-ID.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headline {
+    /// The `Subject` field, unfolded.
     pub subject: String,
+    /// The `Message-ID` field without its angle brackets.
+    pub message_id: String,
+}
+
+/// The headline of `message`.
+pub fn headline(message: &[u8]) -> Headline {
+    let fields = header::fields(message);
+    let value = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.is(name))
+            .map(|f| f.value())
+            .unwrap_or_default()
+    };
+    Headline {
+        subject: value("Subject"),
+        message_id: value("Message-ID")
+            .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+            .to_string(),
+    }
 }
 
 /// Where a message comes from, as far as authentication goes.
@@ -116,11 +144,6 @@ impl Scanner {
         });
         let message = rewritten.as_deref().unwrap_or(content);
         let fields = header::fields(message);
-        let subject = fields
-            .iter()
-            .find(|f| f.is("Subject"))
-            .map(|f| f.value())
-            .unwrap_or_default();
         let finding = rules::mail_loop(&fields, self.config.max_received)
             .or_else(|| rules::check(message, &fields, header::section_len(message), &self.config));
         let mut decision = match finding {
@@ -165,11 +188,12 @@ impl Scanner {
             }
             Origin::Outside(_) | Origin::Internal => {}
         }
+        let headline = headline(message);
         Scanned {
             decision,
             prefix,
             rewritten,
-            subject,
+            headline,
         }
     }
 }

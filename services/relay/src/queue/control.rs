@@ -1,0 +1,204 @@
+//! The operator's controls: retry now, cancel, and the checks of their arguments.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use mailflow_bus::{BusError, load_body, names};
+use mailflow_proto::v1::{
+    CancelRequest, DeliveryEvent, DeliveryJob, RecipientState, RemoteReply, RetryRequest,
+};
+use mailflow_report::{Action, RecipientReport};
+use prost::Message;
+use tonic::Status;
+
+use super::jobs::{self, Waiting};
+use super::{QueueService, invalid, pending, queue_id, unavailable};
+
+/// A destination domain argument, lower case, or `INVALID_ARGUMENT`.
+pub(super) fn domain(domain: &str) -> Result<String, Status> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) || !d.contains('.') {
+        return Err(invalid("domain", format!("{domain:?} is not a domain")));
+    }
+    Ok(d)
+}
+
+fn bus_error(e: BusError) -> Status {
+    unavailable(e)
+}
+
+impl QueueService {
+    /// Moves the deferred jobs `req` selects from `MAIL_RETRY` back to delivery now;
+    /// returns how many moved.
+    pub(super) async fn retry_now(&self, req: RetryRequest) -> Result<u32, Status> {
+        let chosen = [!req.queue_id.is_empty(), !req.domain.is_empty(), req.all]
+            .iter()
+            .filter(|c| **c)
+            .count();
+        if chosen != 1 {
+            return Err(invalid(
+                "queue_id",
+                "give exactly one of queue_id, domain and all",
+            ));
+        }
+        let selector: Box<dyn Fn(&DeliveryJob) -> bool + Send + Sync> = if !req.queue_id.is_empty()
+        {
+            queue_id(&req.queue_id, "queue_id")?;
+            let status = self.current(&req.queue_id).await?;
+            if pending(&status).is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "message {} has no recipient left to deliver",
+                    req.queue_id
+                )));
+            }
+            let id = req.queue_id.clone();
+            Box::new(move |job| job.queue_id == id)
+        } else if !req.domain.is_empty() {
+            let d = domain(&req.domain)?;
+            Box::new(move |job| job.domain == d)
+        } else {
+            Box::new(|_| true)
+        };
+        let mut retry = self
+            .bus
+            .js
+            .get_stream(names::MAIL_RETRY)
+            .await
+            .map_err(unavailable)?;
+        let waiting = jobs::find(&mut retry, selector).await.map_err(bus_error)?;
+        let mut moved = 0;
+        for w in &waiting {
+            if jobs::move_now(&self.bus, &retry, w)
+                .await
+                .map_err(bus_error)?
+            {
+                moved += 1;
+            }
+        }
+        tracing::info!(jobs = moved, queue_id = %req.queue_id, domain = %req.domain, all = req.all, "retry now");
+        Ok(moved)
+    }
+
+    /// Cancels the pending recipients of a message: its waiting jobs are taken out of the
+    /// queues, and each pending recipient gets a final event (discarded, or bounced with a
+    /// notice to the sender). A job already in a delivery attempt may still deliver.
+    pub(super) async fn cancel_message(&self, req: CancelRequest) -> Result<u32, Status> {
+        queue_id(&req.queue_id, "queue_id")?;
+        let status = self.current(&req.queue_id).await?;
+        let open = pending(&status);
+        if open.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "message {} has no recipient left to cancel",
+                req.queue_id
+            )));
+        }
+        let mut removed: Vec<Waiting> = Vec::new();
+        for name in [names::MAIL_RETRY, names::MAIL_OUT] {
+            let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;
+            let id = req.queue_id.clone();
+            for w in jobs::find(&mut stream, move |job| job.queue_id == id)
+                .await
+                .map_err(bus_error)?
+            {
+                if jobs::remove(&stream, &w).await.map_err(bus_error)? {
+                    removed.push(w);
+                }
+            }
+        }
+        let (state, reply) = if req.bounce {
+            (
+                RecipientState::Bounced,
+                RemoteReply {
+                    code: 550,
+                    enhanced: "5.7.1".into(),
+                    text: "delivery cancelled by an operator".into(),
+                },
+            )
+        } else {
+            (
+                RecipientState::Discarded,
+                RemoteReply {
+                    code: 550,
+                    enhanced: "5.7.1".into(),
+                    text: "dropped by an operator".into(),
+                },
+            )
+        };
+        let at = Some(SystemTime::now().into());
+        let events: Vec<(String, String, Bytes)> = open
+            .iter()
+            .map(|&i| {
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                let event = DeliveryEvent {
+                    queue_id: req.queue_id.clone(),
+                    recipient: status.recipients[i].address.clone(),
+                    state: state as i32,
+                    reply: Some(reply.clone()),
+                    at,
+                    ..Default::default()
+                };
+                (
+                    names::event(&req.queue_id, index),
+                    format!("{}.{index}.cancel", req.queue_id),
+                    Bytes::from(event.encode_to_vec()),
+                )
+            })
+            .collect();
+        self.bus.publish_all(events).await.map_err(bus_error)?;
+        if req.bounce {
+            self.notify_cancelled(&removed, &reply).await?;
+        }
+        tracing::info!(queue_id = %req.queue_id, recipients = open.len(), bounce = req.bounce, "cancelled");
+        Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Tells the sender about recipients bounced by a cancel, one notice per job taken out
+    /// (its `Nats-Msg-Id` uses attempt 0, which no delivery attempt has).
+    async fn notify_cancelled(
+        &self,
+        removed: &[Waiting],
+        reply: &RemoteReply,
+    ) -> Result<(), Status> {
+        for w in removed {
+            let reports: Vec<RecipientReport> = w
+                .job
+                .recipients
+                .iter()
+                .filter_map(|r| {
+                    RecipientReport::owed(r.recipient.as_ref()?, Action::Failed, reply, "")
+                })
+                .collect();
+            if reports.is_empty()
+                || w.job
+                    .mail_from
+                    .as_ref()
+                    .is_none_or(|m| m.address.is_empty())
+            {
+                continue;
+            }
+            let body = w.job.body.clone().unwrap_or_default();
+            let content = load_body(&self.bodies, &body).await.map_err(bus_error)?;
+            crate::notify::send(&self.bus, &self.hostname, &w.job, 0, &content, reports)
+                .await
+                .map_err(bus_error)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::domain;
+
+    #[test]
+    fn domains_are_checked() {
+        assert_eq!(domain(" Example.COM. ").unwrap(), "example.com");
+        for bad in ["", "a@b.test", "local", "two words.test"] {
+            assert_eq!(
+                domain(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+}

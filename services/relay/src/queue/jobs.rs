@@ -1,0 +1,85 @@
+//! Finding the delivery jobs of a message or a domain where they wait (`MAIL_RETRY`, or
+//! `MAIL_OUT` before their attempt), to move them on (retry now) or take them out (cancel).
+//! A work-queue stream allows no second consumer over the same subjects, so the messages
+//! are read by sequence; operators' commands are rare, and deferred jobs are few.
+
+use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
+use mailflow_bus::{Bus, BusError, names};
+use mailflow_proto::v1::DeliveryJob;
+use prost::Message;
+
+/// One waiting job.
+pub struct Waiting {
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// Its subject.
+    pub subject: String,
+    /// The job.
+    pub job: DeliveryJob,
+}
+
+fn storage(op: &'static str, e: impl std::fmt::Display) -> BusError {
+    BusError::Storage {
+        op,
+        name: "delivery jobs".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// The jobs waiting in `stream` that `wanted` selects.
+pub async fn find(
+    stream: &mut Stream,
+    wanted: impl Fn(&DeliveryJob) -> bool,
+) -> Result<Vec<Waiting>, BusError> {
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| storage("info", e))?
+        .state
+        .clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        // Gaps (acknowledged or deleted jobs) are skipped.
+        let Ok(msg) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        let Ok(job) = DeliveryJob::decode(msg.payload.clone()) else {
+            continue;
+        };
+        if wanted(&job) {
+            out.push(Waiting {
+                sequence,
+                subject: msg.subject.to_string(),
+                job,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Takes a waiting job out of `stream`; false when it was already gone (delivered or
+/// moved meanwhile).
+pub async fn remove(stream: &Stream, waiting: &Waiting) -> Result<bool, BusError> {
+    match stream.delete_message(waiting.sequence).await {
+        Ok(deleted) => Ok(deleted),
+        Err(e) if e.to_string().contains("no message found") => Ok(false),
+        Err(e) => Err(storage("delete", e)),
+    }
+}
+
+/// Puts a job waiting in `MAIL_RETRY` back on its delivery subject now, then removes it
+/// from the retry stream. It is published with the `Nats-Msg-Id` the tier's mover would
+/// give it, so a job the mover moves at the same moment is published once.
+pub async fn move_now(bus: &Bus, retry: &Stream, waiting: &Waiting) -> Result<bool, BusError> {
+    bus.publish(
+        names::out_of_retry(&waiting.subject),
+        &crate::retry::out_id(&waiting.job),
+        Bytes::from(waiting.job.encode_to_vec()),
+    )
+    .await?;
+    remove(retry, waiting).await
+}

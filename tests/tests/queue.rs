@@ -1,0 +1,416 @@
+//! The `Queue` service end to end: finding, listing, watching and counting messages, and
+//! the operator's controls (retry now, cancel, suspend, resume), through gRPC, through
+//! `mailctl`, from a second relay replica, and from Python's grpcio, which learns the
+//! contracts by reflection.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailflow_proto::v1::{
+    CancelRequest, GetMessageRequest, ListMessagesRequest, MessageState, MessageStatus,
+    QueueSummaryRequest, RecipientState, RetryRequest, WatchMessageRequest,
+    queue_client::QueueClient, watch_update,
+};
+use mailflow_tests::client::SmtpClient;
+use mailflow_tests::mailctl::{self, ok};
+use mailflow_tests::stack::RELAY;
+use mailflow_tests::wait;
+use mailflow_tests::world::World;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn client(addr: SocketAddr) -> QueueClient<Channel> {
+    QueueClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Sends one message from `sender@client.test` with a Message-ID and, when given, an ENVID.
+async fn send(w: &World, rcpt: &str, marker: &str, envid: Option<&str>) -> String {
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let mail = match envid {
+        Some(e) => format!("MAIL FROM:<sender@client.test> ENVID={e}"),
+        None => "MAIL FROM:<sender@client.test>".to_string(),
+    };
+    c.command(&mail, 250).await;
+    c.command(&format!("RCPT TO:<{rcpt}>"), 250).await;
+    c.command("DATA", 354).await;
+    c.send_raw(
+        format!(
+            "From: <sender@client.test>\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nx\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let reply = c.command(".", 250).await;
+    mailflow_tests::client::queue_id(&reply.text)
+}
+
+/// Waits until every recipient of `id` is in `state`.
+async fn wait_state(w: &World, id: &str, state: RecipientState) -> MessageStatus {
+    wait::until(
+        &format!("{id} {state:?}"),
+        Duration::from_secs(30),
+        || async {
+            w.stack
+                .get_message(id)
+                .await
+                .ok()
+                .filter(|s| s.recipients.iter().all(|r| r.state() == state))
+        },
+    )
+    .await
+}
+
+/// The queue ids a list request returns once it returns `n` of them.
+async fn listed(q: &mut QueueClient<Channel>, req: ListMessagesRequest, n: usize) -> Vec<String> {
+    wait::until("the list", Duration::from_secs(30), || {
+        let (mut q, req) = (q.clone(), req.clone());
+        async move {
+            let page = q.list_messages(req).await.ok()?.into_inner();
+            let ids: Vec<String> = page.messages.into_iter().map(|m| m.queue_id).collect();
+            (ids.len() == n).then_some(ids)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_found_listed_counted_and_errors_are_precise() {
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    let delivered = send(&w, "carol@remote-a.test", "first", Some("env-1")).await;
+    wait_state(&w, &delivered, RecipientState::Delivered).await;
+    let deferred = send(&w, "tempfail@remote-b.test", "second", None).await;
+    wait_state(&w, &deferred, RecipientState::Deferred).await;
+    let mut q = client(w.stack.queue).await;
+
+    // By queue id, with the attempt history; by Message-ID; by ENVID.
+    let by_id = q
+        .get_message(GetMessageRequest {
+            queue_id: delivered.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id.message_id, "first@client.test");
+    assert_eq!(by_id.envid, "env-1");
+    assert_eq!(by_id.history.len(), 1);
+    assert_eq!(by_id.history[0].state(), RecipientState::Delivered);
+    assert_eq!(by_id.history[0].remote_host, "mx.remote-a.test");
+    for req in [
+        GetMessageRequest {
+            message_id: "<first@client.test>".into(),
+            ..Default::default()
+        },
+        GetMessageRequest {
+            envid: "env-1".into(),
+            ..Default::default()
+        },
+    ] {
+        let found = wait::until("the message by header", Duration::from_secs(10), || {
+            let (mut q, req) = (q.clone(), req.clone());
+            async move { q.get_message(req).await.ok() }
+        })
+        .await;
+        assert_eq!(found.into_inner().queue_id, delivered);
+    }
+    let code = |r: Result<tonic::Response<MessageStatus>, tonic::Status>| r.unwrap_err().code();
+    let unknown = GetMessageRequest {
+        queue_id: "01KB3X8Z4N6Q2V7W9Y0A1B2C3D".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(q.get_message(unknown).await), Code::NotFound);
+    let both = GetMessageRequest {
+        queue_id: delivered.clone(),
+        envid: "env-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(code(q.get_message(both).await), Code::InvalidArgument);
+
+    // Lists: by state, by domain, newest first, a page at a time.
+    let deferred_only = ListMessagesRequest {
+        state: MessageState::Deferred as i32,
+        ..Default::default()
+    };
+    assert_eq!(
+        listed(&mut q, deferred_only, 1).await,
+        vec![deferred.clone()]
+    );
+    let to_a = ListMessagesRequest {
+        recipient_domain: "remote-a.test".into(),
+        ..Default::default()
+    };
+    assert_eq!(listed(&mut q, to_a, 1).await, vec![delivered.clone()]);
+    let first_page = q
+        .list_messages(ListMessagesRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first_page.messages[0].queue_id, deferred, "newest first");
+    let second_page = q
+        .list_messages(ListMessagesRequest {
+            page_size: 1,
+            page_token: first_page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second_page.messages[0].queue_id, delivered);
+    let bad = q
+        .list_messages(ListMessagesRequest {
+            sender: "not an address".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("sender"), "{}", bad.message());
+
+    // Counts, as qshape shows them.
+    let summary = q
+        .queue_summary(QueueSummaryRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let b = summary
+        .domains
+        .iter()
+        .find(|d| d.domain == "remote-b.test")
+        .unwrap();
+    assert_eq!((b.queued, b.deferred), (0, 1));
+    assert!(summary.oldest.is_some());
+    // A delivered message cannot be retried.
+    let done = q
+        .retry(RetryRequest {
+            queue_id: delivered.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(done.code(), Code::FailedPrecondition);
+
+    // mailctl shows the same, as tables and as JSON.
+    let list = ok(
+        &w.stack,
+        &["--json", "queue", "list", "--state", "deferred"],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(json["messages"][0]["queue_id"], deferred.as_str());
+    assert_eq!(json["messages"][0]["recipients"][0]["state"], "deferred");
+    let table = ok(&w.stack, &["queue", "summary"]).await;
+    assert!(
+        table.contains("remote-b.test") && table.contains("DEFERRED"),
+        "{table}"
+    );
+    let status = ok(&w.stack, &["status", "--message-id", "first@client.test"]).await;
+    assert!(
+        status.contains("history:") && status.contains("delivered (attempt 1)"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_a_message_live_until_it_is_delivered() {
+    let w = World::start().await;
+    w.a.hold();
+    let id = send(&w, "carol@remote-a.test", "watched", None).await;
+    let mut q = client(w.stack.queue).await;
+    let mut updates = wait::until("the routed message", Duration::from_secs(30), || {
+        let (mut q, id) = (q.clone(), id.clone());
+        async move {
+            q.watch_message(WatchMessageRequest { queue_id: id })
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    let first = updates.message().await.unwrap().unwrap();
+    let Some(watch_update::Update::Status(status)) = first.update else {
+        panic!("the watch starts with the status: {first:?}");
+    };
+    assert_eq!(status.recipients[0].state(), RecipientState::Queued);
+    // The delivery is held at the sink: nothing more yet. Then it completes, live.
+    wait::until("the held delivery", Duration::from_secs(30), || async {
+        (w.a.arrived() == 1).then_some(())
+    })
+    .await;
+    w.a.release();
+    let next = tokio::time::timeout(Duration::from_secs(30), updates.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(watch_update::Update::Event(event)) = next.update else {
+        panic!("an event: {next:?}");
+    };
+    assert_eq!(event.state(), RecipientState::Delivered);
+    // Every recipient is final: the stream ends.
+    assert!(updates.message().await.unwrap().is_none());
+    let unknown = q
+        .watch_message(WatchMessageRequest {
+            queue_id: "01KB3X8Z4N6Q2V7W9Y0A1B2C3D".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_holds_a_domain_and_resume_releases_it() {
+    let w = World::start().await;
+    let held = ok(&w.stack, &["queue", "suspend", "remote-a.test"]).await;
+    assert!(held.contains("suspended"), "{held}");
+    let waiting = send(&w, "carol@remote-a.test", "waiting", None).await;
+    let other = send(&w, "bob@remote-b.test", "other", None).await;
+    wait_state(&w, &other, RecipientState::Delivered).await;
+    // Several hold cycles pass (the first retry delay is 1 s here) without an attempt.
+    let summary = wait::until(
+        "the held job to come round",
+        Duration::from_secs(30),
+        || async {
+            let out = ok(&w.stack, &["--json", "queue", "summary"]).await;
+            let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let a = json["domains"]
+                .as_array()?
+                .iter()
+                .find(|d| d["domain"] == "remote-a.test")?
+                .clone();
+            (a["suspended"] == true).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(summary["queued"], 1);
+    let status = w.stack.get_message(&waiting).await.unwrap();
+    assert_eq!(status.recipients[0].state(), RecipientState::Queued);
+    assert_eq!(w.a.arrived(), 0);
+    let resumed = ok(&w.stack, &["queue", "resume", "remote-a.test"]).await;
+    assert!(resumed.contains("resumed"), "{resumed}");
+    wait_state(&w, &waiting, RecipientState::Delivered).await;
+    assert_eq!(w.a.arrived(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_now_and_cancel_by_drop_or_bounce() {
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    let id = send(&w, "tempfail@remote-b.test", "stuck", None).await;
+    let first = wait_state(&w, &id, RecipientState::Deferred).await;
+    assert_eq!(first.recipients[0].attempts, 1);
+    let moved = ok(&w.stack, &["queue", "retry", &id]).await;
+    assert!(moved.contains("1 job(s)"), "{moved}");
+    wait::until("a second attempt now", Duration::from_secs(30), || async {
+        let s = w.stack.get_message(&id).await.ok()?;
+        (s.recipients[0].attempts == 2).then_some(())
+    })
+    .await;
+    // Retry everything for the domain: the job is parked again, and moves again.
+    wait::until("the job parked again", Duration::from_secs(30), || async {
+        let out = ok(&w.stack, &["queue", "retry", "--domain", "remote-b.test"]).await;
+        out.contains("1 job(s)").then_some(())
+    })
+    .await;
+
+    let dropped = send(&w, "tempfail2@remote-b.test", "dropped", None).await;
+    wait_state(&w, &dropped, RecipientState::Deferred).await;
+    let out = ok(&w.stack, &["queue", "cancel", &dropped]).await;
+    assert!(out.contains("1 recipient(s) dropped"), "{out}");
+    wait_state(&w, &dropped, RecipientState::Discarded).await;
+    mailctl::refused(
+        &w.stack,
+        &["queue", "retry", &dropped],
+        "FailedPrecondition",
+    )
+    .await;
+
+    let mut q = client(w.stack.queue).await;
+    let bounced = wait::until("a cancel with bounce", Duration::from_secs(30), || {
+        let (mut q, id) = (q.clone(), id.clone());
+        async move {
+            q.cancel(CancelRequest {
+                queue_id: id,
+                bounce: true,
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    assert_eq!(bounced.into_inner().recipients, 1);
+    let status = wait_state(&w, &id, RecipientState::Bounced).await;
+    assert!(
+        status.recipients[0]
+            .last_reply
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("cancelled")
+    );
+    let again = q
+        .cancel(CancelRequest {
+            queue_id: id.clone(),
+            bounce: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_and_a_python_client_see_the_same() {
+    let w = World::start().await;
+    let id = send(&w, "carol@remote-a.test", "shared", None).await;
+    wait_state(&w, &id, RecipientState::Delivered).await;
+    let (replica, _child) = w.stack.start_replica(RELAY).await;
+    let mut other = client(replica).await;
+    let seen = other
+        .get_message(GetMessageRequest {
+            queue_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mine = w.stack.get_message(&id).await.unwrap();
+    assert_eq!(seen.recipients, mine.recipients);
+    let ids = listed(&mut other, ListMessagesRequest::default(), 1).await;
+    assert_eq!(ids, vec![id.clone()]);
+
+    let python = mailflow_tests::workspace_root().join(".tools/venv/bin/python");
+    let script = mailflow_tests::workspace_root().join("tests/peers/grpc_peer.py");
+    let server = w.stack.queue.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args(["--server", &server, "--queue-id", &id])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in ["mailflow.v1.Queue", "grpc.health.v1.Health"] {
+        assert!(
+            stdout.contains(&format!("service: {service}\n")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("recipient: carol@remote-a.test RECIPIENT_STATE_DELIVERED"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("unknown: NOT_FOUND"), "{stdout}");
+}
