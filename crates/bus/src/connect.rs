@@ -63,6 +63,8 @@ pub struct Bus {
     replicas: usize,
     /// How long a publish waits for its acknowledgement.
     publish_timeout: Duration,
+    /// How long status records, events and stored bodies are kept.
+    retention: Duration,
 }
 
 impl Bus {
@@ -90,12 +92,18 @@ impl Bus {
             js,
             replicas: config.replicas,
             publish_timeout: config.publish_timeout,
+            retention: config.history_retention,
         })
     }
 
     /// How many replicas new streams and buckets get.
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// How long status records, events and stored bodies are kept.
+    pub fn retention(&self) -> Duration {
+        self.retention
     }
 
     /// Publishes `payload` and waits until JetStream has stored it. `msg_id` becomes the

@@ -73,8 +73,6 @@ pub mod names {
     }
 }
 
-/// How long events, status records and stored bodies are kept.
-const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
@@ -116,6 +114,7 @@ impl Topology {
     async fn try_ensure(bus: &Bus) -> Result<Topology, BusError> {
         let js = &bus.js;
         let replicas = bus.replicas();
+        let retention = bus.retention();
         let work_queue = |name: &str, subject: &str| stream::Config {
             name: name.into(),
             subjects: vec![subject.into()],
@@ -135,30 +134,36 @@ impl Topology {
                 .await
                 .map_err(|e| setup(&name, e))?;
         }
+        // The history's streams follow the configured retention, also when it changed.
+        js.create_or_update_stream(stream::Config {
+            name: names::MAIL_EVENTS.into(),
+            subjects: vec!["mail.events.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: retention,
+            // A message's history is read with direct gets (no consumer per request).
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(names::MAIL_EVENTS, e))?;
         let events = js
-            .get_or_create_stream(stream::Config {
-                name: names::MAIL_EVENTS.into(),
-                subjects: vec!["mail.events.>".into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                max_age: RETENTION,
-                ..Default::default()
-            })
+            .get_stream(names::MAIL_EVENTS)
             .await
             .map_err(|e| setup(names::MAIL_EVENTS, e))?;
-        let status = bus.open_kv(names::STATUS_BUCKET, 1, RETENTION).await?;
+        let status = bus.open_kv(names::STATUS_BUCKET, 1, retention).await?;
         let directory = bus
             .open_kv(names::DIRECTORY_BUCKET, 5, Duration::ZERO)
             .await?;
         // Held messages expire with their bodies.
-        let quarantine = bus.open_kv(names::QUARANTINE_BUCKET, 1, RETENTION).await?;
+        let quarantine = bus.open_kv(names::QUARANTINE_BUCKET, 1, retention).await?;
         let bodies = match js.get_object_store(names::BODIES_STORE).await {
             Ok(store) => store,
             Err(_) => js
                 .create_object_store(object_store::Config {
                     bucket: names::BODIES_STORE.into(),
-                    max_age: RETENTION,
+                    max_age: retention,
                     storage: stream::StorageType::File,
                     num_replicas: replicas,
                     ..Default::default()
@@ -166,6 +171,20 @@ impl Topology {
                 .await
                 .map_err(|e| setup(names::BODIES_STORE, e))?,
         };
+        // Buckets made before a retention change keep theirs unless updated.
+        for bucket in [names::STATUS_BUCKET, names::QUARANTINE_BUCKET] {
+            let name = format!("KV_{bucket}");
+            if let Ok(mut stream) = js.get_stream(&name).await
+                && let Ok(info) = stream.info().await
+                && info.config.max_age != retention
+            {
+                let mut config = info.config.clone();
+                config.max_age = retention;
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| setup(&name, e))?;
+            }
+        }
         Ok(Topology {
             status,
             directory,

@@ -59,6 +59,10 @@ pub struct NatsConfig {
     pub publish_timeout: Duration,
     /// Bodies larger than this travel in the `mail-bodies` object store, not inline.
     pub inline_body_limit: usize,
+    /// How long the history is kept: status records, events, quarantined messages and
+    /// stored bodies (what `mailctl status` can still show after final delivery).
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
 }
 
 impl Default for NatsConfig {
@@ -68,6 +72,7 @@ impl Default for NatsConfig {
             replicas: 1,
             publish_timeout: Duration::from_secs(5),
             inline_body_limit: 512 * 1024,
+            history_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }

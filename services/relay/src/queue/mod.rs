@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::stream;
+use async_nats::jetstream::stream::{self, DirectGetErrorKind};
 use futures::{Stream, StreamExt};
 use mailflow_bus::Bus;
 use mailflow_proto::v1::{
@@ -137,32 +137,26 @@ fn cursor(token: &str) -> Result<Option<(i128, String)>, Status> {
 }
 
 impl QueueService {
-    /// Every event of `queue_id`, in order.
+    /// Every event of `queue_id`, in order: direct gets of the next message on
+    /// `mail.events.<id>.>` from one sequence to the next (no consumer per request).
     async fn history(&self, queue_id: &str) -> Result<Vec<DeliveryEvent>, Status> {
-        let consumer = self
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: format!("mail.events.{queue_id}.>"),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let mut consumer = consumer;
-        let pending = consumer.info().await.map_err(unavailable)?.num_pending;
-        let mut out = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-        if pending == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await.map_err(unavailable)?;
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(unavailable)?;
-            out.push(DeliveryEvent::decode(msg.payload.clone()).map_err(unavailable)?);
-            if msg.info().map_or(0, |i| i.pending) == 0 {
-                break;
+        let subject = format!("mail.events.{queue_id}.>");
+        let mut out = Vec::new();
+        let mut next = None;
+        loop {
+            match self
+                .events
+                .direct_get_next_for_subject(subject.as_str(), next)
+                .await
+            {
+                Ok(msg) => {
+                    out.push(DeliveryEvent::decode(msg.payload).map_err(unavailable)?);
+                    next = Some(msg.sequence + 1);
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(unavailable(e)),
             }
         }
-        Ok(out)
     }
 
     /// The queue id a request names.
