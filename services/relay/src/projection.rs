@@ -57,6 +57,9 @@ struct Inner {
     messages: HashMap<String, Entry>,
     /// (newest first, queue id), for paging.
     order: BTreeSet<(Reverse<i128>, String)>,
+    /// The same order per recipient domain, so that a list by domain walks only its own
+    /// messages.
+    by_domain: HashMap<String, BTreeSet<(Reverse<i128>, String)>>,
     /// Queue ids by Message-ID and by ENVID.
     by_message_id: HashMap<String, String>,
     by_envid: HashMap<String, String>,
@@ -185,9 +188,13 @@ impl Projection {
             })
             .collect();
         if let Some(previous) = &previous {
-            inner
-                .order
-                .remove(&(Reverse(previous.received), status.queue_id.clone()));
+            let key = (Reverse(previous.received), status.queue_id.clone());
+            inner.order.remove(&key);
+            for r in &previous.recipients {
+                if let Some(set) = inner.by_domain.get_mut(&r.domain) {
+                    set.remove(&key);
+                }
+            }
             // Events seen before this record (or before a replacement) still hold.
             for (i, old) in previous.recipients.iter().enumerate() {
                 if old.from_event {
@@ -212,9 +219,15 @@ impl Projection {
                 .by_envid
                 .insert(status.envid.clone(), status.queue_id.clone());
         }
-        inner
-            .order
-            .insert((Reverse(received), status.queue_id.clone()));
+        let key = (Reverse(received), status.queue_id.clone());
+        for r in &recipients {
+            inner
+                .by_domain
+                .entry(r.domain.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        inner.order.insert(key);
         inner.messages.insert(
             status.queue_id.clone(),
             Entry {
@@ -273,15 +286,19 @@ impl Projection {
         limit: usize,
     ) -> (Vec<MessageSummary>, Option<(i128, String)>) {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let range = match &after {
-            Some((received, id)) => inner
-                .order
-                .range((
-                    std::ops::Bound::Excluded((Reverse(*received), id.clone())),
-                    std::ops::Bound::Unbounded,
-                ))
-                .collect::<Vec<_>>(),
-            None => inner.order.iter().collect(),
+        // Walked lazily: a page costs the entries up to its last match, not the whole set;
+        // a list by domain walks that domain's messages only.
+        let empty = BTreeSet::new();
+        let order = match &filter.domain {
+            Some(domain) => inner.by_domain.get(domain).unwrap_or(&empty),
+            None => &inner.order,
+        };
+        let range: Box<dyn Iterator<Item = &(Reverse<i128>, String)>> = match &after {
+            Some((received, id)) => Box::new(order.range((
+                std::ops::Bound::Excluded((Reverse(*received), id.clone())),
+                std::ops::Bound::Unbounded,
+            ))),
+            None => Box::new(order.iter()),
         };
         let mut out = Vec::with_capacity(limit.min(64));
         let mut last = None;
