@@ -4,9 +4,15 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use std::time::Duration;
+
+use mailflow_proto::v1::{MessageStatus, RecipientState};
+
+use crate::client::SmtpClient;
 use crate::dns::{DnsServer, mx_zone, null_mx_zone};
 use crate::sink::Sink;
 use crate::stack::{Options, Stack};
+use crate::wait;
 
 /// Sink A's address.
 pub const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -97,5 +103,36 @@ impl World {
             _dns: dns,
             _anchor_dir: anchor_dir,
         }
+    }
+}
+
+impl World {
+    /// Sends one message from `sender@client.test` to `rcpt` with `subject`; returns its
+    /// queue id.
+    pub async fn send(&self, rcpt: &str, subject: &str) -> String {
+        let mut c = SmtpClient::connect(self.stack.smtp).await;
+        c.command("EHLO client.test", 250).await;
+        let content = format!("Subject: {subject}\r\n\r\nx\r\n");
+        let id = c.send_mail("sender@client.test", &[rcpt], &content).await;
+        c.command("QUIT", 221).await;
+        id
+    }
+
+    /// Waits until the first recipient of `id` is deferred after at least `attempts`
+    /// attempts with a reply containing `text`; returns the status.
+    pub async fn deferred_with(&self, id: &str, attempts: u32, text: &str) -> MessageStatus {
+        wait::until(
+            &format!("{id} deferred: {text}"),
+            Duration::from_secs(30),
+            || async {
+                let s = self.stack.get_message(id).await.ok()?;
+                let r = &s.recipients[0];
+                (r.state() == RecipientState::Deferred
+                    && r.attempts >= attempts
+                    && r.last_reply.as_ref()?.text.contains(text))
+                .then_some(s)
+            },
+        )
+        .await
     }
 }

@@ -6,39 +6,9 @@
 
 use std::time::Duration;
 
-use mailflow_proto::v1::{MessageStatus, RecipientState};
-use mailflow_tests::client::SmtpClient;
+use mailflow_proto::v1::RecipientState;
 use mailflow_tests::pki::TestCa;
-use mailflow_tests::wait;
 use mailflow_tests::world::World;
-
-async fn send(w: &World, rcpt: &str) -> String {
-    let mut c = SmtpClient::connect(w.stack.smtp).await;
-    c.command("EHLO client.test", 250).await;
-    let id = c
-        .send_mail("sender@client.test", &[rcpt], "Subject: dane\r\n\r\nx\r\n")
-        .await;
-    c.command("QUIT", 221).await;
-    id
-}
-
-/// Waits until the recipient was deferred after at least `attempts` attempts with a reply
-/// containing `text`.
-async fn deferred_with(w: &World, id: &str, attempts: u32, text: &str) -> MessageStatus {
-    wait::until(
-        &format!("{id} deferred: {text}"),
-        Duration::from_secs(30),
-        || async {
-            let s = w.stack.get_message(id).await.ok()?;
-            let r = &s.recipients[0];
-            (r.state() == RecipientState::Deferred
-                && r.attempts >= attempts
-                && r.last_reply.as_ref()?.text.contains(text))
-            .then_some(s)
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validated_tlsa_records_make_matching_tls_mandatory() {
@@ -58,15 +28,15 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     .await;
     w.a.offer_starttls_with(acceptor);
 
-    let ok = send(&w, "carol@remote-a.test").await;
+    let ok = w.send("carol@remote-a.test", "dane").await;
     let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
     let carol = &status.recipients[0];
     assert_eq!(carol.state(), RecipientState::Delivered, "{status:?}");
     assert!(carol.tls.is_some() && w.a.received()[0].tls);
 
     // Sink B offers no STARTTLS: deferred, never sent in plaintext.
-    let held = send(&w, "bob@remote-b.test").await;
-    let status = deferred_with(&w, &held, 2, "does not offer STARTTLS").await;
+    let held = w.send("bob@remote-b.test", "dane").await;
+    let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
     let reply = status.recipients[0].last_reply.clone().unwrap();
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
@@ -77,6 +47,6 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     // With STARTTLS but a key the TLSA record does not name: still deferred.
     w.b.offer_starttls();
     let attempts = status.recipients[0].attempts;
-    deferred_with(&w, &held, attempts + 1, "TLSA").await;
+    w.deferred_with(&held, attempts + 1, "TLSA").await;
     assert_eq!(w.b.arrived(), 0, "mail left without a matching certificate");
 }

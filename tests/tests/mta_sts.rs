@@ -6,42 +6,12 @@
 
 use std::time::Duration;
 
-use mailflow_proto::v1::{MessageStatus, RecipientState};
-use mailflow_tests::client::SmtpClient;
+use mailflow_proto::v1::RecipientState;
 use mailflow_tests::https::HttpsServer;
 use mailflow_tests::pki::TestCa;
-use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
 const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx.remote-a.test\r\nmx: *.remote-b.test\r\nmax_age: 86400\r\n";
-
-async fn send(w: &World, rcpt: &str) -> String {
-    let mut c = SmtpClient::connect(w.stack.smtp).await;
-    c.command("EHLO client.test", 250).await;
-    let id = c
-        .send_mail("sender@client.test", &[rcpt], "Subject: sts\r\n\r\nx\r\n")
-        .await;
-    c.command("QUIT", 221).await;
-    id
-}
-
-/// Waits until the recipient was deferred with a reply text containing `text` after at
-/// least `attempts` attempts.
-async fn deferred_with(w: &World, id: &str, attempts: u32, text: &str) -> MessageStatus {
-    wait::until(
-        &format!("{id} deferred: {text}"),
-        Duration::from_secs(30),
-        || async {
-            let s = w.stack.get_message(id).await.ok()?;
-            let r = &s.recipients[0];
-            (r.state() == RecipientState::Deferred
-                && r.attempts >= attempts
-                && r.last_reply.as_ref()?.text.contains(text))
-            .then_some(s)
-        },
-    )
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
@@ -65,7 +35,7 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     // A presents a certificate for its MX name from the trusted CA.
     w.a.offer_starttls_with(ca.acceptor(&["mx.remote-a.test"]));
 
-    let ok = send(&w, "carol@remote-a.test").await;
+    let ok = w.send("carol@remote-a.test", "sts").await;
     let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
     let carol = &status.recipients[0];
     assert_eq!(carol.state(), RecipientState::Delivered, "{status:?}");
@@ -73,8 +43,8 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     assert!(w.a.received()[0].tls);
 
     // B offers no STARTTLS: deferred with 4.7.5, never sent in plaintext.
-    let held = send(&w, "bob@remote-b.test").await;
-    let status = deferred_with(&w, &held, 2, "does not offer STARTTLS").await;
+    let held = w.send("bob@remote-b.test", "sts").await;
+    let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
     let reply = status.recipients[0].last_reply.clone().unwrap();
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
@@ -85,7 +55,7 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     // Now B offers STARTTLS with a certificate nobody vouches for: still deferred.
     w.b.offer_starttls();
     let attempts = status.recipients[0].attempts;
-    deferred_with(&w, &held, attempts + 1, "TLS with").await;
+    w.deferred_with(&held, attempts + 1, "TLS with").await;
     assert_eq!(
         w.b.arrived(),
         0,

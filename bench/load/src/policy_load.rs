@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use mailflow_proto::v1::{
@@ -52,11 +54,6 @@ async fn caller(mut policy: PolicyClient<Channel>, until: Instant, seed: usize) 
     latencies
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
-
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -68,19 +65,7 @@ async fn main() {
         eprintln!("callers and seconds are numbers");
         std::process::exit(64);
     };
-    let channel = match Channel::from_shared(url.clone()) {
-        Ok(endpoint) => match endpoint.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("cannot connect to {url}: {e}");
-                std::process::exit(1);
-            }
-        },
-        Err(e) => {
-            eprintln!("bad url {url}: {e}");
-            std::process::exit(64);
-        }
-    };
+    let channel = common::connect(url).await;
     let mut directory = DirectoryClient::new(channel.clone());
     let setup = async {
         directory
@@ -125,8 +110,8 @@ async fn main() {
         "{} checks from {callers} callers in {elapsed:.1} s: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         all.len(),
         all.len() as f64 / elapsed,
-        ms(percentile(&all, 0.50)),
-        ms(percentile(&all, 0.99)),
+        ms(common::percentile(&all, 0.50)),
+        ms(common::percentile(&all, 0.99)),
         ms(all.last().copied().unwrap_or_default()),
     );
 }

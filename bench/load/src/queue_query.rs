@@ -8,26 +8,22 @@
 
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use mailflow_proto::v1::{
     GetMessageRequest, ListMessagesRequest, MessageState, QueueSummaryRequest,
     queue_client::QueueClient,
 };
-use tonic::transport::Channel;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
 
 fn report(name: &str, mut latencies: Vec<Duration>) {
     latencies.sort();
     println!(
         "{name}: {} calls, p50 {:.2} ms, p99 {:.2} ms",
         latencies.len(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+        common::percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+        common::percentile(&latencies, 0.99).as_secs_f64() * 1000.0
     );
 }
 
@@ -77,19 +73,7 @@ async fn main() {
                 std::process::exit(64);
             }
         };
-    let channel = match Channel::from_shared(url.clone()) {
-        Ok(endpoint) => match endpoint.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("cannot connect to {url}: {e}");
-                std::process::exit(1);
-            }
-        },
-        Err(e) => {
-            eprintln!("bad url {url}: {e}");
-            std::process::exit(64);
-        }
-    };
+    let channel = common::connect(url).await;
     let client = QueueClient::new(channel);
     let started = Instant::now();
     loop {
