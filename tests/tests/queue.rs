@@ -414,3 +414,32 @@ async fn another_replica_and_a_python_client_see_the_same() {
     );
     assert!(stdout.contains("unknown: NOT_FOUND"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_not_routed_yet_is_found_as_accepted() {
+    let (mut stack, _dns) = mailflow_tests::stack::local().await;
+    let mut c = SmtpClient::connect(stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let content = "Subject: early\r\n\r\nx\r\n";
+    let first = c
+        .send_mail("a@client.test", &["demo@example.test"], content)
+        .await;
+    stack.wait_final(&first, Duration::from_secs(30)).await;
+    // With the policy service (and its route stage) stopped, the ingress still accepts on
+    // its cached verdicts; the message waits in MAIL_IN.
+    stack.kill(mailflow_tests::stack::POLICY).await;
+    let waiting = c
+        .send_mail("a@client.test", &["demo@example.test"], content)
+        .await;
+    let status = stack.get_message(&waiting).await.unwrap();
+    assert_eq!(status.recipients[0].state(), RecipientState::Accepted);
+    let mut q = client(stack.queue).await;
+    let accepted = ListMessagesRequest {
+        state: MessageState::Accepted as i32,
+        ..Default::default()
+    };
+    assert_eq!(listed(&mut q, accepted, 1).await, vec![waiting.clone()]);
+    stack.start_service(mailflow_tests::stack::POLICY).await;
+    let status = stack.wait_final(&waiting, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+}

@@ -92,6 +92,7 @@ fn message_state(r: &Recipient) -> MessageState {
         RecipientState::Bounced => MessageState::Bounced,
         RecipientState::Quarantined => MessageState::Quarantined,
         RecipientState::Discarded => MessageState::Discarded,
+        RecipientState::Accepted => MessageState::Accepted,
     }
 }
 

@@ -17,6 +17,8 @@ use crate::status::{rfc3339, state_name, table, time};
 /// The states `--state` takes.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum State {
+    /// Accepted by the ingress, not routed yet.
+    Accepted,
     /// Routed, waiting for its first attempt.
     Queued,
     /// Tried and waiting for a retry.
@@ -36,6 +38,7 @@ pub enum State {
 impl From<State> for MessageState {
     fn from(s: State) -> Self {
         match s {
+            State::Accepted => MessageState::Accepted,
             State::Queued => MessageState::Queued,
             State::Deferred => MessageState::Deferred,
             State::Delivered => MessageState::Delivered,

@@ -18,6 +18,7 @@ pub fn state_name(state: RecipientState) -> &'static str {
         RecipientState::Bounced => "bounced",
         RecipientState::Quarantined => "quarantined",
         RecipientState::Discarded => "discarded",
+        RecipientState::Accepted => "accepted",
     }
 }
 

@@ -96,7 +96,7 @@ impl QueueService {
         for name in [names::MAIL_RETRY, names::MAIL_OUT] {
             let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;
             let id = req.queue_id.clone();
-            for w in jobs::find(&mut stream, move |job| job.queue_id == id)
+            for w in jobs::find(&mut stream, move |job: &DeliveryJob| job.queue_id == id)
                 .await
                 .map_err(bus_error)?
             {

@@ -1,7 +1,8 @@
-//! Finding the delivery jobs of a message or a domain where they wait (`MAIL_RETRY`, or
-//! `MAIL_OUT` before their attempt), to move them on (retry now) or take them out (cancel).
-//! A work-queue stream allows no second consumer over the same subjects, so the messages
-//! are read by sequence; operators' commands are rare, and deferred jobs are few.
+//! Finding what waits in a work-queue stream: the delivery jobs of a message or a domain
+//! (`MAIL_RETRY`, or `MAIL_OUT` before their attempt), to move them on (retry now) or take
+//! them out (cancel), and the accepted messages not routed yet (`MAIL_IN`). A work-queue
+//! stream allows no second consumer over the same subjects, so the messages are read by
+//! sequence; operators' commands are rare, and what waits there is little.
 
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
@@ -9,14 +10,14 @@ use mailflow_bus::{Bus, BusError, names};
 use mailflow_proto::v1::DeliveryJob;
 use prost::Message;
 
-/// One waiting job.
-pub struct Waiting {
+/// One waiting message (a delivery job unless said otherwise).
+pub struct Waiting<T = DeliveryJob> {
     /// Its sequence in the stream.
     pub sequence: u64,
     /// Its subject.
     pub subject: String,
-    /// The job.
-    pub job: DeliveryJob,
+    /// The payload.
+    pub job: T,
 }
 
 fn storage(op: &'static str, e: impl std::fmt::Display) -> BusError {
@@ -27,11 +28,11 @@ fn storage(op: &'static str, e: impl std::fmt::Display) -> BusError {
     }
 }
 
-/// The jobs waiting in `stream` that `wanted` selects.
-pub async fn find(
+/// The messages waiting in `stream` that `wanted` selects.
+pub async fn find<T: Message + Default>(
     stream: &mut Stream,
-    wanted: impl Fn(&DeliveryJob) -> bool,
-) -> Result<Vec<Waiting>, BusError> {
+    wanted: impl Fn(&T) -> bool,
+) -> Result<Vec<Waiting<T>>, BusError> {
     let state = stream
         .info()
         .await
@@ -47,7 +48,7 @@ pub async fn find(
         let Ok(msg) = stream.get_raw_message(sequence).await else {
             continue;
         };
-        let Ok(job) = DeliveryJob::decode(msg.payload.clone()) else {
+        let Ok(job) = T::decode(msg.payload.clone()) else {
             continue;
         };
         if wanted(&job) {
@@ -63,7 +64,7 @@ pub async fn find(
 
 /// Takes a waiting job out of `stream`; false when it was already gone (delivered or
 /// moved meanwhile).
-pub async fn remove(stream: &Stream, waiting: &Waiting) -> Result<bool, BusError> {
+pub async fn remove<T>(stream: &Stream, waiting: &Waiting<T>) -> Result<bool, BusError> {
     match stream.delete_message(waiting.sequence).await {
         Ok(deleted) => Ok(deleted),
         Err(e) if e.to_string().contains("no message found") => Ok(false),

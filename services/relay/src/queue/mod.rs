@@ -12,12 +12,13 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind};
 use futures::{Stream, StreamExt};
-use mailflow_bus::Bus;
+use mailflow_bus::{Bus, names};
 use mailflow_proto::v1::{
-    CancelRequest, CancelResponse, DeliveryEvent, DomainRequest, DomainResponse, DomainSummary,
-    GetMessageRequest, ListMessagesRequest, ListMessagesResponse, MessageState, MessageStatus,
-    QueueSummaryRequest, QueueSummaryResponse, RecipientState, RetryRequest, RetryResponse,
-    StateCount, WatchMessageRequest, WatchUpdate, queue_server, watch_update,
+    AcceptedMessage, CancelRequest, CancelResponse, DeliveryEvent, DomainRequest, DomainResponse,
+    DomainSummary, GetMessageRequest, ListMessagesRequest, ListMessagesResponse, MessageState,
+    MessageStatus, QueueSummaryRequest, QueueSummaryResponse, RecipientState, RecipientStatus,
+    RetryRequest, RetryResponse, StateCount, WatchMessageRequest, WatchUpdate, queue_server,
+    watch_update,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -194,6 +195,23 @@ impl QueueService {
             Err(e) => Err(unavailable(e)),
         }
     }
+
+    /// Messages the ingress accepted that are not routed yet (in `MAIL_IN`), as status
+    /// records whose recipients are `accepted`; only `queue_id`'s when given.
+    async fn accepted(&self, queue_id: Option<&str>) -> Result<Vec<MessageStatus>, Status> {
+        let mut stream = self
+            .bus
+            .js
+            .get_stream(names::MAIL_IN)
+            .await
+            .map_err(unavailable)?;
+        let found = jobs::find::<AcceptedMessage>(&mut stream, |m| {
+            queue_id.is_none_or(|id| m.queue_id == id)
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(found.into_iter().map(|w| accepted_status(w.job)).collect())
+    }
 }
 
 /// The stream `WatchMessage` answers with.
@@ -206,7 +224,13 @@ impl queue_server::Queue for QueueService {
         request: Request<GetMessageRequest>,
     ) -> Result<Response<MessageStatus>, Status> {
         let id = self.resolve(&request.into_inner())?;
-        let mut status = self.current(&id).await?;
+        let mut status = match self.current(&id).await {
+            // Not routed yet: it may still be waiting in MAIL_IN.
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                self.accepted(Some(&id)).await?.pop().ok_or(e)?
+            }
+            other => other?,
+        };
         status.history = self.history(&id).await?;
         Ok(Response::new(status))
     }
@@ -222,7 +246,15 @@ impl queue_server::Queue for QueueService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let (messages, next) = self.projection.list(&filter, after, limit);
+        let (messages, next) = if filter.state == Some(MessageState::Accepted) {
+            let waiting = Projection::default();
+            for status in self.accepted(None).await? {
+                waiting.record(&status);
+            }
+            waiting.list(&filter, after, limit)
+        } else {
+            self.projection.list(&filter, after, limit)
+        };
         Ok(Response::new(ListMessagesResponse {
             messages,
             next_page_token: next.map_or(String::new(), |(r, id)| format!("{r}.{id}")),
@@ -387,6 +419,37 @@ impl queue_server::Queue for QueueService {
             suspended: false,
             jobs,
         }))
+    }
+}
+
+/// The status of a message still in `MAIL_IN`: every recipient `accepted`.
+fn accepted_status(m: AcceptedMessage) -> MessageStatus {
+    MessageStatus {
+        sender: m
+            .mail_from
+            .as_ref()
+            .map(|f| f.address.clone())
+            .unwrap_or_default(),
+        envid: m
+            .mail_from
+            .as_ref()
+            .map(|f| f.dsn_envid.clone())
+            .unwrap_or_default(),
+        client_ip: m.client_ip,
+        received_at: m.received_at,
+        size: m.body.as_ref().map_or(0, |b| b.size),
+        recipients: m
+            .recipients
+            .into_iter()
+            .map(|r| RecipientStatus {
+                address: r.address,
+                state: RecipientState::Accepted as i32,
+                updated_at: m.received_at,
+                ..Default::default()
+            })
+            .collect(),
+        queue_id: m.queue_id,
+        ..Default::default()
     }
 }
 
