@@ -49,6 +49,8 @@ pub struct Stack {
     pub policy: SocketAddr,
     /// The relay's gRPC address.
     pub queue: SocketAddr,
+    /// Where each service serves Prometheus `/metrics`, by binary name.
+    pub metrics: HashMap<&'static str, SocketAddr>,
     /// The config file.
     config: PathBuf,
     /// Running services by binary name.
@@ -73,6 +75,10 @@ impl Stack {
         let (cert, key) = write_certificate(dir.path());
         let policy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let queue = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics: HashMap<&'static str, SocketAddr> = [INGRESS, POLICY, RELAY]
+            .into_iter()
+            .map(|name| (name, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
         let networks: Vec<String> = opts
             .relay_networks
             .iter()
@@ -97,9 +103,11 @@ tls_key = "{key}"
 tls_reload_interval = "200ms"
 policy_url = "http://{policy}"
 policy_timeout = "5s"
+metrics_listen = "{ingress_metrics}"
 
 [policy]
 grpc_listen = "{policy}"
+metrics_listen = "{policy_metrics}"
 relay_networks = [{networks}]
 auth_failure_limit = 3
 dns_servers = ["{dns}"]
@@ -108,6 +116,7 @@ dns_servers = ["{dns}"]
 [relay]
 hostname = "relay.example.test"
 grpc_listen = "{queue}"
+metrics_listen = "{relay_metrics}"
 maildir_root = "{maildir}"
 dns_servers = ["{dns}"]
 mx_port = {mx_port}
@@ -130,6 +139,9 @@ command_timeout = "10s"
             maildir = dir.path().join("mail").display(),
             dns = opts.dns,
             mx_port = opts.mx_port,
+            ingress_metrics = metrics[INGRESS],
+            policy_metrics = metrics[POLICY],
+            relay_metrics = metrics[RELAY],
         );
         std::fs::write(&config, text).unwrap();
         let mut stack = Stack {
@@ -141,6 +153,7 @@ command_timeout = "10s"
             cert,
             policy,
             queue,
+            metrics,
             config,
             procs: HashMap::new(),
         };
@@ -199,6 +212,10 @@ command_timeout = "10s"
         let child = Command::new(binary(name))
             .env("MAILFLOW_CONFIG", &self.config)
             .env(format!("MAILFLOW_{section}__GRPC_LISTEN"), addr.to_string())
+            .env(
+                format!("MAILFLOW_{section}__METRICS_LISTEN"),
+                format!("127.0.0.1:{}", free_port()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -245,6 +262,27 @@ command_timeout = "10s"
     /// The log of a service, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The samples of a service's `/metrics`: `name{labels}` to value.
+    pub async fn scrape(&self, name: &str) -> HashMap<String, f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics[name])
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: mailflow\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
     }
 
     /// The Maildir root.

@@ -27,9 +27,17 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-/// Runs a service's `run(config, shutdown)` as the process's main function; `threads`
-/// picks the service's `worker_threads` setting (0: one per CPU).
-pub fn main<F, Fut, E>(threads: fn(&Config) -> usize, run: F) -> ExitCode
+/// What a service's section says about its process.
+pub struct Process {
+    /// Tokio worker threads (0: one per CPU).
+    pub worker_threads: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Runs a service's `run(config, shutdown)` as the process's main function; `process`
+/// picks the service's process settings from its section.
+pub fn main<F, Fut, E>(process: fn(&Config) -> Process, run: F) -> ExitCode
 where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -43,10 +51,11 @@ where
             return ExitCode::from(EX_CONFIG as u8);
         }
     };
+    let settings = process(&config);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if threads(&config) > 0 {
-        builder.worker_threads(threads(&config));
+    if settings.worker_threads > 0 {
+        builder.worker_threads(settings.worker_threads);
     }
     let runtime = match builder.build() {
         Ok(r) => r,
@@ -57,6 +66,13 @@ where
     };
     runtime.block_on(async move {
         telemetry::init(&config.log);
+        if let Some(listen) = settings.metrics_listen
+            && let Err(e) = crate::metrics::install(listen)
+        {
+            tracing::error!(error = %e, "metrics exporter not started");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         let shutdown = shutdown::on_signal();
         match run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

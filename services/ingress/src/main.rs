@@ -1,5 +1,11 @@
 //! `mailflow-ingress`: the SMTP server.
 
 fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(|c| c.ingress.worker_threads, mailflow_ingress::run)
+    mailflow_runtime::service::main(
+        |c| mailflow_runtime::service::Process {
+            worker_threads: c.ingress.worker_threads,
+            metrics_listen: c.ingress.metrics_listen,
+        },
+        mailflow_ingress::run,
+    )
 }

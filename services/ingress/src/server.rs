@@ -93,13 +93,19 @@ async fn accept_loop<B: Backend>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("smtp", client = %peer, listener = config.kind.name());
+        let listener_name = config.kind.name();
+        metrics::counter!("mailflow_smtp_connections_total", "listener" => listener_name)
+            .increment(1);
+        let open = metrics::gauge!("mailflow_smtp_sessions", "listener" => listener_name);
+        open.increment(1.0);
+        let span = tracing::info_span!("smtp", client = %peer, listener = listener_name);
         let (config, shared) = (config.clone(), shared.clone());
         sessions.spawn(
             async move {
                 if let Err(e) = handle(stream, peer, config, shared).await {
                     tracing::debug!(error = %e, "session ended");
                 }
+                open.decrement(1.0);
                 drop(admission);
             }
             .instrument(span),
@@ -137,6 +143,8 @@ async fn handshake<B: Backend>(
         .map_err(|_| ConnectionError::Handshake("timed out".into()))?
         .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
     let info = mailflow_runtime::tls::session_info(tls.get_ref().1);
+    metrics::counter!("mailflow_tls_sessions_total", "direction" => "in", "version" => info.version.clone())
+        .increment(1);
     Ok((tls, info))
 }
 

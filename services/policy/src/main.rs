@@ -1,5 +1,11 @@
 //! `mailflow-policy`: the policy service.
 
 fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(|c| c.policy.worker_threads, mailflow_policy::run)
+    mailflow_runtime::service::main(
+        |c| mailflow_runtime::service::Process {
+            worker_threads: c.policy.worker_threads,
+            metrics_listen: c.policy.metrics_listen,
+        },
+        mailflow_policy::run,
+    )
 }

@@ -240,6 +240,7 @@ impl Consumer {
                 reply = %format!("{} {}", o.reply.code, o.reply.text),
                 "delivery attempt"
             );
+            record_metrics(job, o);
         }
         let retry_in = self
             .retry_delays
@@ -281,4 +282,25 @@ fn age_of(received: Option<prost_types::Timestamp>, now: SystemTime) -> Duration
         .and_then(|r| SystemTime::try_from(r).ok())
         .and_then(|r| now.duration_since(r).ok())
         .unwrap_or_default()
+}
+
+/// Counts one recipient's attempt: by result and destination domain, TLS use, and for a
+/// delivery the time since acceptance.
+fn record_metrics(job: &DeliveryJob, o: &crate::deliver::Outcome) {
+    let result = match o.state {
+        RecipientState::Delivered => "delivered",
+        RecipientState::Deferred => "deferred",
+        RecipientState::Bounced => "bounced",
+        _ => "other",
+    };
+    metrics::counter!("mailflow_delivery_attempts_total", "result" => result, "domain" => job.domain.clone())
+        .increment(1);
+    if let Some(tls) = &o.tls {
+        metrics::counter!("mailflow_tls_sessions_total", "direction" => "out", "version" => tls.version.clone())
+            .increment(1);
+    }
+    if o.state == RecipientState::Delivered {
+        let age = age_of(job.received_at, SystemTime::now());
+        metrics::histogram!("mailflow_delivery_latency_seconds").record(age.as_secs_f64());
+    }
 }

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod dane;
 pub mod deliver;
 pub mod destination;
+pub mod gauges;
 pub mod lifetime;
 pub mod maildir;
 pub mod mta_sts;
@@ -148,6 +149,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         hostname: relay.hostname.clone(),
         bodies: topology.bodies.clone(),
     };
+    if relay.metrics_listen.is_some() {
+        tokio::spawn(gauges::sample(bus.clone(), shutdown.clone()));
+    }
     let mut movers = tokio::task::JoinSet::new();
     for (tier, delay) in retry_delays.iter().enumerate() {
         movers.spawn(retry::mover(bus.clone(), tier, *delay, shutdown.clone()));

@@ -1,5 +1,11 @@
 //! `mailflow-relay`: the delivery service.
 
 fn main() -> std::process::ExitCode {
-    mailflow_runtime::service::main(|c| c.relay.worker_threads, mailflow_relay::run)
+    mailflow_runtime::service::main(
+        |c| mailflow_runtime::service::Process {
+            worker_threads: c.relay.worker_threads,
+            metrics_listen: c.relay.metrics_listen,
+        },
+        mailflow_relay::run,
+    )
 }

@@ -127,6 +127,8 @@ pub struct IngressConfig {
     /// service shares a few cores (one small machine), one thread each saves the context
     /// switches of idle workers waking up.
     pub worker_threads: usize,
+    /// Where Prometheus `/metrics` is served; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// The name in the greeting, the EHLO reply and Received headers.
     pub hostname: String,
     /// The MX listener (port 25 in production); STARTTLS is offered when a certificate is set.
@@ -183,6 +185,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             worker_threads: 0,
+            metrics_listen: None,
             hostname: "localhost".into(),
             mx_listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
             submission_listen: None,
@@ -228,6 +231,8 @@ pub struct PolicyConfig {
     /// service shares a few cores (one small machine), one thread each saves the context
     /// switches of idle workers waking up.
     pub worker_threads: usize,
+    /// Where Prometheus `/metrics` is served; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// DNS blocklists asked about every connecting client outside `relay_networks` (for
     /// example `zen.spamhaus.org`); a listed client gets `554 5.7.1` instead of a greeting.
     pub dnsbl_zones: Vec<String>,
@@ -259,6 +264,7 @@ impl Default for PolicyConfig {
             auth_failure_window: Duration::from_secs(15 * 60),
             dns_servers: Vec::new(),
             worker_threads: 0,
+            metrics_listen: None,
             rate_limit_per_ip: 0,
             rate_limit_per_user: 0,
             dnsbl_zones: Vec::new(),
@@ -277,6 +283,8 @@ pub struct RelayConfig {
     /// service shares a few cores (one small machine), one thread each saves the context
     /// switches of idle workers waking up.
     pub worker_threads: usize,
+    /// Where Prometheus `/metrics` is served; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// The name sent in EHLO and used in Received headers.
     pub hostname: String,
     /// Where the Queue gRPC service listens.
@@ -349,6 +357,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             worker_threads: 0,
+            metrics_listen: None,
             hostname: "localhost".into(),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             maildir_root: PathBuf::from("var/mail"),

@@ -90,11 +90,14 @@ where
                 self.reply(Reply::new(421, EnhancedCode::new(4, 7, 0), text));
                 Flow::Close
             }
-            AuthResult::BadCredentials | AuthResult::Unspecified => self.refuse(Reply::new(
-                535,
-                EnhancedCode::new(5, 7, 8),
-                "Error: authentication failed",
-            )),
+            AuthResult::BadCredentials | AuthResult::Unspecified => {
+                metrics::counter!("mailflow_auth_failures_total").increment(1);
+                self.refuse(Reply::new(
+                    535,
+                    EnhancedCode::new(5, 7, 8),
+                    "Error: authentication failed",
+                ))
+            }
         })
     }
 

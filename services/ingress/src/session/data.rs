@@ -103,6 +103,7 @@ where
                 }
             },
         };
+        metrics::counter!("mailflow_messages_total", "code" => reply.code.to_string()).increment(1);
         self.answer(reply)
     }
 

@@ -365,6 +365,8 @@ where
 
     /// Queues a refusal and counts it; past the hard error limit the session closes.
     fn refuse(&mut self, reply: Reply) -> Flow {
+        metrics::counter!("mailflow_smtp_refusals_total", "code" => reply.code.to_string())
+            .increment(1);
         self.reply(reply);
         self.errors += 1;
         if self.errors >= self.config.hard_error_limit {

@@ -7,7 +7,7 @@ pub use directory::DirectoryService;
 pub use quarantine::QuarantineService;
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ipnet::IpNet;
 use mail_auth::MessageAuthenticator;
@@ -113,6 +113,31 @@ impl PolicyService {
     }
 }
 
+/// Records a check's latency in `mailflow_policy_check_seconds` when dropped, whichever
+/// way the handler returns.
+struct Timed {
+    /// The check's name (the metric's label).
+    check: &'static str,
+    /// When the request arrived.
+    started: Instant,
+}
+
+impl Timed {
+    fn start(check: &'static str) -> Self {
+        Self {
+            check,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("mailflow_policy_check_seconds", "check" => self.check)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 fn client_ip(session: Option<&SessionInfo>) -> Result<IpAddr, Status> {
     let session = session.ok_or_else(|| Status::invalid_argument("session is required"))?;
     session
@@ -132,6 +157,7 @@ impl policy_server::Policy for PolicyService {
         &self,
         request: Request<CheckConnectionRequest>,
     ) -> Result<Response<Verdict>, Status> {
+        let _timed = Timed::start("connection");
         let ip = client_ip(request.into_inner().session.as_ref())?;
         let accept = |no_cache| Verdict {
             no_cache,
@@ -164,6 +190,7 @@ impl policy_server::Policy for PolicyService {
         &self,
         request: Request<CheckRecipientRequest>,
     ) -> Result<Response<Verdict>, Status> {
+        let _timed = Timed::start("recipient");
         let req = request.into_inner();
         let ip = client_ip(req.session.as_ref())?;
         let authenticated = req
@@ -210,6 +237,7 @@ impl policy_server::Policy for PolicyService {
         &self,
         request: Request<CheckSenderRequest>,
     ) -> Result<Response<Verdict>, Status> {
+        let _timed = Timed::start("sender");
         let req = request.into_inner();
         let ip = client_ip(req.session.as_ref())?;
         let session = req.session.unwrap_or_default();
@@ -233,6 +261,7 @@ impl policy_server::Policy for PolicyService {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
+        let _timed = Timed::start("authenticate");
         let req = request.into_inner();
         let ip = client_ip(req.session.as_ref())?;
         let answer = |result: AuthResult, identity: String| {
