@@ -142,3 +142,54 @@ async fn counters_move_by_what_went_through() {
     .await;
     assert_eq!(events, 3.0);
 }
+
+/// The log line of `message` in `log` that mentions `queue_id`.
+fn line<'a>(log: &'a str, queue_id: &str, message: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(queue_id) && l.contains(message))
+        .unwrap_or_else(|| panic!("no {message:?} line for {queue_id} in:\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transaction_and_attempt_has_one_log_line_with_maillog_fields() {
+    let w = World::start().await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail(
+            "sender@client.test",
+            &["carol@remote-a.test"],
+            "Message-ID: <logged@client.test>\r\nSubject: logged\r\n\r\nx\r\n",
+        )
+        .await;
+    w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let (ingress, policy, relay) = (
+        w.stack.log(INGRESS),
+        w.stack.log(POLICY),
+        w.stack.log(RELAY),
+    );
+    let accepted = line(&ingress, &id, "accepted");
+    for field in [
+        "from=sender@client.test",
+        "to=carol@remote-a.test",
+        "nrcpt=1",
+        "status=\"accepted\"",
+    ] {
+        assert!(accepted.contains(field), "{field} missing: {accepted}");
+    }
+    let routed = line(&policy, &id, "routed");
+    assert!(routed.contains("message_id=logged@client.test"), "{routed}");
+    let attempt = line(&relay, &id, "delivery attempt");
+    for field in [
+        "message_id=logged@client.test",
+        "from=sender@client.test",
+        "to=carol@remote-a.test",
+        "relay=mx.remote-a.test[127.0.0.2]",
+        "delay=",
+        "dsn=2.0.0",
+        "status=\"delivered\"",
+        "tls=TLSv1.3",
+    ] {
+        assert!(attempt.contains(field), "{field} missing: {attempt}");
+    }
+}

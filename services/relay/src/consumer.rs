@@ -229,14 +229,26 @@ impl Consumer {
                 delayed.push(*index);
             }
         }
+        let from = job.mail_from.as_ref().map_or("", |m| m.address.as_str());
+        let delay = format!("{:.2}", age.as_secs_f64());
         for (_, to, o) in &results {
+            let relay = match (o.remote_host.as_str(), o.remote_ip.as_str()) {
+                ("", _) => "local".to_string(),
+                (host, "") => host.to_string(),
+                (host, ip) => format!("{host}[{ip}]"),
+            };
+            // The fields of a Postfix maillog delivery line.
             tracing::info!(
                 queue_id = %job.queue_id,
+                message_id = %job.message_id,
+                from = %from,
                 to = %to,
-                relay = %o.remote_host,
-                status = ?o.state,
-                dsn = %o.reply.enhanced,
+                relay = %relay,
+                delay = %delay,
                 attempt,
+                dsn = %o.reply.enhanced,
+                status = state_word(o.state),
+                tls = %o.tls.as_ref().map_or("", |t| t.version.as_str()),
                 reply = %format!("{} {}", o.reply.code, o.reply.text),
                 "delivery attempt"
             );
@@ -284,15 +296,20 @@ fn age_of(received: Option<prost_types::Timestamp>, now: SystemTime) -> Duration
         .unwrap_or_default()
 }
 
-/// Counts one recipient's attempt: by result and destination domain, TLS use, and for a
-/// delivery the time since acceptance.
-fn record_metrics(job: &DeliveryJob, o: &crate::deliver::Outcome) {
-    let result = match o.state {
+/// The word for an outcome, as in logs and metrics (Postfix's `status=`).
+fn state_word(state: RecipientState) -> &'static str {
+    match state {
         RecipientState::Delivered => "delivered",
         RecipientState::Deferred => "deferred",
         RecipientState::Bounced => "bounced",
         _ => "other",
-    };
+    }
+}
+
+/// Counts one recipient's attempt: by result and destination domain, TLS use, and for a
+/// delivery the time since acceptance.
+fn record_metrics(job: &DeliveryJob, o: &crate::deliver::Outcome) {
+    let result = state_word(o.state);
     metrics::counter!("mailflow_delivery_attempts_total", "result" => result, "domain" => job.domain.clone())
         .increment(1);
     if let Some(tls) = &o.tls {

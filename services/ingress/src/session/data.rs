@@ -161,12 +161,17 @@ where
         };
         match self.backend.enqueue(message).await {
             Ok(()) => {
+                let to: Vec<String> = tx.rcpts.iter().map(|(m, _)| m.to_string()).collect();
                 tracing::info!(
                     queue_id = %queue_id,
                     from = %tx.from.address(),
+                    to = %to.join(","),
                     nrcpt = tx.rcpts.len(),
                     size,
                     client = %self.client_ip,
+                    tls = %self.tls.as_ref().map_or("", |t| t.version.as_str()),
+                    auth = %self.auth.as_deref().unwrap_or(""),
+                    status = "accepted",
                     "accepted"
                 );
                 Reply::new(

@@ -102,11 +102,9 @@ impl RouteStage {
             }
         };
         match self.route(status, &accepted).await {
-            Ok(jobs) => {
+            Ok(()) => {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(queue_id = %accepted.queue_id, error = %e, "ack failed; the message will be routed again");
-                } else {
-                    tracing::info!(queue_id = %accepted.queue_id, jobs, "routed");
                 }
             }
             Err(e) => {
@@ -118,7 +116,7 @@ impl RouteStage {
         }
     }
 
-    async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<usize, RouteError> {
+    async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<(), RouteError> {
         let mut msg = msg.clone();
         // A released message was scanned before it was held.
         let (decision, headline) = self.scan(&mut msg).await?;
@@ -164,7 +162,7 @@ impl RouteStage {
             }
         };
         let mut record = initial_status(&msg, &recipients, pending);
-        record.message_id = headline.message_id;
+        record.message_id = headline.message_id.clone();
         let record = Bytes::from(record.encode_to_vec());
         // A released message replaces its quarantined record; any other keeps the first.
         let written = if msg.released {
@@ -182,10 +180,13 @@ impl RouteStage {
         written.map_err(RouteError::Status)?;
         if let Decision::Quarantine(reason) = &decision {
             self.quarantine.hold(&msg, reason, headline.subject).await?;
-            return Ok(0);
+            return Ok(());
         }
         self.report_failures(&msg, &recipients).await?;
-        let jobs = split(&msg, &recipients, &local, self.shards);
+        let mut jobs = split(&msg, &recipients, &local, self.shards);
+        for (_, job) in &mut jobs {
+            job.message_id = headline.message_id.clone();
+        }
         let count = jobs.len();
         self.bus
             .publish_all(jobs.into_iter().map(|(subject, job)| {
@@ -193,7 +194,15 @@ impl RouteStage {
                 (subject, id, Bytes::from(job.encode_to_vec()))
             }))
             .await?;
-        Ok(count)
+        tracing::info!(
+            queue_id = %msg.queue_id,
+            message_id = %headline.message_id,
+            from = %msg.mail_from.as_ref().map_or("", |m| m.address.as_str()),
+            nrcpt = recipients.len(),
+            jobs = count,
+            "routed"
+        );
+        Ok(())
     }
 }
 

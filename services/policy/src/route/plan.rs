@@ -125,6 +125,7 @@ pub fn split(
             attempts_before: 0,
             transport,
             held: 0,
+            message_id: String::new(),
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }
