@@ -53,6 +53,8 @@ pub struct Sink {
     hold: Arc<watch::Sender<bool>>,
     /// PIPELINING is advertised.
     pipelining: Arc<AtomicBool>,
+    /// 8BITMIME is advertised.
+    eight_bit: Arc<AtomicBool>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
@@ -99,6 +101,7 @@ impl Sink {
             peak: Arc::default(),
             hold: Arc::new(hold),
             pipelining: Arc::new(AtomicBool::new(true)),
+            eight_bit: Arc::new(AtomicBool::new(true)),
             pipelined: Arc::default(),
             starttls: Arc::default(),
             auth: Arc::default(),
@@ -144,6 +147,11 @@ impl Sink {
     /// Advertises PIPELINING (the default) or not, from the next EHLO on.
     pub fn set_pipelining(&self, on: bool) {
         self.pipelining.store(on, Ordering::SeqCst);
+    }
+
+    /// Advertises 8BITMIME (the default) or not, from the next EHLO on.
+    pub fn set_8bitmime(&self, on: bool) {
+        self.eight_bit.store(on, Ordering::SeqCst);
     }
 
     /// Transactions whose client sent MAIL FROM together with the commands after it.
@@ -225,8 +233,13 @@ impl Sink {
                 } else {
                     ""
                 };
+                let eight_bit = if self.eight_bit.load(Ordering::SeqCst) {
+                    "250-8BITMIME\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{pipelining}{starttls}{auth}250-8BITMIME\r\n250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
             } else if upper.starts_with("AUTH PLAIN ") && tls && wanted.is_some() {
                 use base64::Engine as _;

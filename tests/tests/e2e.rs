@@ -395,6 +395,42 @@ async fn consecutive_messages_to_one_destination_reuse_the_connection() {
     );
 }
 
+/// 8-bit content never reaches a server that lacks 8BITMIME: it bounces with 5.6.3 (no
+/// downgrade), while 7-bit content is delivered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_content_is_not_sent_to_a_server_without_8bitmime() {
+    let w = World::start().await;
+    w.b.set_8bitmime(false);
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let seven = c
+        .send_mail(
+            "sender@client.test",
+            &["bob@remote-b.test"],
+            "Subject: plain\r\n\r\nhello\r\n",
+        )
+        .await;
+    c.command("MAIL FROM:<sender@client.test> BODY=8BITMIME", 250)
+        .await;
+    c.command("RCPT TO:<bob@remote-b.test>", 250).await;
+    c.command("DATA", 354).await;
+    c.send_raw("Subject: 8bit\r\n\r\nGr\u{fc}\u{df}e\r\n".as_bytes())
+        .await;
+    let eight = mailflow_tests::client::queue_id(&c.command(".", 250).await.text);
+    let plain = w.stack.wait_final(&seven, Duration::from_secs(30)).await;
+    assert_eq!(plain.recipients[0].state(), RecipientState::Delivered);
+    let status = w.stack.wait_final(&eight, Duration::from_secs(30)).await;
+    let r = &status.recipients[0];
+    assert_eq!(r.state(), RecipientState::Bounced);
+    let reply = r.last_reply.as_ref().unwrap();
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (554, "5.6.3"),
+        "{reply:?}"
+    );
+    assert_eq!(w.b.received().len(), 1, "only the 7-bit message arrived");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_pipelines_only_with_servers_that_offer_it() {
     let w = World::start().await;

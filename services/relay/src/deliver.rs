@@ -451,6 +451,11 @@ impl Deliverer {
                     "the mail exchanger does not support SMTPUTF8, which this message needs".into(),
                 )
             },
+            Some((host, failure @ HostFailure::No8BitMime { addr }, _)) => Outcome {
+                remote_host: host,
+                remote_ip: addr.ip().to_string(),
+                ..Outcome::new(RecipientState::Bounced, 554, "5.6.3", failure.to_string())
+            },
             Some((host, failure @ HostFailure::NoRequireTls { addr }, _)) => Outcome {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),

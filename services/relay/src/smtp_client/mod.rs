@@ -139,6 +139,12 @@ pub enum HostFailure {
         /// The address.
         addr: SocketAddr,
     },
+    /// The content has 8-bit octets and the server lacks 8BITMIME (RFC 6152 §3).
+    #[error("{addr} does not support 8BITMIME, which this message needs")]
+    No8BitMime {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The transaction needs SMTPUTF8 and the server lacks it (RFC 6531 §3.4).
     #[error("{addr} does not support SMTPUTF8")]
     NoSmtpUtf8 {

@@ -22,8 +22,14 @@ pub(super) async fn transaction(
     if ready.has("SIZE") {
         mail.push_str(&format!(" SIZE={}", env.body.len()));
     }
-    // Without 8BITMIME at the peer the content is sent as it is, as Postfix does by default
-    // (smtp_send_8bitmime without downgrade): refusing it would bounce most mail for nothing.
+    // 8-bit content is never sent to a peer without 8BITMIME (RFC 6152 §3): this relay does
+    // not downgrade to 7 bit, it returns the message (5.6.3). Peers without 8BITMIME are
+    // rare today; 7-bit content goes anywhere.
+    if !ready.has("8BITMIME") && !env.body.is_ascii() {
+        return Err(HostFailure::No8BitMime {
+            addr: ready.conn.addr,
+        });
+    }
     if env.eight_bit && ready.has("8BITMIME") {
         mail.push_str(" BODY=8BITMIME");
     }
