@@ -87,7 +87,12 @@ impl Sink {
 
     /// A sink on `ip` with an ephemeral port.
     pub async fn start(ip: IpAddr) -> Sink {
-        Sink::serve(TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap())
+        Self::bind(SocketAddr::new(ip, 0)).await
+    }
+
+    /// A sink on `addr` (IPv4 or IPv6).
+    pub async fn bind(addr: SocketAddr) -> Sink {
+        Sink::serve(TcpListener::bind(addr).await.unwrap())
     }
 
     fn serve(listener: TcpListener) -> Sink {

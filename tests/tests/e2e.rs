@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mailflow_proto::v1::{DeliveryEvent, RecipientState};
 use mailflow_tests::client::{SmtpClient, queue_id};
+use mailflow_tests::sink::Sink;
 use mailflow_tests::stack::RELAY;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
@@ -416,7 +417,7 @@ async fn eight_bit_content_is_not_sent_to_a_server_without_8bitmime() {
     c.command("DATA", 354).await;
     c.send_raw("Subject: 8bit\r\n\r\nGr\u{fc}\u{df}e\r\n".as_bytes())
         .await;
-    let eight = mailflow_tests::client::queue_id(&c.command(".", 250).await.text);
+    let eight = queue_id(&c.command(".", 250).await.text);
     let plain = w.stack.wait_final(&seven, Duration::from_secs(30)).await;
     assert_eq!(plain.recipients[0].state(), RecipientState::Delivered);
     let status = w.stack.wait_final(&eight, Duration::from_secs(30)).await;
@@ -573,6 +574,31 @@ async fn the_backup_exchanger_takes_over_when_the_preferred_one_refuses_connecti
         w.a.received()[0].rcpts,
         vec!["carol@fallback.test".to_string()]
     );
+}
+
+/// An exchanger with only an IPv6 address (AAAA) is reached over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_only_exchanger_is_reached_over_ipv6() {
+    let w = World::start_with(
+        "",
+        &[("remote-b.test", "six IN MX 10 mx.six\nmx.six IN AAAA ::1\n")],
+        &[],
+    )
+    .await;
+    let six = Sink::bind(std::net::SocketAddr::new(
+        "::1".parse().unwrap(),
+        w.a.addr.port(),
+    ))
+    .await;
+    let id = send_one(&w, "carol@six.remote-b.test", "ipv6").await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    let carol = &status.recipients[0];
+    assert_eq!(carol.state(), RecipientState::Delivered, "{carol:?}");
+    assert_eq!(
+        (carol.remote_host.as_str(), carol.remote_ip.as_str()),
+        ("mx.six.remote-b.test", "::1")
+    );
+    assert_eq!(six.received().len(), 1);
 }
 
 /// A smarthost that wants AUTH: the relay authenticates inside TLS; with a wrong password the
