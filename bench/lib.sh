@@ -52,7 +52,7 @@ start_sink() {
     SINK_PORT=$(free_port)
     # smtp-sink refuses to run as root without a user to switch to.
     smtp-sink -u postfix 127.0.0.1:"$SINK_PORT" 2000 >/dev/null 2>&1 &
-    pids+=($!)
+    pids+=($!); SINK_PID=$!
     wait_port "$SINK_PORT"
 }
 
