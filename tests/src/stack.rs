@@ -234,13 +234,23 @@ command_timeout = "10s"
 
     /// Sends SIGTERM and waits for a clean exit, returning the exit status.
     pub async fn terminate(&mut self, name: &'static str) -> std::process::ExitStatus {
-        let mut child = self.procs.remove(name).expect("service running");
-        let pid = child.id().expect("pid");
+        self.sigterm(name);
+        self.wait_exit(name).await
+    }
+
+    /// Sends SIGTERM to a service without waiting.
+    pub fn sigterm(&self, name: &'static str) {
+        let pid = self.procs[name].id().expect("pid");
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits (at most 30 s) until a service exits; returns its exit status.
+    pub async fn wait_exit(&mut self, name: &'static str) -> std::process::ExitStatus {
+        let mut child = self.procs.remove(name).expect("service running");
         tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .expect("exit within 30 s")
