@@ -367,6 +367,20 @@ command_timeout = "10s"
             .map(tonic::Response::into_inner)
     }
 
+    /// Waits until every recipient of `queue_id` is in `state`, and returns the record.
+    pub async fn wait_state(&self, queue_id: &str, state: RecipientState) -> MessageStatus {
+        wait::until(
+            &format!("{queue_id} {state:?}"),
+            Duration::from_secs(30),
+            || async {
+                self.get_message(queue_id).await.ok().filter(|s| {
+                    !s.recipients.is_empty() && s.recipients.iter().all(|r| r.state() == state)
+                })
+            },
+        )
+        .await
+    }
+
     /// Waits until every recipient of `queue_id` is in a final state, and returns the record.
     pub async fn wait_final(&self, queue_id: &str, timeout: Duration) -> MessageStatus {
         let deadline = std::time::Instant::now() + timeout;

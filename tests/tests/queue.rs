@@ -49,22 +49,6 @@ async fn send(w: &World, rcpt: &str, marker: &str, envid: Option<&str>) -> Strin
     mailflow_tests::client::queue_id(&reply.text)
 }
 
-/// Waits until every recipient of `id` is in `state`.
-async fn wait_state(w: &World, id: &str, state: RecipientState) -> MessageStatus {
-    wait::until(
-        &format!("{id} {state:?}"),
-        Duration::from_secs(30),
-        || async {
-            w.stack
-                .get_message(id)
-                .await
-                .ok()
-                .filter(|s| s.recipients.iter().all(|r| r.state() == state))
-        },
-    )
-    .await
-}
-
 /// The queue ids a list request returns once it returns `n` of them.
 async fn listed(q: &mut QueueClient<Channel>, req: ListMessagesRequest, n: usize) -> Vec<String> {
     wait::until("the list", Duration::from_secs(30), || {
@@ -82,9 +66,13 @@ async fn listed(q: &mut QueueClient<Channel>, req: ListMessagesRequest, n: usize
 async fn messages_are_found_listed_counted_and_errors_are_precise() {
     let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
     let delivered = send(&w, "carol@remote-a.test", "first", Some("env-1")).await;
-    wait_state(&w, &delivered, RecipientState::Delivered).await;
+    w.stack
+        .wait_state(&delivered, RecipientState::Delivered)
+        .await;
     let deferred = send(&w, "tempfail@remote-b.test", "second", None).await;
-    wait_state(&w, &deferred, RecipientState::Deferred).await;
+    w.stack
+        .wait_state(&deferred, RecipientState::Deferred)
+        .await;
     let mut q = client(w.stack.queue).await;
 
     // By queue id, with the attempt history; by Message-ID; by ENVID.
@@ -272,7 +260,7 @@ async fn suspend_holds_a_domain_and_resume_releases_it() {
     assert!(held.contains("suspended"), "{held}");
     let waiting = send(&w, "carol@remote-a.test", "waiting", None).await;
     let other = send(&w, "bob@remote-b.test", "other", None).await;
-    wait_state(&w, &other, RecipientState::Delivered).await;
+    w.stack.wait_state(&other, RecipientState::Delivered).await;
     // Several hold cycles pass (the first retry delay is 1 s here) without an attempt.
     let summary = wait::until(
         "the held job to come round",
@@ -295,7 +283,9 @@ async fn suspend_holds_a_domain_and_resume_releases_it() {
     assert_eq!(w.a.arrived(), 0);
     let resumed = ok(&w.stack, &["queue", "resume", "remote-a.test"]).await;
     assert!(resumed.contains("resumed"), "{resumed}");
-    wait_state(&w, &waiting, RecipientState::Delivered).await;
+    w.stack
+        .wait_state(&waiting, RecipientState::Delivered)
+        .await;
     assert_eq!(w.a.arrived(), 1);
 }
 
@@ -303,7 +293,7 @@ async fn suspend_holds_a_domain_and_resume_releases_it() {
 async fn retry_now_and_cancel_by_drop_or_bounce() {
     let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
     let id = send(&w, "tempfail@remote-b.test", "stuck", None).await;
-    let first = wait_state(&w, &id, RecipientState::Deferred).await;
+    let first = w.stack.wait_state(&id, RecipientState::Deferred).await;
     assert_eq!(first.recipients[0].attempts, 1);
     let moved = ok(&w.stack, &["queue", "retry", &id]).await;
     assert!(moved.contains("1 job(s)"), "{moved}");
@@ -320,10 +310,12 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
     .await;
 
     let dropped = send(&w, "tempfail2@remote-b.test", "dropped", None).await;
-    wait_state(&w, &dropped, RecipientState::Deferred).await;
+    w.stack.wait_state(&dropped, RecipientState::Deferred).await;
     let out = ok(&w.stack, &["queue", "cancel", &dropped]).await;
     assert!(out.contains("1 recipient(s) dropped"), "{out}");
-    wait_state(&w, &dropped, RecipientState::Discarded).await;
+    w.stack
+        .wait_state(&dropped, RecipientState::Discarded)
+        .await;
     mailctl::refused(
         &w.stack,
         &["queue", "retry", &dropped],
@@ -345,7 +337,7 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
     })
     .await;
     assert_eq!(bounced.into_inner().recipients, 1);
-    let status = wait_state(&w, &id, RecipientState::Bounced).await;
+    let status = w.stack.wait_state(&id, RecipientState::Bounced).await;
     assert!(
         status.recipients[0]
             .last_reply
@@ -368,7 +360,7 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
 async fn another_replica_and_a_python_client_see_the_same() {
     let w = World::start().await;
     let id = send(&w, "carol@remote-a.test", "shared", None).await;
-    wait_state(&w, &id, RecipientState::Delivered).await;
+    w.stack.wait_state(&id, RecipientState::Delivered).await;
     let (replica, _child) = w.stack.start_replica(RELAY).await;
     let mut other = client(replica).await;
     let seen = other

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
-use mailflow_proto::v1::{MessageStatus, RecipientState};
+use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::SmtpClient;
 use mailflow_tests::dns::{DnsServer, mx_zone};
 use mailflow_tests::mailctl::{self, ok};
@@ -64,20 +64,6 @@ async fn delivered(stack: &Stack, subject: &str) -> String {
     .await
 }
 
-/// Waits until every recipient of `queue_id` is in `state`.
-async fn wait_state(stack: &Stack, queue_id: &str, state: RecipientState) -> MessageStatus {
-    wait::until(
-        &format!("{queue_id} {state:?}"),
-        Duration::from_secs(30),
-        || async {
-            stack.get_message(queue_id).await.ok().filter(|s| {
-                !s.recipients.is_empty() && s.recipients.iter().all(|r| r.state() == state)
-            })
-        },
-    )
-    .await
-}
-
 /// The `Authentication-Results` field our host added.
 fn our_results(message: &str) -> &str {
     let start = message
@@ -109,7 +95,7 @@ async fn spf_results_are_recorded_and_a_dmarc_reject_is_held_until_released() {
     }
 
     let held = send(&stack, "ceo@reject.test", "forged", "").await;
-    let status = wait_state(&stack, &held, RecipientState::Quarantined).await;
+    let status = stack.wait_state(&held, RecipientState::Quarantined).await;
     assert_eq!(status.recipients[0].address, "demo@example.test");
     let list = ok(&stack, &["quarantine", "list"]).await;
     assert!(list.contains(&held), "{list}");
@@ -131,7 +117,7 @@ async fn spf_results_are_recorded_and_a_dmarc_reject_is_held_until_released() {
     let message = delivered(&stack, "forged").await;
     let results = our_results(&message);
     assert!(results.contains("dmarc=fail") && results.contains("spf=fail"));
-    wait_state(&stack, &held, RecipientState::Delivered).await;
+    stack.wait_state(&held, RecipientState::Delivered).await;
     assert!(!ok(&stack, &["quarantine", "list"]).await.contains(&held));
     mailctl::refused(&stack, &["quarantine", "release", &held], "NotFound").await;
 }
@@ -159,7 +145,9 @@ async fn loops_and_executables_are_held_forged_results_removed_and_deletion_disc
         &"Received: from elsewhere by somewhere; Sat, 28 Nov 2026 12:00:00 +0000\r\n".repeat(50),
     )
     .await;
-    wait_state(&stack, &looping, RecipientState::Quarantined).await;
+    stack
+        .wait_state(&looping, RecipientState::Quarantined)
+        .await;
 
     let mut c = SmtpClient::connect(stack.smtp).await;
     c.command("EHLO client.test", 250).await;
@@ -167,7 +155,9 @@ async fn loops_and_executables_are_held_forged_results_removed_and_deletion_disc
     let executable = c
         .send_mail("a@pass.test", &["demo@example.test"], attachment)
         .await;
-    wait_state(&stack, &executable, RecipientState::Quarantined).await;
+    stack
+        .wait_state(&executable, RecipientState::Quarantined)
+        .await;
 
     let list = ok(&stack, &["quarantine", "list"]).await;
     assert!(list.contains("mail loop: 51 Received headers"), "{list}");
@@ -175,7 +165,9 @@ async fn loops_and_executables_are_held_forged_results_removed_and_deletion_disc
 
     let deleted = ok(&stack, &["quarantine", "delete", &executable]).await;
     assert!(deleted.contains(&format!("{executable} deleted")));
-    let status = wait_state(&stack, &executable, RecipientState::Discarded).await;
+    let status = stack
+        .wait_state(&executable, RecipientState::Discarded)
+        .await;
     assert!(
         status.recipients[0]
             .last_reply
