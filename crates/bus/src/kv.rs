@@ -100,3 +100,17 @@ async fn live(store: &kv::Store, key: &str) -> Result<(Option<Bytes>, Option<u64
         _ => Ok((None, None)),
     }
 }
+
+/// One token of a KV key: lower case, every octet outside `[A-Za-z0-9_-]` written as
+/// `=XX` (NATS keys allow few characters, and the dot separates tokens).
+pub fn key_token(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.to_lowercase().bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}

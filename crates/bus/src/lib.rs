@@ -22,7 +22,7 @@ mod topology;
 pub use body::{BodyStore, Spool, load_body};
 pub use connect::{Bus, BusError};
 pub use consume::{ConsumerSpec, consume};
-pub use kv::compare_and_set;
+pub use kv::{compare_and_set, key_token};
 pub use topology::{Topology, names};
 
 use prost::Message;

@@ -107,7 +107,7 @@ impl Consumer {
         // Keep the job ours while we work on it, reporting progress from this task (no
         // extra task per job).
         let every = self.ack_wait / 3;
-        let work = self.work(&job, attempt);
+        let work = self.work(&job, &transport, attempt);
         tokio::pin!(work);
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let result = loop {
@@ -171,7 +171,12 @@ impl Consumer {
     }
 
     /// One attempt; `Ok(true)` when some recipients were deferred.
-    async fn work(&self, job: &DeliveryJob, attempt: u32) -> Result<bool, BusError> {
+    async fn work(
+        &self,
+        job: &DeliveryJob,
+        transport: &Transport,
+        attempt: u32,
+    ) -> Result<bool, BusError> {
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
         // (a retry, or a redelivery after a crash) skip recipients already done.
         let current = if attempt > 1 {
@@ -203,7 +208,10 @@ impl Consumer {
         }
         let body = job.body.clone().unwrap_or_default();
         let content = load_body(&self.bodies, &body).await?;
-        let outcomes = self.deliverer.deliver(job, &pending, content.clone()).await;
+        let outcomes = self
+            .deliverer
+            .deliver(transport, job, &pending, content.clone())
+            .await;
         let age = age_of(job.received_at, SystemTime::now());
         let mut delayed = Vec::new();
         let mut results: Vec<(u32, String, _)> = pending

@@ -191,19 +191,21 @@ impl Deliverer {
         }
     }
 
-    /// Delivers `content` to `pending` recipients of `job`.
+    /// Delivers `content` to `pending` recipients of `job` by `transport` (from
+    /// [`Deliverer::transport`]).
     pub async fn deliver(
         &self,
+        transport: &Transport,
         job: &DeliveryJob,
         pending: &[Pending],
         content: Bytes,
     ) -> Vec<Outcome> {
-        match self.transport(job) {
-            Transport::Maildir(root) => self.deliver_local(root, job, pending, content).await,
-            transport => {
-                self.deliver_remote(&transport, job, pending, &content)
+        match transport {
+            Transport::Maildir(root) => {
+                self.deliver_local(root.clone(), job, pending, content)
                     .await
             }
+            transport => self.deliver_remote(transport, job, pending, &content).await,
         }
     }
 

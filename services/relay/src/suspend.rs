@@ -10,22 +10,15 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures::StreamExt;
+use mailflow_bus::key_token;
 use tokio_util::sync::CancellationToken;
 
 /// The KV bucket.
 pub const BUCKET: &str = "suspended";
 
-/// A domain as a KV key: lower case, every octet outside `[a-z0-9-_]` written as `=XX`.
+/// A domain as a KV key.
 fn key(domain: &str) -> String {
-    let mut out = String::with_capacity(domain.len());
-    for b in domain.trim_end_matches('.').to_ascii_lowercase().bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
+    key_token(domain.trim_end_matches('.'))
 }
 
 /// The suspended domains.

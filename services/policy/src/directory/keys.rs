@@ -4,6 +4,8 @@
 //! `catchall.<domain>` and `dkim.<domain>`, lower-cased, with every octet outside `[A-Za-z0-9_-]` written as
 //! `=XX` (NATS keys allow only a few characters, and the dot separates tokens).
 
+use mailflow_bus::key_token as token;
+
 /// What one key names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
@@ -45,19 +47,6 @@ impl Key {
             _ => None,
         }
     }
-}
-
-/// Encodes one key token.
-fn token(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.to_lowercase().bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
 }
 
 /// Decodes one key token.

@@ -63,7 +63,11 @@ pub struct Headline {
 
 /// The headline of `message`.
 pub fn headline(message: &[u8]) -> Headline {
-    let fields = header::fields(message);
+    headline_of(&header::fields(message))
+}
+
+/// The headline of a message whose header fields are `fields`.
+fn headline_of(fields: &[header::Field<'_>]) -> Headline {
     let value = |name: &str| {
         fields
             .iter()
@@ -188,7 +192,7 @@ impl Scanner {
             }
             Origin::Outside(_) | Origin::Internal => {}
         }
-        let headline = headline(message);
+        let headline = headline_of(&fields);
         Scanned {
             decision,
             prefix,
