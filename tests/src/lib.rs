@@ -10,6 +10,7 @@
 //! - [`stack::Stack`]: the three service binaries with a per-test configuration;
 //! - [`client::SmtpClient`]: a plain SMTP client that checks reply codes;
 //! - [`mailctl`]: the operator's tool run against a stack;
+//! - [`otlp::Collector`]: an OTLP trace receiver that keeps the spans the services export;
 //! - [`world::World`]: a stack with two remote domains and their exchangers;
 //! - `peers/smtp_peer.py`: Python's smtplib as a client ([`peer`]).
 //!
@@ -25,6 +26,7 @@ pub mod dovecot;
 pub mod https;
 pub mod mailctl;
 pub mod nats;
+pub mod otlp;
 pub mod peer;
 pub mod pki;
 pub mod sink;

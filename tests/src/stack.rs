@@ -28,6 +28,8 @@ pub struct Options {
     pub relay_extra: String,
     /// More `[policy]` settings, TOML lines.
     pub policy_extra: String,
+    /// Further sections (TOML), such as `[trace]`.
+    pub sections: String,
 }
 
 /// A running stack.
@@ -124,9 +126,12 @@ ack_wait = "2s"
 connect_timeout = "5s"
 command_timeout = "10s"
 {relay_extra}
+
+{sections}
 "#,
             // Quick retries unless the test sets its own.
             policy_extra = opts.policy_extra,
+            sections = opts.sections,
             relay_extra = if opts.relay_extra.contains("retry_delays") {
                 opts.relay_extra.clone()
             } else {
@@ -440,6 +445,7 @@ pub async fn local_with_zones(
         relay_networks: vec![],
         relay_extra: String::new(),
         policy_extra: policy_extra.into(),
+        sections: String::new(),
     })
     .await;
     (stack, dns)

@@ -57,6 +57,21 @@ impl World {
     /// and the zones named in `signed` signed with
     /// DNSSEC (the relay trusts their keys).
     pub async fn start_with(relay_extra: &str, records: &[(&str, &str)], signed: &[&str]) -> World {
+        Self::build(relay_extra, records, signed, String::new()).await
+    }
+
+    /// [`World::start`] with every service exporting its spans to `collector`.
+    pub async fn start_traced(collector: &crate::otlp::Collector) -> World {
+        let trace = format!("[trace]\notlp_endpoint = \"{}\"\n", collector.endpoint());
+        Self::build("", &[], &[], trace).await
+    }
+
+    async fn build(
+        relay_extra: &str,
+        records: &[(&str, &str)],
+        signed: &[&str],
+        sections: String,
+    ) -> World {
         let (a, b) = Sink::pair(A, B).await;
         // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
         a.offer_starttls();
@@ -94,6 +109,7 @@ impl World {
             relay_networks: vec!["127.0.0.1/32".into()],
             relay_extra,
             policy_extra: String::new(),
+            sections,
         })
         .await;
         World {

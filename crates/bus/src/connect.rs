@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use mailflow_runtime::config::NatsConfig;
+use mailflow_runtime::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Errors of the bus layer.
 #[derive(Debug, thiserror::Error)]
@@ -119,11 +122,26 @@ impl Bus {
     }
 
     /// Publishes several messages with their acknowledgements in flight together, then
-    /// waits for all of them; fails if any one fails.
+    /// waits for all of them; fails if any one fails. Each message carries the trace
+    /// context of a `publish` span (a child of the caller's) in its headers, so that the
+    /// consumer's spans join the caller's trace.
     pub async fn publish_all(
         &self,
         messages: impl IntoIterator<Item = (String, String, Bytes)>,
     ) -> Result<(), BusError> {
+        let span = tracing::info_span!("publish", otel.kind = "producer");
+        self.publish_traced(messages, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn publish_traced(
+        &self,
+        messages: impl IntoIterator<Item = (String, String, Bytes)>,
+        span: &tracing::Span,
+    ) -> Result<(), BusError> {
+        let mut headers = HeaderMap::new();
+        telemetry::inject(span, |name, value| headers.insert(name, value.as_str()));
         let mut acks = Vec::new();
         for (subject, msg_id, payload) in messages {
             // While disconnected the client would buffer the message and send it after the
@@ -134,7 +152,11 @@ impl Bus {
                     reason: "not connected to NATS".into(),
                 });
             }
-            let msg = PublishMessage::build().payload(payload).message_id(msg_id);
+            let mut msg = PublishMessage::build().payload(payload);
+            if !headers.is_empty() {
+                msg = msg.headers(headers.clone());
+            }
+            let msg = msg.message_id(msg_id);
             let ack = self
                 .js
                 .send_publish(subject.clone(), msg)

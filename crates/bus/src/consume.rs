@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
+use mailflow_runtime::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::connect::{Bus, BusError};
 
@@ -58,6 +60,16 @@ async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusEr
         .map_err(|e| setup(e.to_string()))
 }
 
+/// The span of handling one message: named after the consumer, and a child of the
+/// publisher's span when the message's headers carry its trace context.
+fn consume_span(durable: &str, msg: &jetstream::Message) -> tracing::Span {
+    let span = tracing::info_span!("consume", otel.name = durable, otel.kind = "consumer", subject = %msg.subject);
+    if let Some(headers) = &msg.headers {
+        telemetry::set_parent(&span, |name| headers.get(name).map(|v| v.as_str()));
+    }
+    span
+}
+
 /// Calls `handle` for every message, `spec.concurrency` at once, until `shutdown`;
 /// resubscribes when the subscription fails or ends (for example after NATS restarts).
 /// `handle` acknowledges each message itself.
@@ -75,7 +87,10 @@ where
                     .take_until(shutdown.cancelled())
                     .for_each_concurrent(spec.concurrency, |item| async move {
                         match item {
-                            Ok(msg) => handle(msg).await,
+                            Ok(msg) => {
+                                let span = consume_span(durable, &msg);
+                                handle(msg).instrument(span).await
+                            }
                             Err(e) => {
                                 tracing::warn!(consumer = durable, error = %e, "consumer error")
                             }

@@ -32,6 +32,7 @@ pub fn server() -> Result<(HealthReporter, Router), GrpcError> {
     // v1alpha too: many clients (grpcurl's older releases, Python's grpcio-reflection)
     // still ask that version.
     let router = Server::builder()
+        .trace_fn(crate::telemetry::request_span)
         .add_service(health)
         .add_service(builder().build_v1()?)
         .add_service(builder().build_v1alpha()?);

@@ -29,6 +29,8 @@ struct Cli {
 
 /// What a service's section says about its process.
 pub struct Process {
+    /// The service's name in traces (`mailflow-ingress`, ...).
+    pub name: &'static str,
     /// Tokio worker threads (0: one per CPU).
     pub worker_threads: usize,
     /// Where `/metrics` is served, if anywhere.
@@ -65,7 +67,13 @@ where
         }
     };
     runtime.block_on(async move {
-        telemetry::init(&config.log);
+        let telemetry = match telemetry::init(&config.log, &config.trace, settings.name) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if let Some(listen) = settings.metrics_listen
             && let Err(e) = crate::metrics::install(listen)
         {
@@ -74,13 +82,16 @@ where
             return ExitCode::FAILURE;
         }
         let shutdown = shutdown::on_signal();
-        match run(config, shutdown).await {
+        let code = match run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "stopped");
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // Flushing blocks until the exporter has sent what it holds.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        code
     })
 }

@@ -14,8 +14,9 @@ use mailflow_proto::v1::{
     CheckRecipientRequest, CheckSenderRequest, Verdict, policy_client::PolicyClient,
 };
 use mailflow_runtime::config::IngressConfig;
+use mailflow_runtime::telemetry::{PropagateTrace, TracedChannel};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::IngressError;
 use crate::verdicts::VerdictCache;
@@ -95,8 +96,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
 /// The real backend: the policy service over gRPC and the `MAIL_IN` stream.
 #[derive(Clone)]
 pub struct Services {
-    /// A shared, lazily connected channel to the policy service.
-    policy: PolicyClient<Channel>,
+    /// A shared, lazily connected channel to the policy service; requests carry the
+    /// session's trace context.
+    policy: PolicyClient<TracedChannel>,
     /// Per-call deadline for policy checks.
     policy_timeout: Duration,
     /// Recent recipient verdicts.
@@ -118,7 +120,7 @@ impl Services {
             .connect_timeout(config.policy_timeout)
             .timeout(config.policy_timeout);
         Ok(Self {
-            policy: PolicyClient::new(endpoint.connect_lazy()),
+            policy: PolicyClient::with_interceptor(endpoint.connect_lazy(), PropagateTrace),
             policy_timeout: config.policy_timeout,
             verdicts: Arc::new(VerdictCache::new(config.policy_cache_ttl)),
             bus,
@@ -132,7 +134,7 @@ impl Services {
     /// naming the check: a sender request encodes like a recipient request without one.
     async fn cached<F, Fut>(&self, key: Vec<u8>, call: F) -> Result<Verdict, BackendError>
     where
-        F: FnOnce(PolicyClient<Channel>) -> Fut,
+        F: FnOnce(PolicyClient<TracedChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Verdict>, tonic::Status>>,
     {
         if let Some(verdict) = self.verdicts.get(&key) {

@@ -3,6 +3,7 @@
 fn main() -> std::process::ExitCode {
     mailflow_runtime::service::main(
         |c| mailflow_runtime::service::Process {
+            name: "mailflow-ingress",
             worker_threads: c.ingress.worker_threads,
             metrics_listen: c.ingress.metrics_listen,
         },

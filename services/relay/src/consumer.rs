@@ -14,6 +14,7 @@ use mailflow_proto::v1::{DeliveryJob, RecipientState};
 use mailflow_runtime::config::Transport;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::deliver::{Deliverer, Pending};
 use crate::destination::{self, Destinations};
@@ -107,7 +108,8 @@ impl Consumer {
         // Keep the job ours while we work on it, reporting progress from this task (no
         // extra task per job).
         let every = self.ack_wait / 3;
-        let work = self.work(&job, &transport, attempt);
+        let span = tracing::info_span!("delivery", queue_id = %job.queue_id, domain = %job.domain, attempt);
+        let work = self.work(&job, &transport, attempt).instrument(span);
         tokio::pin!(work);
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let result = loop {

@@ -3,6 +3,7 @@
 fn main() -> std::process::ExitCode {
     mailflow_runtime::service::main(
         |c| mailflow_runtime::service::Process {
+            name: "mailflow-relay",
             worker_threads: c.relay.worker_threads,
             metrics_listen: c.relay.metrics_listen,
         },

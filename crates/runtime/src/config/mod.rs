@@ -38,6 +38,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// OpenTelemetry traces.
+    pub trace: TraceConfig,
     /// The SMTP ingress.
     pub ingress: IngressConfig,
     /// The policy service.
@@ -104,6 +106,44 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Human,
             level: "info".into(),
+        }
+    }
+}
+
+/// `[trace]`: spans exported over OTLP/gRPC, one trace per message across the services.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// The collector's OTLP/gRPC endpoint (`http://otel-collector:4317`); no span is
+    /// exported when it is unset.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, from 0 to 1; a span whose caller's trace was
+    /// recorded is always recorded, so a message's trace is never cut in two.
+    pub sample_ratio: Ratio,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: Ratio(1.0),
+        }
+    }
+}
+
+/// A number from 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Ratio(pub f64);
+
+impl TryFrom<f64> for Ratio {
+    type Error = String;
+
+    fn try_from(value: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Ratio(value))
+        } else {
+            Err(format!("{value} is not between 0 and 1"))
         }
     }
 }
@@ -637,6 +677,24 @@ mod tests {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
         assert_eq!(err.problems.len(), 6, "{err}");
+    }
+
+    #[test]
+    fn trace_sampling_is_a_ratio() {
+        let cfg = parse(
+            "[trace]\notlp_endpoint = \"http://collector:4317\"\nsample_ratio = 0.25\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.trace.sample_ratio, Ratio(0.25));
+        assert_eq!(
+            cfg.trace.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert!(parse("", &[]).unwrap().trace.otlp_endpoint.is_none());
+        let err = parse("[trace]\nsample_ratio = 1.5\n", &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "trace.sample_ratio");
+        assert!(err.problems[0].message.contains("between 0 and 1"), "{err}");
     }
 
     #[test]

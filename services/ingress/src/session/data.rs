@@ -58,6 +58,7 @@ where
             unreachable!("only called in a transaction");
         };
         let queue_id = ulid::Ulid::generate().to_string();
+        tx.span.record("queue_id", queue_id.as_str());
         let at = SystemTime::now();
         let single_rcpt = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].0.to_string());
         let header = received::header(&Trace {
@@ -153,7 +154,6 @@ where
             tls: self.tls.clone(),
             auth_identity: self.auth.clone().unwrap_or_default(),
             received_at: Some(prost_types::Timestamp::from(at)),
-            trace: None,
             body: Some(body),
             listener: self.config.kind.name().to_string(),
             spf: tx.spf.clone(),

@@ -3,6 +3,7 @@
 use mailflow_proto::v1::CheckSenderRequest;
 use mailflow_smtp::params::MailParams;
 use mailflow_smtp::{EnhancedCode, Path, Reply};
+use tracing::Instrument;
 
 use super::{
     Backend, Chunks, Flow, Session, State, Transaction, bad_sequence, temporary_failure,
@@ -66,13 +67,19 @@ where
         // Policy checks the sender: an authenticated one must own the address, an
         // unauthenticated one on the MX port must have a domain that exists. The null sender
         // is always allowed (RFC 5321 §4.5.5).
+        let span = tracing::info_span!("transaction", queue_id = tracing::field::Empty);
         let mut spf = String::new();
         if !matches!(from, Path::Null) {
             let request = CheckSenderRequest {
                 session: Some(self.session_info(&greeting.name)),
                 sender: from.address(),
             };
-            match self.backend.check_sender(request).await {
+            match self
+                .backend
+                .check_sender(request)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(v) if v.action() == mailflow_proto::v1::verdict::Action::Accept => spf = v.spf,
                 Ok(v) => return self.refuse(verdict_reply(v)),
                 Err(e) => {
@@ -89,6 +96,7 @@ where
                 rcpts: Vec::new(),
                 chunks: Chunks::None,
                 spf,
+                span,
             }),
         );
         self.reply(Reply::new(250, EnhancedCode::new(2, 1, 0), "Ok"));

@@ -30,6 +30,7 @@ use mailflow_smtp::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use body::Incoming;
@@ -133,6 +134,9 @@ struct Transaction<P> {
     /// The SPF result the policy service computed for the sender, recorded with the
     /// message so that the scan stage need not look it up again.
     spf: String,
+    /// The transaction's span (a child of the session's): policy checks and the publish to
+    /// the queue run in it, so the message's trace starts here.
+    span: tracing::Span,
 }
 
 /// The BDAT side of a transaction (RFC 3030).
@@ -341,6 +345,15 @@ where
     }
 
     async fn dispatch(&mut self, cmd: Command) -> Result<Flow, SessionError> {
+        // Commands of an open transaction run in its span; others in the session's.
+        let span = match &self.state {
+            State::Mail(_, tx) => tx.span.clone(),
+            _ => tracing::Span::none(),
+        };
+        self.command(cmd).instrument(span).await
+    }
+
+    async fn command(&mut self, cmd: Command) -> Result<Flow, SessionError> {
         Ok(match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),

@@ -24,6 +24,7 @@ use mailflow_proto::v1::{AcceptedMessage, RecipientState, RemoteReply, body};
 use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::directory::{Directory, DirectoryError};
 use crate::quarantine::{Quarantine, QuarantineError};
@@ -119,7 +120,8 @@ impl RouteStage {
     async fn route(&self, status: &kv::Store, msg: &AcceptedMessage) -> Result<(), RouteError> {
         let mut msg = msg.clone();
         // A released message was scanned before it was held.
-        let (decision, headline) = self.scan(&mut msg).await?;
+        let span = tracing::info_span!("scan", queue_id = %msg.queue_id);
+        let (decision, headline) = self.scan(&mut msg).instrument(span).await?;
         let (mut recipients, local) = self
             .directory
             .view(|d| {

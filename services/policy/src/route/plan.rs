@@ -121,7 +121,6 @@ pub fn split(
             recipients: vec![entry],
             body: msg.body.clone(),
             received_at: msg.received_at,
-            trace: msg.trace.clone(),
             attempts_before: 0,
             transport,
             held: 0,
