@@ -127,6 +127,25 @@ async fn one_message_is_one_trace_across_the_services() {
     let other = trace_of(&collector, &second, &[(RELAY, "delivery")]).await;
     assert_ne!(other[0].trace_id, trace[0].trace_id);
 
+    // A deferred message's next attempt joins its trace: the job parked for retry and
+    // moved back carries the context along.
+    let deferred = w.send("tempfail@remote-a.test", "traced twice").await;
+    w.deferred_with(&deferred, 2, "busy").await;
+    let trace = trace_of(&collector, &deferred, &[(RELAY, "delivery")]).await;
+    wait::until(
+        "two delivery spans in one trace",
+        Duration::from_secs(30),
+        || async {
+            let attempts = collector
+                .spans()
+                .iter()
+                .filter(|s| s.trace_id == trace[0].trace_id && s.name == "delivery")
+                .count();
+            (attempts >= 2).then_some(())
+        },
+    )
+    .await;
+
     // No span of the collector's own health or reflection traffic, and every service
     // named itself.
     let services: HashMap<&str, usize> =
