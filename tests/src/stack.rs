@@ -122,21 +122,21 @@ metrics_listen = "{relay_metrics}"
 maildir_root = "{maildir}"
 dns_servers = ["{dns}"]
 mx_port = {mx_port}
-ack_wait = "2s"
 connect_timeout = "5s"
 command_timeout = "10s"
 {relay_extra}
 
 {sections}
 "#,
-            // Quick retries unless the test sets its own.
             policy_extra = opts.policy_extra,
             sections = opts.sections,
-            relay_extra = if opts.relay_extra.contains("retry_delays") {
-                opts.relay_extra.clone()
-            } else {
-                format!("retry_delays = [\"1s\"]\n{}", opts.relay_extra)
-            },
+            // Quick retries and recovery unless the test sets its own.
+            relay_extra = [("retry_delays", "[\"1s\"]"), ("ack_wait", "\"2s\"")]
+                .iter()
+                .filter(|(key, _)| !opts.relay_extra.contains(&format!("{key} =")))
+                .fold(opts.relay_extra.clone(), |extra, (key, value)| {
+                    format!("{key} = {value}\n{extra}")
+                }),
             nats = nats.url(),
             cert = cert.display(),
             key = key.display(),
@@ -251,6 +251,11 @@ command_timeout = "10s"
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The exit status of a service that has exited; `None` while it runs.
+    pub fn exited(&mut self, name: &'static str) -> Option<std::process::ExitStatus> {
+        self.procs.get_mut(name)?.try_wait().unwrap()
     }
 
     /// Waits (at most 30 s) until a service exits; returns its exit status.

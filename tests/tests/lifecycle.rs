@@ -1,4 +1,6 @@
-//! Graceful termination: a stopping ingress lets the transaction in progress finish.
+//! Graceful termination: a stopping ingress lets the transaction in progress finish; a
+//! stopping relay finishes its deliveries under way and hands the jobs it had fetched to
+//! the other replicas at once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -6,8 +8,9 @@ use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
-use mailflow_tests::stack::{INGRESS, local};
+use mailflow_tests::stack::{INGRESS, RELAY, local};
 use mailflow_tests::wait;
+use mailflow_tests::world::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_ingress_finish_the_transaction_in_progress() {
@@ -47,5 +50,71 @@ async fn sigterm_lets_the_ingress_finish_the_transaction_in_progress() {
     assert!(
         mail.iter()
             .any(|m| String::from_utf8_lossy(m).contains("first half\r\nsecond half"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_relay_finish_its_deliveries_and_release_the_rest() {
+    // Four jobs at once per relay, and a minute before an unacknowledged job would go to
+    // another replica: only a release brings the stopping relay's fetched jobs back sooner.
+    let mut w = World::start_with_relay("concurrency = 4\nack_wait = \"60s\"").await;
+    let (other_queue, mut other) = w.stack.start_replica(RELAY).await;
+    // The exchanger keeps every delivery waiting for its end-of-data reply.
+    w.a.hold();
+    let mut ids = Vec::new();
+    for n in 0..24 {
+        ids.push(w.send("carol@remote-a.test", &format!("drain {n}")).await);
+    }
+    // Both relays are busy with four deliveries each, and have more jobs fetched.
+    let a = &w.a;
+    wait::until(
+        "8 deliveries under way",
+        Duration::from_secs(20),
+        || async move { (a.arrived() >= 8).then_some(()) },
+    )
+    .await;
+    assert_eq!(w.a.arrived(), 8, "four deliveries per relay");
+
+    w.stack.sigterm(RELAY);
+    let stack = &w.stack;
+    let released = wait::until("the release", Duration::from_secs(10), || async move {
+        let log = stack.log(RELAY);
+        let line = log
+            .lines()
+            .find(|l| l.contains("fetched messages released") && l.contains("consumer=\"relay\""))?;
+        let n: usize = line
+            .split("released=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(n)
+    })
+    .await;
+    assert!(
+        released > 0,
+        "the stopping relay had fetched jobs to release"
+    );
+    // Its own deliveries are still under way: it has not exited.
+    assert!(w.stack.exited(RELAY).is_none(), "{}", w.stack.log(RELAY));
+
+    // The exchanger answers: the stopping relay completes its four deliveries and exits
+    // cleanly; everything else, the released jobs included, goes through the other
+    // replica well within the acknowledgement timeout.
+    w.a.release();
+    let status = w.stack.wait_exit(RELAY).await;
+    assert!(status.success(), "{status:?}");
+    // Status questions go to the replica left.
+    w.stack.queue = other_queue;
+    for id in &ids {
+        let s = w.stack.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(s.recipients[0].state(), RecipientState::Delivered, "{s:?}");
+    }
+    let received = w.a.received();
+    assert_eq!(received.len(), 24, "each message delivered once");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other replica runs on"
     );
 }

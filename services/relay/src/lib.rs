@@ -187,7 +187,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         .serve_with_shutdown(addr, shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
-    let _ = consumer_task.await;
+    if tokio::time::timeout(relay.shutdown_grace, consumer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?relay.shutdown_grace, "deliveries still under way at the end of the shutdown grace; abandoned");
+    }
     movers.join_all().await;
     served.map_err(|source| GrpcError::Serve { addr, source }.into())
 }

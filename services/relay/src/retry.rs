@@ -106,8 +106,12 @@ async fn move_when_due(
         }
         tokio::select! {
             _ = tokio::time::sleep(wait.min(ACK_WAIT / 3)) => {}
-            // Left unacknowledged, the job waits for the next replica or start.
-            _ = stop.cancelled() => return,
+            // Handed back to be redelivered when due, to this or another replica.
+            _ = stop.cancelled() => {
+                let wait = remaining(published, delay, SystemTime::now());
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                return;
+            }
         }
         let _ = msg.ack_with(AckKind::Progress).await;
     }

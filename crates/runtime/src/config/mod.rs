@@ -391,6 +391,11 @@ pub struct RelayConfig {
     /// does (the default, as in Postfix).
     #[serde(with = "humantime_serde")]
     pub delay_warning_time: Duration,
+    /// How long deliveries under way may go on after a shutdown signal (jobs fetched and
+    /// not started are released at once); past it they are abandoned, and JetStream gives
+    /// their jobs to another replica after `ack_wait`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for RelayConfig {
@@ -424,6 +429,7 @@ impl Default for RelayConfig {
                 .to_vec(),
             max_queue_lifetime: Duration::from_secs(5 * 86_400),
             delay_warning_time: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(60),
         }
     }
 }
