@@ -32,6 +32,8 @@ pub struct Delivered {
     pub tls: bool,
     /// The user the client authenticated as, if it did.
     pub auth: Option<String>,
+    /// The name the client gave in EHLO or HELO (which relay replica delivered it).
+    pub helo: String,
 }
 
 /// A recording SMTP server.
@@ -206,6 +208,7 @@ impl Sink {
         let mut rcpts = Vec::new();
         let mut count = 0;
         let mut user: Option<String> = None;
+        let mut helo = String::new();
         let wanted = self.auth.lock().unwrap().clone();
         loop {
             let mut line = String::new();
@@ -222,6 +225,9 @@ impl Sink {
                     .unwrap_or("")
                     .to_string()
             };
+            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                helo = line[4..].trim().to_string();
+            }
             let reply: String = if upper.starts_with("EHLO") {
                 let pipelining = if self.pipelining.load(Ordering::SeqCst) {
                     "250-PIPELINING\r\n"
@@ -329,6 +335,7 @@ impl Sink {
                     data,
                     tls,
                     auth: user.clone(),
+                    helo: helo.clone(),
                 });
                 format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
             } else if upper.starts_with("QUIT") {

@@ -206,21 +206,44 @@ command_timeout = "10s"
         }
     }
 
-    /// Starts another replica of `name` (the policy or the relay) with its gRPC service on
-    /// its own port (same NATS, same buckets); it runs until the returned process is
-    /// dropped.
+    /// Starts another replica of `name` with listeners on ports of its own (same NATS, same
+    /// buckets); it runs until the returned process is dropped. Returns its main address:
+    /// the MX listener of an ingress, the gRPC listener of the policy or the relay.
     pub async fn start_replica(&self, name: &'static str) -> (SocketAddr, Child) {
+        self.start_replica_with(name, &[]).await
+    }
+
+    /// [`Stack::start_replica`] with more settings (`("RELAY__HOSTNAME", "r2.test")`:
+    /// `MAILFLOW_` variables without the prefix). Its log is `<name>-replica-<port>.log`.
+    pub async fn start_replica_with(
+        &self,
+        name: &'static str,
+        settings: &[(&str, &str)],
+    ) -> (SocketAddr, Child) {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let section = if name == POLICY { "POLICY" } else { "RELAY" };
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("{name}-replica.log"))).unwrap();
+        let port = || format!("127.0.0.1:{}", free_port());
+        let (section, main) = match name {
+            INGRESS => ("INGRESS", "MX_LISTEN"),
+            POLICY => ("POLICY", "GRPC_LISTEN"),
+            _ => ("RELAY", "GRPC_LISTEN"),
+        };
+        let mut env = vec![
+            (format!("MAILFLOW_{section}__{main}"), addr.to_string()),
+            (format!("MAILFLOW_{section}__METRICS_LISTEN"), port()),
+        ];
+        if name == INGRESS {
+            env.push(("MAILFLOW_INGRESS__SUBMISSION_LISTEN".into(), port()));
+            env.push(("MAILFLOW_INGRESS__SMTPS_LISTEN".into(), port()));
+        }
+        env.extend(
+            settings
+                .iter()
+                .map(|(k, v)| (format!("MAILFLOW_{k}"), v.to_string())),
+        );
+        let log = std::fs::File::create(self.replica_log(name, addr)).unwrap();
         let child = Command::new(binary(name))
             .env("MAILFLOW_CONFIG", &self.config)
-            .env(format!("MAILFLOW_{section}__GRPC_LISTEN"), addr.to_string())
-            .env(
-                format!("MAILFLOW_{section}__METRICS_LISTEN"),
-                format!("127.0.0.1:{}", free_port()),
-            )
+            .envs(env)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -229,6 +252,13 @@ command_timeout = "10s"
             .expect("a second replica starts");
         wait::port_open(addr, Duration::from_secs(30)).await;
         (addr, child)
+    }
+
+    /// The log file of the replica of `name` whose main address is `addr`.
+    pub fn replica_log(&self, name: &str, addr: SocketAddr) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{name}-replica-{}.log", addr.port()))
     }
 
     /// Kills a service with SIGKILL and waits until it is gone.

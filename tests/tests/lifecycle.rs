@@ -79,9 +79,9 @@ async fn sigterm_lets_a_relay_finish_its_deliveries_and_release_the_rest() {
     let stack = &w.stack;
     let released = wait::until("the release", Duration::from_secs(10), || async move {
         let log = stack.log(RELAY);
-        let line = log
-            .lines()
-            .find(|l| l.contains("fetched messages released") && l.contains("consumer=\"relay\""))?;
+        let line = log.lines().find(|l| {
+            l.contains("fetched messages released") && l.contains("consumer=\"relay\"")
+        })?;
         let n: usize = line
             .split("released=")
             .nth(1)?

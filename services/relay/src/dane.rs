@@ -5,7 +5,7 @@
 //! [`matches`], pure and unit-tested.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -54,8 +54,18 @@ pub struct Dane {
     resolver: TokioResolver,
     /// The SMTP port, part of the TLSA name (`_25._tcp.<host>`).
     port: u16,
-    /// Whether each domain's MX records are secure, and until when that is known.
-    secure: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Whether each domain's MX records are secure, once known, and since when; the
+    /// first delivery to a domain looks it up and concurrent ones wait for that answer
+    /// (a burst of mail to a new domain makes one validation, not one per message).
+    secure: Mutex<HashMap<String, Arc<SecureCell>>>,
+}
+
+/// A domain's DNSSEC status, looked up once.
+struct SecureCell {
+    /// When the lookup started; it is redone after [`SECURE_FOR`].
+    since: Instant,
+    /// The answer, once there.
+    secure: tokio::sync::OnceCell<bool>,
 }
 
 impl Dane {
@@ -71,31 +81,37 @@ impl Dane {
     /// True when the MX records of `domain` are DNSSEC-secure: only then do its hosts'
     /// TLSA records count (§2.2.1).
     async fn mx_secure(&self, domain: &str) -> bool {
-        let known = self
-            .secure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(domain)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(secure, _)| *secure);
-        if let Some(secure) = known {
-            return secure;
-        }
-        let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        let secure = match self.resolver.mx_lookup(fqdn.as_str()).await {
-            Ok(lookup) => {
-                let answers = lookup.answers();
-                !answers.is_empty() && answers.iter().all(|r| r.proof == Proof::Secure)
-            }
-            Err(_) => false,
-        };
-        let mut map = self.secure.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 10_000 {
+        let cell = {
+            let mut map = self.secure.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            map.retain(|_, (_, until)| *until > now);
-        }
-        map.insert(domain.to_string(), (secure, Instant::now() + SECURE_FOR));
-        secure
+            if map.len() > 10_000 {
+                map.retain(|_, c| now.duration_since(c.since) < SECURE_FOR);
+            }
+            let fresh = || {
+                Arc::new(SecureCell {
+                    since: now,
+                    secure: tokio::sync::OnceCell::new(),
+                })
+            };
+            let cell = map.entry(domain.to_string()).or_insert_with(fresh);
+            if now.duration_since(cell.since) >= SECURE_FOR {
+                *cell = fresh();
+            }
+            cell.clone()
+        };
+        *cell
+            .secure
+            .get_or_init(|| async {
+                let fqdn = format!("{}.", domain.trim_end_matches('.'));
+                match self.resolver.mx_lookup(fqdn.as_str()).await {
+                    Ok(lookup) => {
+                        let answers = lookup.answers();
+                        !answers.is_empty() && answers.iter().all(|r| r.proof == Proof::Secure)
+                    }
+                    Err(_) => false,
+                }
+            })
+            .await
     }
 
     /// What DANE asks of `host`, an MX host of `domain`.
