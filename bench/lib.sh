@@ -59,6 +59,7 @@ start_sink() {
 # start_dns: dnsmasq answering for the benchmark's domains (bench.test and below: every
 # name is 127.0.0.1, and remote.bench.test has an MX), nothing else; sets DNS_PORT.
 start_dns() {
+    [ -z "${DNS_PORT:-}" ] || return 0
     DNS_PORT=$(free_port)
     dnsmasq --keep-in-foreground --port="$DNS_PORT" --listen-address=127.0.0.1 \
         --bind-interfaces --no-resolv --no-hosts --user=root --pid-file= \
@@ -79,7 +80,11 @@ start_mailflow() {
     local nats_port policy_port queue_port
     start_dns
     nats_port=$(free_port); policy_port=$(free_port); queue_port=$(free_port); SMTP_PORT=$(free_port)
-    GOMAXPROCS=1 "$ROOT/.tools/venv/bin/nats-server" -js -a 127.0.0.1 -p "$nats_port" -sd "$WORK/nats" >/dev/null 2>&1 &
+    # NATS_SYNC=always: an fsync before every acknowledgement (the default syncs every 2 min).
+    cat > "$WORK/nats.conf" <<CONF
+jetstream { store_dir: "$WORK/nats", sync_interval: ${NATS_SYNC:-"2m"} }
+CONF
+    GOMAXPROCS=1 "$ROOT/.tools/venv/bin/nats-server" -a 127.0.0.1 -p "$nats_port" -c "$WORK/nats.conf" >/dev/null 2>&1 &
     pids+=($!); NATS_PID=$!
     wait_port "$nats_port"
     cat > "$WORK/mailflow.toml" <<TOML
@@ -113,6 +118,38 @@ TOML
         [ "$svc" = ingress ] && INGRESS_PID=$!
     done
     wait_port "$policy_port"; wait_port "$queue_port"; wait_port "$SMTP_PORT"
+}
+
+# stop_mailflow: stops the services and nats-server of start_mailflow and removes the store.
+stop_mailflow() {
+    local pid
+    for pid in "${MAILFLOW_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${MAILFLOW_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK/nats"
+}
+
+# make_certificate: a test CA ($WORK/ca.pem, what clients trust) and an ECDSA server
+# certificate it signed for localhost and 127.0.0.1 ($WORK/tls.pem, $WORK/tls.key), for
+# both systems' STARTTLS.
+make_certificate() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.pem" >/dev/null 2>&1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout "$WORK/tls.key" -out "$WORK/tls.csr" >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/tls.ext"
+    openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+        -CAcreateserial -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" >/dev/null 2>&1
+    chmod 644 "$WORK/tls.key"
+}
+
+# restart_postfix: stops the private instance, empties its queue, and starts it again
+# (fresh processes, so peak memory is per case).
+restart_postfix() {
+    postfix -c "$PF" stop >/dev/null 2>&1 || true
+    find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" \
+        -type f -delete 2>/dev/null || true
+    postfix -c "$PF" start >/dev/null 2>&1
+    wait_port "$PF_PORT"
 }
 
 # start_postfix: a private Postfix instance relaying everything to the smtp-sink; sets

@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-mod common;
+use mailflow_bench as common;
 
 use std::time::{Duration, Instant};
 
