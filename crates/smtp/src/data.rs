@@ -147,27 +147,36 @@ impl DataDecoder {
         }
     }
 
-    /// Consumes as much of `buf` as possible.
+    /// Consumes as much of `buf` as possible. Lines are read in place and `buf` advanced
+    /// once at the end (splitting each line off would cost a reference count per line).
     pub fn decode(&mut self, buf: &mut BytesMut) -> DataEvent {
+        let (consumed, event) = self.decode_slice(buf);
+        buf.advance(consumed);
+        event
+    }
+
+    /// Decodes from `input`; returns how much of it was consumed, and what happened.
+    fn decode_slice(&mut self, input: &[u8]) -> (usize, DataEvent) {
+        let mut pos = 0;
         loop {
-            if self.at_line_start && buf.first() == Some(&b'.') {
-                match buf.get(1..3) {
-                    Some(b"\r\n") => {
-                        buf.advance(3);
-                        return DataEvent::Done(self.buffer.finish());
-                    }
+            let rest = &input[pos..];
+            if self.at_line_start && rest.first() == Some(&b'.') {
+                match rest.get(1..3) {
+                    Some(b"\r\n") => return (pos + 3, DataEvent::Done(self.buffer.finish())),
                     // Not enough to tell ".\r\n" from a stuffed dot.
-                    None if buf.get(1).is_none_or(|&b| b == b'\r') => return DataEvent::NeedMore,
+                    None if rest.get(1).is_none_or(|&b| b == b'\r') => {
+                        return (pos, DataEvent::NeedMore);
+                    }
                     // RFC 5321 §4.5.2: drop the first dot of a line.
-                    _ => buf.advance(1),
+                    _ => pos += 1,
                 }
             }
-            match memchr::memchr(b'\n', buf) {
+            let rest = &input[pos..];
+            match memchr::memchr(b'\n', rest) {
                 Some(lf) => {
-                    let line = buf.split_to(lf + 1);
-                    let (content, crlf) = match line.strip_suffix(b"\r\n") {
+                    let (content, crlf) = match rest[..=lf].strip_suffix(b"\r\n") {
                         Some(content) => (content, true),
-                        None => (&line[..lf], false),
+                        None => (&rest[..lf], false),
                     };
                     if !crlf {
                         self.buffer.bare();
@@ -177,21 +186,17 @@ impl DataDecoder {
                     // Only a real CRLF starts a line that can end the data or be dot-stuffed:
                     // after a bare LF (normalised), ".\r\n" is content, never the end.
                     self.at_line_start = crlf;
+                    pos += lf + 1;
                 }
                 None => {
-                    if buf.is_empty() {
-                        return DataEvent::NeedMore;
-                    }
                     // Keep a trailing CR: it may be the first half of CRLF.
-                    let keep = usize::from(buf.last() == Some(&b'\r'));
-                    let take = buf.len() - keep;
-                    if take == 0 {
-                        return DataEvent::NeedMore;
+                    let keep = usize::from(rest.last() == Some(&b'\r'));
+                    let take = rest.len().saturating_sub(keep);
+                    if take > 0 {
+                        self.append_content(&rest[..take]);
+                        self.at_line_start = false;
                     }
-                    let part = buf.split_to(take);
-                    self.append_content(&part);
-                    self.at_line_start = false;
-                    return DataEvent::NeedMore;
+                    return (pos + take, DataEvent::NeedMore);
                 }
             }
         }

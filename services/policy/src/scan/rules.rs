@@ -60,7 +60,7 @@ pub fn check(
             });
         }
     }
-    if config.blocked_extensions.is_empty() {
+    if config.blocked_extensions.is_empty() || !may_carry_files(fields) {
         return None;
     }
     let parsed = MessageParser::new().parse(message)?;
@@ -68,6 +68,20 @@ pub fn check(
     Some(Finding {
         action: config.content_action,
         reason: format!("attachment {name:?} has a refused file type"),
+    })
+}
+
+/// Whether the message can hold a named file: a multipart or `message/*` body, or a single
+/// part whose header names a file. Most mail is a single text part; parsing it as MIME
+/// would only cost (a decoded copy of the whole body) and could find nothing.
+fn may_carry_files(fields: &[Field<'_>]) -> bool {
+    fields.iter().any(|f| {
+        (f.is("Content-Type") || f.is("Content-Disposition")) && {
+            let value = f.value().trim_start().to_ascii_lowercase();
+            value.starts_with("multipart/")
+                || value.starts_with("message/")
+                || value.contains("name")
+        }
     })
 }
 
@@ -131,6 +145,23 @@ mod tests {
             ..ScanConfig::default()
         };
         assert_eq!(run(&with_attachment("x.exe"), &none), None);
+    }
+
+    #[test]
+    fn only_messages_that_can_hold_files_are_parsed_for_them() {
+        let plain =
+            "From: a@x.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee x.exe\r\n";
+        assert!(!may_carry_files(&fields(plain.as_bytes())));
+        assert!(!may_carry_files(&fields(
+            b"Subject: no MIME at all\r\n\r\nx.exe\r\n"
+        )));
+        assert!(may_carry_files(&fields(
+            with_attachment("a.pdf").as_bytes()
+        )));
+        let single = "From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream;\r\n name=\"run.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n";
+        assert!(may_carry_files(&fields(single.as_bytes())));
+        let finding = run(single, &ScanConfig::default()).unwrap();
+        assert!(finding.reason.contains("run.exe"), "{finding:?}");
     }
 
     #[test]
