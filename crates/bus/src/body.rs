@@ -1,39 +1,20 @@
 //! Message bodies: inline in the bus payload when small, in the object store otherwise
-//! (NATS' max_payload is 1 MB by default). Once routed, a body of more than
-//! [`SHARE_THRESHOLD`] octets that is still inline is stored once in the `MAIL_BODIES`
-//! stream ([`BodyStore::share`]): delivery jobs then carry a reference, so neither a job
-//! nor its requeues and retries copy the body through the bus again. It is removed when
-//! the message is done ([`unshare`]).
+//! (NATS' max_payload is 1 MB by default).
 
 use async_nats::jetstream::object_store::{ObjectInfo, ObjectStore};
-use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use mailflow_proto::v1::{Body, body::Location};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::connect::{Bus, BusError};
-use crate::topology::names;
+use crate::connect::BusError;
 
-/// Inline bodies larger than this are shared once routed: below it, a second copy on the
-/// bus costs less than the extra store and lookup.
-pub const SHARE_THRESHOLD: usize = 16 * 1024;
-
-/// Where stored bodies live.
-#[derive(Clone)]
-pub struct Bodies {
-    /// The `mail-bodies` object store: bodies too large to travel inline.
-    pub objects: ObjectStore,
-    /// The `MAIL_BODIES` stream: shared bodies of routed messages.
-    pub shared: Stream,
-}
-
-/// The body storage, and the size up to which a body travels inline instead.
+/// The `mail-bodies` object store, and the size up to which a body travels inline instead.
 #[derive(Clone)]
 pub struct BodyStore {
-    /// The object store and the shared bodies.
-    bodies: Bodies,
+    /// The `mail-bodies` object store.
+    store: ObjectStore,
     /// Bodies up to this size stay inline.
     inline_limit: usize,
 }
@@ -44,9 +25,9 @@ const PIPE_BUFFER: usize = 256 * 1024;
 
 impl BodyStore {
     /// A store that keeps bodies up to `inline_limit` octets inline.
-    pub fn new(bodies: Bodies, inline_limit: usize) -> Self {
+    pub fn new(store: ObjectStore, inline_limit: usize) -> Self {
         Self {
-            bodies,
+            store,
             inline_limit,
         }
     }
@@ -66,8 +47,7 @@ impl BodyStore {
                 ..Default::default()
             });
         }
-        self.bodies
-            .objects
+        self.store
             .put(name, &mut content.as_slice())
             .await
             .map_err(|e| storage_error("put", name, e.to_string()))?;
@@ -80,31 +60,14 @@ impl BodyStore {
 
     /// The content `body` refers to, its prefix first.
     pub async fn load(&self, body: &Body) -> Result<Bytes, BusError> {
-        load_body(&self.bodies, body).await
-    }
-
-    /// Stores an inline body of more than [`SHARE_THRESHOLD`] octets once under `key` (the
-    /// queue id) and returns the reference to it; any other body is returned as it is.
-    /// Storing again under the same key replaces the body (a redelivered message).
-    pub async fn share(&self, bus: &Bus, key: &str, body: Body) -> Result<Body, BusError> {
-        match body.location {
-            Some(Location::Inline(content)) if content.len() > SHARE_THRESHOLD => {
-                bus.publish(names::body(key), &format!("body.{key}"), content)
-                    .await?;
-                Ok(Body {
-                    location: Some(Location::Shared(key.to_string())),
-                    ..body
-                })
-            }
-            _ => Ok(body),
-        }
+        load_body(&self.store, body).await
     }
 
     /// Starts writing the body of message `name` into the object store while it arrives.
     pub fn spool(&self, name: &str) -> Spool {
         let (writer, mut reader) = tokio::io::duplex(PIPE_BUFFER);
         let (commit, committed) = oneshot::channel::<()>();
-        let (store, object) = (self.bodies.objects.clone(), name.to_string());
+        let (store, object) = (self.store.clone(), name.to_string());
         let upload = tokio::spawn(async move {
             let put = store.put(object.as_str(), &mut reader).await;
             drop(reader);
@@ -220,36 +183,13 @@ impl Spool {
     }
 }
 
-/// Removes the shared body `key` (its message is done); nothing when there is none.
-pub async fn unshare(bodies: &Bodies, key: &str) -> Result<(), BusError> {
-    bodies
-        .shared
-        .purge()
-        .filter(names::body(key))
-        .await
-        .map(|_| ())
-        .map_err(|e| storage_error("purge", key, e.to_string()))
-}
-
 /// Returns the content a [`Body`] refers to, its prefix first.
-pub async fn load_body(bodies: &Bodies, body: &Body) -> Result<Bytes, BusError> {
+pub async fn load_body(store: &ObjectStore, body: &Body) -> Result<Bytes, BusError> {
     let stored = match &body.location {
         Some(Location::Inline(b)) => b.clone(),
-        Some(Location::Shared(key)) => {
-            bodies
-                .shared
-                .direct_get_last_for_subject(names::body(key))
-                .await
-                .map_err(|e| storage_error("get", key, e.to_string()))?
-                .payload
-        }
         Some(Location::Object(name)) => {
             let err = |e: String| storage_error("get", name, e);
-            let mut object = bodies
-                .objects
-                .get(name)
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            let mut object = store.get(name).await.map_err(|e| err(e.to_string()))?;
             let mut buf = Vec::with_capacity(usize::try_from(body.size).unwrap_or(0));
             buf.extend_from_slice(&body.prefix);
             object

@@ -19,7 +19,7 @@ mod consume;
 mod kv;
 mod topology;
 
-pub use body::{Bodies, BodyStore, SHARE_THRESHOLD, Spool, load_body, unshare};
+pub use body::{BodyStore, Spool, load_body};
 pub use connect::{Bus, BusError};
 pub use consume::{ConsumerSpec, consume};
 pub use kv::{compare_and_set, key_token};

@@ -5,7 +5,6 @@ use std::time::Duration;
 use async_nats::jetstream::{kv, object_store, stream};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Bodies;
 use crate::connect::{Bus, BusError};
 
 /// Names of streams, buckets, subjects and consumers.
@@ -29,8 +28,6 @@ pub mod names {
     pub const QUARANTINE_BUCKET: &str = "quarantine";
     /// Bodies too large to travel inline.
     pub const BODIES_STORE: &str = "mail-bodies";
-    /// Bodies stored once for the delivery jobs that refer to them.
-    pub const MAIL_BODIES: &str = "MAIL_BODIES";
     /// The durable consumer of the route stage on `MAIL_IN`.
     pub const ROUTE_CONSUMER: &str = "route";
     /// The durable consumer shared by every relay replica on `MAIL_OUT`.
@@ -69,11 +66,6 @@ pub mod names {
         format!("mail.out.{shard}")
     }
 
-    /// The subject of a shared body.
-    pub fn body(key: &str) -> String {
-        format!("mail.bodies.{key}")
-    }
-
     /// The subject of the events of recipient `index` of a message: the last message on it
     /// is that recipient's current state.
     pub fn event(queue_id: &str, index: u32) -> String {
@@ -91,8 +83,8 @@ pub struct Topology {
     pub status: kv::Store,
     /// KV `directory`.
     pub directory: kv::Store,
-    /// Where bodies too large to travel inline live.
-    pub bodies: Bodies,
+    /// Object store `mail-bodies`.
+    pub bodies: object_store::ObjectStore,
     /// KV `quarantine`.
     pub quarantine: kv::Store,
     /// Stream `MAIL_EVENTS`, for reading recipients' latest events.
@@ -178,29 +170,6 @@ impl Topology {
                 })
                 .await
                 .map_err(|e| setup(names::BODIES_STORE, e))?,
-        };
-        // Shared bodies are removed once their message is done; the age limit only
-        // catches those a crash left behind.
-        js.create_or_update_stream(stream::Config {
-            name: names::MAIL_BODIES.into(),
-            subjects: vec!["mail.bodies.>".into()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            max_age: retention,
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(names::MAIL_BODIES, e))?;
-        let shared = js
-            .get_stream(names::MAIL_BODIES)
-            .await
-            .map_err(|e| setup(names::MAIL_BODIES, e))?;
-        let bodies = Bodies {
-            objects: bodies,
-            shared,
         };
         // Buckets made before a retention change keep theirs unless updated.
         for bucket in [names::STATUS_BUCKET, names::QUARANTINE_BUCKET] {

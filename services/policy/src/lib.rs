@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
     let quarantine = quarantine::Quarantine::new(
         topology.quarantine.clone(),
         topology.status.clone(),
-        topology.bodies.objects.clone(),
+        topology.bodies.clone(),
         bus.clone(),
     );
     let hostname = config.ingress.hostname.clone();

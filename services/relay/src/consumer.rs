@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
-use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names, unshare};
-use mailflow_proto::v1::{DeliveryJob, RecipientState, body::Location};
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
+use mailflow_proto::v1::{DeliveryJob, RecipientState};
 use mailflow_runtime::config::Transport;
 use prost::Message;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,8 +29,8 @@ pub struct Consumer {
     pub bus: Bus,
     /// Status records.
     pub status: StatusBook,
-    /// Stored bodies (object store and shared ones).
-    pub bodies: mailflow_bus::Bodies,
+    /// Bodies in the object store.
+    pub bodies: async_nats::jetstream::object_store::ObjectStore,
     /// Does the delivering.
     pub deliverer: Deliverer,
     /// Jobs at once.
@@ -91,7 +90,7 @@ impl Consumer {
         let transport = self.deliverer.transport(&job);
         let limited = !matches!(transport, Transport::Maildir(_))
             && !self.deliverer.known_unreachable(&job, &transport);
-        let permit = if limited {
+        let _permit = if limited {
             match self
                 .destinations
                 .acquire(&job.domain, destination::WAIT)
@@ -110,9 +109,7 @@ impl Consumer {
         // extra task per job).
         let every = self.ack_wait / 3;
         let span = tracing::info_span!("delivery", queue_id = %job.queue_id, domain = %job.domain, attempt);
-        let work = self
-            .work(&job, &transport, attempt, permit)
-            .instrument(span);
+        let work = self.work(&job, &transport, attempt).instrument(span);
         tokio::pin!(work);
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let result = loop {
@@ -175,15 +172,12 @@ impl Consumer {
         }
     }
 
-    /// One attempt; `Ok(true)` when some recipients were deferred. `permit`, the
-    /// destination's concurrency slot, is given back as soon as the exchanger has answered:
-    /// recording the outcome does not hold up the next delivery to the destination.
+    /// One attempt; `Ok(true)` when some recipients were deferred.
     async fn work(
         &self,
         job: &DeliveryJob,
         transport: &Transport,
         attempt: u32,
-        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<bool, BusError> {
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
         // (a retry, or a redelivery after a crash) skip recipients already done.
@@ -220,7 +214,6 @@ impl Consumer {
             .deliverer
             .deliver(transport, job, &pending, content.clone())
             .await;
-        drop(permit);
         let age = age_of(job.received_at, SystemTime::now());
         let mut delayed = Vec::new();
         let mut results: Vec<(u32, String, _)> = pending
@@ -299,32 +292,9 @@ impl Consumer {
                 }
             }
         }
-        let done = results.iter().all(|(_, _, o)| is_final(o.state));
-        if let Some(Location::Shared(key)) = &body.location
-            && done
-        {
-            self.release_body(&job.queue_id, key).await;
-        }
         Ok(results
             .iter()
             .any(|(_, _, o)| o.state == RecipientState::Deferred))
-    }
-
-    /// Removes the shared body `key` once every recipient of the message is final (its
-    /// other jobs included). Of two jobs finishing at once, the one reading last sees both.
-    /// A body left behind (a failure here) expires with the history.
-    async fn release_body(&self, queue_id: &str, key: &str) {
-        let finished = match self.status.get(queue_id).await {
-            Ok(Some(s)) => s.recipients.iter().all(|r| is_final(r.state())),
-            Ok(None) => true,
-            Err(e) => {
-                tracing::warn!(queue_id, error = %e, "status unreadable; the shared body stays until it expires");
-                false
-            }
-        };
-        if finished && let Err(e) = unshare(&self.bodies, key).await {
-            tracing::warn!(queue_id, error = %e, "shared body not removed; it expires with the history");
-        }
     }
 }
 

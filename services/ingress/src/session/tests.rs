@@ -212,7 +212,7 @@ impl Backend for TestBackend {
             Some(Location::Object(name)) => {
                 Bytes::from(self.spools.lock().unwrap().stored[name].clone())
             }
-            other => panic!("the ingress never makes a body {other:?}"),
+            None => panic!("a message without a body"),
         };
         self.queued.lock().unwrap().push((message, content));
         Ok(())

@@ -185,12 +185,6 @@ impl RouteStage {
             return Ok(());
         }
         self.report_failures(&msg, &recipients).await?;
-        // The jobs refer to one stored copy of a larger body instead of each carrying it.
-        if recipients.iter().any(|r| r.failure.is_none())
-            && let Some(body) = msg.body.take()
-        {
-            msg.body = Some(self.bodies.share(&self.bus, &msg.queue_id, body).await?);
-        }
         let mut jobs = split(&msg, &recipients, &local, self.shards);
         for (_, job) in &mut jobs {
             job.message_id = headline.message_id.clone();

@@ -47,7 +47,7 @@ pub struct QueueService {
     /// Our name, for notices of cancelled mail.
     pub hostname: String,
     /// Bodies, for the notices of cancelled mail.
-    pub bodies: mailflow_bus::Bodies,
+    pub bodies: async_nats::jetstream::object_store::ObjectStore,
 }
 
 /// A queue id is a ULID: 26 characters of Crockford base32.
