@@ -13,6 +13,7 @@ use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
 use mailflow_proto::v1::{DeliveryJob, RecipientState};
 use mailflow_runtime::config::Transport;
 use prost::Message;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -90,7 +91,7 @@ impl Consumer {
         let transport = self.deliverer.transport(&job);
         let limited = !matches!(transport, Transport::Maildir(_))
             && !self.deliverer.known_unreachable(&job, &transport);
-        let _permit = if limited {
+        let permit = if limited {
             match self
                 .destinations
                 .acquire(&job.domain, destination::WAIT)
@@ -109,7 +110,9 @@ impl Consumer {
         // extra task per job).
         let every = self.ack_wait / 3;
         let span = tracing::info_span!("delivery", queue_id = %job.queue_id, domain = %job.domain, attempt);
-        let work = self.work(&job, &transport, attempt).instrument(span);
+        let work = self
+            .work(&job, &transport, attempt, permit)
+            .instrument(span);
         tokio::pin!(work);
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let result = loop {
@@ -172,12 +175,15 @@ impl Consumer {
         }
     }
 
-    /// One attempt; `Ok(true)` when some recipients were deferred.
+    /// One attempt; `Ok(true)` when some recipients were deferred. `permit`, the
+    /// destination's concurrency slot, is given back as soon as the exchanger has answered:
+    /// recording the outcome does not hold up the next delivery to the destination.
     async fn work(
         &self,
         job: &DeliveryJob,
         transport: &Transport,
         attempt: u32,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<bool, BusError> {
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
         // (a retry, or a redelivery after a crash) skip recipients already done.
@@ -214,6 +220,7 @@ impl Consumer {
             .deliverer
             .deliver(transport, job, &pending, content.clone())
             .await;
+        drop(permit);
         let age = age_of(job.received_at, SystemTime::now());
         let mut delayed = Vec::new();
         let mut results: Vec<(u32, String, _)> = pending
