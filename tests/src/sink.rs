@@ -36,6 +36,16 @@ pub struct Delivered {
     pub helo: String,
 }
 
+impl Delivered {
+    /// The message's Subject field (empty when it has none).
+    pub fn subject(&self) -> String {
+        String::from_utf8_lossy(&self.data)
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
 /// A recording SMTP server.
 #[derive(Clone)]
 pub struct Sink {

@@ -75,14 +75,6 @@ async fn try_send(addr: SocketAddr, subject: &str) -> Option<String> {
     Some(queue_id(&text))
 }
 
-/// The subject line of a delivered message.
-fn subject_of(data: &[u8]) -> String {
-    String::from_utf8_lossy(data)
-        .lines()
-        .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_each_part_under_load_loses_nothing() {
     let mut w = World::start().await;
@@ -139,11 +131,7 @@ async fn killing_each_part_under_load_loses_nothing() {
     let accepted = accepted.lock().unwrap().clone();
     let sink = &w.a;
     let missing = || {
-        let received: HashSet<String> = sink
-            .received()
-            .iter()
-            .map(|d| subject_of(&d.data))
-            .collect();
+        let received: HashSet<String> = sink.received().iter().map(|d| d.subject()).collect();
         accepted
             .keys()
             .filter(|s| !received.contains(*s))
@@ -162,7 +150,7 @@ async fn killing_each_part_under_load_loses_nothing() {
         missing()
     );
     let received = w.a.received();
-    let unique: HashSet<String> = received.iter().map(|d| subject_of(&d.data)).collect();
+    let unique: HashSet<String> = received.iter().map(|d| d.subject()).collect();
     println!(
         "faults: {} messages accepted ({} attempts refused or cut during outages), {} deliveries of {} distinct messages, {} duplicates; {} delivered without a 250 reaching the client",
         accepted.len(),
