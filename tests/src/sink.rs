@@ -146,6 +146,27 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
+    /// How many accepted messages satisfy `f`, counted in place: polling this under load
+    /// does not copy every message received (which would slow the sink's own sessions).
+    pub fn count_where(&self, f: impl Fn(&Delivered) -> bool) -> usize {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| f(d))
+            .count()
+    }
+
+    /// The distinct subjects of the messages accepted so far.
+    pub fn subjects(&self) -> std::collections::HashSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Delivered::subject)
+            .collect()
+    }
+
     /// Messages whose content arrived, including held ones.
     pub fn arrived(&self) -> usize {
         self.arrived.load(Ordering::SeqCst)

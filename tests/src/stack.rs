@@ -395,16 +395,22 @@ command_timeout = "10s"
 
     /// `Queue.GetMessage`.
     pub async fn get_message(&self, queue_id: &str) -> Result<MessageStatus, tonic::Status> {
-        let mut client = QueueClient::connect(format!("http://{}", self.queue))
+        self.queue_client()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        client
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
             .get_message(GetMessageRequest {
                 queue_id: queue_id.into(),
                 ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// A client of the relay's Queue service (one connection, for many calls).
+    pub async fn queue_client(
+        &self,
+    ) -> Result<QueueClient<tonic::transport::Channel>, tonic::transport::Error> {
+        QueueClient::connect(format!("http://{}", self.queue)).await
     }
 
     /// Waits until every recipient of `queue_id` is in `state`, and returns the record.

@@ -131,7 +131,7 @@ async fn killing_each_part_under_load_loses_nothing() {
     let accepted = accepted.lock().unwrap().clone();
     let sink = &w.a;
     let missing = || {
-        let received: HashSet<String> = sink.received().iter().map(|d| d.subject()).collect();
+        let received = sink.subjects();
         accepted
             .keys()
             .filter(|s| !received.contains(*s))

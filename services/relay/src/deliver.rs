@@ -435,10 +435,7 @@ impl Deliverer {
             }
         }
         // No server answered at all: leave the destination alone for a while.
-        let silent = matches!(
-            last_failure,
-            Some((_, HostFailure::Connect { .. } | HostFailure::Lost { .. }, _))
-        );
+        let silent = last_failure.as_ref().is_some_and(|(_, f, _)| f.silent());
         let outcome = match last_failure {
             Some((host, HostFailure::Refused { addr, reply }, _)) => {
                 Outcome::from_reply(&reply, &host, addr, None)

@@ -223,7 +223,7 @@ pub(super) async fn open(
         addr,
         timeout: config.command_timeout,
     };
-    let greeting = conn.read_reply("reading the greeting").await?;
+    let greeting = conn.read_reply(super::GREETING).await?;
     if greeting.code != 220 {
         let _ = conn.command("QUIT", "QUIT").await;
         return Err(conn.refused(greeting));

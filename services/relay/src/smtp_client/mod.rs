@@ -72,6 +72,9 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The stage of a session before the server has said anything.
+pub const GREETING: &str = "reading the greeting";
+
 /// Why the transaction failed as a whole (before any recipient got its own answer).
 #[derive(Debug, thiserror::Error)]
 pub enum HostFailure {
@@ -151,6 +154,19 @@ pub enum HostFailure {
         /// The address.
         addr: SocketAddr,
     },
+}
+
+impl HostFailure {
+    /// True when the server never answered: the connection failed, or it gave no
+    /// greeting. Only such a failure says the destination is down (Postfix's dead hosts); a
+    /// session lost later is one message's failure.
+    pub fn silent(&self) -> bool {
+        match self {
+            HostFailure::Connect { .. } => true,
+            HostFailure::Lost { stage, .. } => *stage == GREETING,
+            _ => false,
+        }
+    }
 }
 
 /// How long an idle connection is kept for the next message to the same address (Postfix
@@ -248,4 +264,27 @@ async fn finish(
         }
     }
     result.map(|replies| (replies, tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_server_that_never_answered_is_silent() {
+        let addr = SocketAddr::from(([192, 0, 2, 1], 25));
+        let lost = |stage| HostFailure::Lost {
+            addr,
+            stage,
+            reason: "timeout".into(),
+        };
+        let refused = HostFailure::Connect {
+            addr,
+            reason: "connection refused".into(),
+        };
+        assert!(refused.silent());
+        assert!(lost(GREETING).silent());
+        assert!(!lost("waiting for the end of data reply").silent());
+        assert!(!lost("MAIL FROM").silent());
+    }
 }
