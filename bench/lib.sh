@@ -142,12 +142,23 @@ make_certificate() {
     chmod 644 "$WORK/tls.key"
 }
 
+# postfix_queue_files [FIND ACTION...]: the message files in the private instance's queue
+# (printed, or what the find actions given do with them).
+postfix_queue_files() {
+    find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" \
+        -type f "$@" 2>/dev/null
+}
+
+# postfix_queued: messages in the private Postfix instance's queue.
+postfix_queued() {
+    postfix_queue_files | wc -l
+}
+
 # restart_postfix: stops the private instance, empties its queue, and starts it again
 # (fresh processes, so peak memory is per case).
 restart_postfix() {
     postfix -c "$PF" stop >/dev/null 2>&1 || true
-    find "$PF/queue/incoming" "$PF/queue/active" "$PF/queue/deferred" "$PF/queue/maildrop" \
-        -type f -delete 2>/dev/null || true
+    postfix_queue_files -delete || true
     postfix -c "$PF" start >/dev/null 2>&1
     wait_port "$PF_PORT"
 }

@@ -255,7 +255,7 @@ command_timeout = "10s"
     }
 
     /// The log file of the replica of `name` whose main address is `addr`.
-    pub fn replica_log(&self, name: &str, addr: SocketAddr) -> PathBuf {
+    fn replica_log(&self, name: &str, addr: SocketAddr) -> PathBuf {
         self.dir
             .path()
             .join(format!("{name}-replica-{}.log", addr.port()))
