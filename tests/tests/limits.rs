@@ -166,10 +166,12 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
     assert!(got.data.len() > body.len());
     assert!(got.data.ends_with(body.as_bytes()), "content differs");
     // The body streamed through the ingress into the object store: the ingress never held
-    // it whole (that alone would add 40 MB to its peak).
+    // it whole (that alone would add 40 MB to its peak). What it does add is the chunks in
+    // flight and the allocator's slack: mimalloc keeps freed pages in per-thread segments
+    // for reuse, which shows as 8 to 10 MB here.
     let grown = w.stack.peak_rss(INGRESS) - before;
     assert!(
-        grown < 8 * 1024 * 1024,
+        grown < 16 * 1024 * 1024,
         "ingress peak RSS grew by {} kB while receiving a 40 MB message",
         grown >> 10
     );

@@ -1,5 +1,8 @@
 //! `mailflow-ingress`: the SMTP server.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     mailflow_runtime::service::main(
         |c| mailflow_runtime::service::Process {
