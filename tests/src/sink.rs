@@ -233,7 +233,7 @@ impl Sink {
         // One buffered stream for reading lines and writing replies.
         let mut r = BufReader::new(stream);
         if !tls {
-            r.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+            say(&mut r, b"220 sink.test ESMTP test sink\r\n").await?;
         }
         let mut from = String::new();
         let mut rcpts = Vec::new();
@@ -306,13 +306,12 @@ impl Sink {
             } else if upper.starts_with("STARTTLS") && !tls {
                 let acceptor = self.starttls.lock().unwrap().clone();
                 let Some(acceptor) = acceptor else {
-                    r.write_all(b"502 5.5.1 Error: command not implemented\r\n")
-                        .await?;
+                    say(&mut r, b"502 5.5.1 Error: command not implemented\r\n").await?;
                     continue;
                 };
-                r.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                say(&mut r, b"220 2.0.0 Ready to start TLS\r\n").await?;
                 let StartTls::Working(acceptor) = acceptor else {
-                    r.write_all(b"this is not a TLS server hello\r\n").await?;
+                    say(&mut r, b"this is not a TLS server hello\r\n").await?;
                     return Ok(());
                 };
                 let encrypted = acceptor.accept(r.into_inner()).await?;
@@ -339,7 +338,7 @@ impl Sink {
             } else if upper.starts_with("DATA") && rcpts.is_empty() {
                 "554 5.5.1 Error: no valid recipients\r\n".into()
             } else if upper.starts_with("DATA") {
-                r.write_all(b"354 go ahead\r\n").await?;
+                say(&mut r, b"354 go ahead\r\n").await?;
                 let mut data = Vec::new();
                 loop {
                     let mut l = Vec::new();
@@ -370,7 +369,7 @@ impl Sink {
                 });
                 format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
             } else if upper.starts_with("QUIT") {
-                r.write_all(b"221 2.0.0 Bye\r\n").await?;
+                say(&mut r, b"221 2.0.0 Bye\r\n").await?;
                 return Ok(());
             } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
                 rcpts.clear();
@@ -378,9 +377,16 @@ impl Sink {
             } else {
                 "502 5.5.2 Error: command not recognized\r\n".into()
             };
-            r.write_all(reply.as_bytes()).await?;
+            say(&mut r, reply.as_bytes()).await?;
         }
     }
+}
+
+/// Writes a reply and flushes it: a TLS stream keeps what the socket did not take until
+/// flushed.
+async fn say(w: &mut (impl tokio::io::AsyncWrite + Unpin), reply: &[u8]) -> std::io::Result<()> {
+    w.write_all(reply).await?;
+    w.flush().await
 }
 
 /// A TLS server configuration with a fresh self-signed certificate for `sink.test`.

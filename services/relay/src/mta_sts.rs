@@ -153,6 +153,8 @@ impl MtaSts {
                 tls.write_all(http::request(domain).as_bytes())
                     .await
                     .map_err(|e| io(&e))?;
+                // A TLS stream may keep what the socket did not take until flushed.
+                tls.flush().await.map_err(|e| io(&e))?;
                 let mut response = Vec::new();
                 match (&mut tls)
                     .take(MAX_RESPONSE)

@@ -110,12 +110,19 @@ impl Conn {
         }
     }
 
+    /// Writes `data` and flushes it. The flush matters over TLS: a TLS stream keeps the
+    /// records the socket could not take yet until it is written again or flushed, so
+    /// without it the end of a message could stay here while we wait for the reply to it.
     pub(super) async fn send(
         &mut self,
         data: &[u8],
         stage: &'static str,
     ) -> Result<(), HostFailure> {
-        match tokio::time::timeout(self.timeout, self.stream.write_all(data)).await {
+        let written = async {
+            self.stream.write_all(data).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.timeout, written).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.lost(stage, e)),
             Err(_) => Err(self.lost(stage, "timeout")),
@@ -328,4 +335,74 @@ async fn starttls(
         },
         info,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::TcpSocket;
+
+    use super::*;
+
+    /// A TLS connection over loopback whose sockets take little at a time, and the server's
+    /// end of it.
+    async fn narrow_tls_pair() -> (Conn, tokio_rustls::server::TlsStream<TcpStream>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        // Small buffers at both ends: the client's writes soon find the socket full.
+        let listening = TcpSocket::new_v4().unwrap();
+        listening.set_recv_buffer_size(4096).unwrap();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(socket.connect(addr), listener.accept());
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let name = super::super::tls::server_name("mx.test", addr);
+        let (client, server) = tokio::join!(
+            super::super::tls::opportunistic().connect(name, client.unwrap()),
+            acceptor.accept(accepted.unwrap().0)
+        );
+        let conn = Conn {
+            stream: Stream::Tls(Box::new(client.unwrap())),
+            buf: BytesMut::new(),
+            decoder: ReplyDecoder::default(),
+            addr,
+            timeout: Duration::from_secs(5),
+        };
+        (conn, server.unwrap())
+    }
+
+    /// What `send` wrote is on the wire when it returns, also when the socket could not
+    /// take it all at once: TLS keeps the rest until flushed, and the exchanger would wait
+    /// for the end of the data while we waited for its reply.
+    #[tokio::test]
+    async fn send_over_tls_leaves_nothing_behind() {
+        let (mut conn, mut server) = narrow_tls_pair().await;
+        let data = vec![b'x'; 1024 * 1024];
+        let len = data.len();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; len];
+            server.read_exact(&mut got).await.map(|_| got)
+        });
+        conn.send(&data, "sending message body").await.unwrap();
+        // Nothing drives the client's side any more: what it kept back never arrives.
+        let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        let Ok(Ok(Ok(got))) = got else {
+            panic!("the server did not get all that send wrote");
+        };
+        assert!(got == data);
+        drop(conn);
+    }
 }
