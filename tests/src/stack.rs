@@ -395,15 +395,11 @@ command_timeout = "10s"
 
     /// `Queue.GetMessage`.
     pub async fn get_message(&self, queue_id: &str) -> Result<MessageStatus, tonic::Status> {
-        self.queue_client()
+        let client = self
+            .queue_client()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .get_message(GetMessageRequest {
-                queue_id: queue_id.into(),
-                ..Default::default()
-            })
-            .await
-            .map(tonic::Response::into_inner)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        get_message_over(client, queue_id).await
     }
 
     /// A client of the relay's Queue service (one connection, for many calls).
@@ -505,4 +501,19 @@ pub fn write_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     std::fs::write(&cert, generated.cert.pem()).unwrap();
     std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
     (cert, key)
+}
+
+/// `Queue.GetMessage` over a client already connected (see [`Stack::queue_client`]), for
+/// many calls on one connection.
+pub async fn get_message_over(
+    mut client: QueueClient<tonic::transport::Channel>,
+    queue_id: &str,
+) -> Result<MessageStatus, tonic::Status> {
+    client
+        .get_message(GetMessageRequest {
+            queue_id: queue_id.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mailflow_proto::v1::{GetMessageRequest, RecipientState};
+use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::SmtpClient;
-use mailflow_tests::stack::{INGRESS, RELAY};
+use mailflow_tests::stack::{INGRESS, RELAY, get_message_over};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -148,20 +148,8 @@ async fn two_ingresses_and_three_relays_share_the_work_and_lose_nothing() {
     let queue = w.stack.queue_client().await.unwrap();
     let states: Vec<RecipientState> = futures::stream::iter(&ids)
         .map(|id| {
-            let mut queue = queue.clone();
-            async move {
-                let request = GetMessageRequest {
-                    queue_id: id.clone(),
-                    ..Default::default()
-                };
-                queue
-                    .get_message(request)
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .recipients[0]
-                    .state()
-            }
+            let queue = queue.clone();
+            async move { get_message_over(queue, id).await.unwrap().recipients[0].state() }
         })
         .buffer_unordered(16)
         .collect()
