@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::{ClientConfig, HostFailure};
+use super::{ClientConfig, HostFailure, Stage};
 
 /// The socket, before or after STARTTLS.
 pub(super) enum Stream {
@@ -81,7 +81,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    fn lost(&self, stage: &'static str, reason: impl ToString) -> HostFailure {
+    fn lost(&self, stage: Stage, reason: impl ToString) -> HostFailure {
         HostFailure::Lost {
             addr: self.addr,
             stage,
@@ -89,10 +89,7 @@ impl Conn {
         }
     }
 
-    pub(super) async fn read_reply(
-        &mut self,
-        stage: &'static str,
-    ) -> Result<ServerReply, HostFailure> {
+    pub(super) async fn read_reply(&mut self, stage: Stage) -> Result<ServerReply, HostFailure> {
         loop {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(r)) => return Ok(r),
@@ -113,11 +110,7 @@ impl Conn {
     /// Writes `data` and flushes it. The flush matters over TLS: a TLS stream keeps the
     /// records the socket could not take yet until it is written again or flushed, so
     /// without it the end of a message could stay here while we wait for the reply to it.
-    pub(super) async fn send(
-        &mut self,
-        data: &[u8],
-        stage: &'static str,
-    ) -> Result<(), HostFailure> {
+    pub(super) async fn send(&mut self, data: &[u8], stage: Stage) -> Result<(), HostFailure> {
         let written = async {
             self.stream.write_all(data).await?;
             self.stream.flush().await
@@ -132,10 +125,15 @@ impl Conn {
     pub(super) async fn command(
         &mut self,
         line: &str,
-        stage: &'static str,
+        stage: Stage,
     ) -> Result<ServerReply, HostFailure> {
         self.send(format!("{line}\r\n").as_bytes(), stage).await?;
         self.read_reply(stage).await
+    }
+
+    /// Says goodbye; a courtesy only, whose outcome nothing depends on.
+    pub(super) async fn quit(&mut self) {
+        let _ = self.command("QUIT", Stage::Quit).await;
     }
 
     pub(super) fn refused(&self, reply: ServerReply) -> HostFailure {
@@ -147,8 +145,12 @@ impl Conn {
 
     /// EHLO (HELO when refused), or LHLO; returns the extension keywords, upper case.
     async fn hello(&mut self, helo: &str, lmtp: bool) -> Result<Vec<String>, HostFailure> {
-        let verb = if lmtp { "LHLO" } else { "EHLO" };
-        let ehlo = self.command(&format!("{verb} {helo}"), verb).await?;
+        let (verb, stage) = if lmtp {
+            ("LHLO", Stage::Lhlo)
+        } else {
+            ("EHLO", Stage::Ehlo)
+        };
+        let ehlo = self.command(&format!("{verb} {helo}"), stage).await?;
         if ehlo.is_success() {
             return Ok(ehlo
                 .lines
@@ -158,12 +160,12 @@ impl Conn {
                 .collect());
         }
         if lmtp {
-            let _ = self.command("QUIT", "QUIT").await;
+            self.quit().await;
             return Err(self.refused(ehlo));
         }
-        let reply = self.command(&format!("HELO {helo}"), "HELO").await?;
+        let reply = self.command(&format!("HELO {helo}"), Stage::Helo).await?;
         if !reply.is_success() {
-            let _ = self.command("QUIT", "QUIT").await;
+            self.quit().await;
             return Err(self.refused(reply));
         }
         Ok(Vec::new())
@@ -230,21 +232,21 @@ pub(super) async fn open(
         addr,
         timeout: config.command_timeout,
     };
-    let greeting = conn.read_reply(super::GREETING).await?;
+    let greeting = conn.read_reply(Stage::Greeting).await?;
     if greeting.code != 220 {
-        let _ = conn.command("QUIT", "QUIT").await;
+        conn.quit().await;
         return Err(conn.refused(greeting));
     }
     let mut extensions = conn.hello(config.helo, config.lmtp).await?;
     let mut session = None;
     if config.verified.is_some() && !has(&extensions, "STARTTLS") {
-        let _ = conn.command("QUIT", "QUIT").await;
+        conn.quit().await;
         return Err(HostFailure::TlsRequired { addr });
     }
     if tls && has(&extensions, "STARTTLS") {
-        let reply = conn.command("STARTTLS", "STARTTLS").await?;
+        let reply = conn.command("STARTTLS", Stage::StartTls).await?;
         if reply.code != 220 && config.verified.is_some() {
-            let _ = conn.command("QUIT", "QUIT").await;
+            conn.quit().await;
             return Err(HostFailure::TlsRequired { addr });
         }
         // Otherwise a refusal (454) leaves the session in plaintext: opportunistic TLS.
@@ -294,11 +296,13 @@ async fn authenticate(
         "\0{}\0{}",
         credentials.username, credentials.password
     ));
-    let reply = conn.command(&format!("AUTH PLAIN {token}"), "AUTH").await?;
+    let reply = conn
+        .command(&format!("AUTH PLAIN {token}"), Stage::Auth)
+        .await?;
     if reply.code == 235 {
         Ok(())
     } else {
-        let _ = conn.command("QUIT", "QUIT").await;
+        conn.quit().await;
         Err(failed(format!("{} {}", reply.code, reply.text())))
     }
 }
@@ -396,7 +400,7 @@ mod tests {
             let mut got = vec![0u8; len];
             server.read_exact(&mut got).await.map(|_| got)
         });
-        conn.send(&data, "sending message body").await.unwrap();
+        conn.send(&data, Stage::Body).await.unwrap();
         // Nothing drives the client's side any more: what it kept back never arrives.
         let got = tokio::time::timeout(Duration::from_secs(5), reader).await;
         let Ok(Ok(Ok(got))) = got else {

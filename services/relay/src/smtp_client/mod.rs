@@ -2,6 +2,7 @@
 //! one, encrypted with STARTTLS whenever the server offers it.
 
 mod conn;
+mod stage;
 pub mod tls;
 mod transaction;
 
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use mailflow_proto::v1::TlsInfo;
 use mailflow_smtp::ServerReply;
 use tokio_rustls::TlsConnector;
+
+pub use stage::Stage;
 
 use conn::{Ready, open};
 use transaction::transaction;
@@ -72,9 +75,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The stage of a session before the server has said anything.
-pub const GREETING: &str = "reading the greeting";
-
 /// Why the transaction failed as a whole (before any recipient got its own answer).
 #[derive(Debug, thiserror::Error)]
 pub enum HostFailure {
@@ -92,7 +92,7 @@ pub enum HostFailure {
         /// The address.
         addr: SocketAddr,
         /// What we were doing.
-        stage: &'static str,
+        stage: Stage,
         /// Why.
         reason: String,
     },
@@ -163,7 +163,7 @@ impl HostFailure {
     pub fn silent(&self) -> bool {
         match self {
             HostFailure::Connect { .. } => true,
-            HostFailure::Lost { stage, .. } => *stage == GREETING,
+            HostFailure::Lost { stage, .. } => *stage == Stage::Greeting,
             _ => false,
         }
     }
@@ -228,7 +228,8 @@ pub async fn deliver(
         match transaction(&mut ready, env).await {
             // The server closed the idle connection (or says it will): start afresh.
             Err(HostFailure::Lost {
-                stage: "MAIL FROM", ..
+                stage: Stage::MailFrom,
+                ..
             }) => {}
             Err(HostFailure::Refused { reply, .. }) if reply.code == 421 => {}
             result => return finish(addr, ready, result, cache).await,
@@ -259,8 +260,8 @@ async fn finish(
         Ok(_) => cache.put(addr, ready),
         Err(HostFailure::Lost { .. }) => {}
         Err(_) => {
-            // Courtesy only: the outcome is already decided.
-            let _ = ready.conn.command("QUIT", "QUIT").await;
+            // The outcome is already decided.
+            ready.conn.quit().await;
         }
     }
     result.map(|replies| (replies, tls))
@@ -283,8 +284,8 @@ mod tests {
             reason: "connection refused".into(),
         };
         assert!(refused.silent());
-        assert!(lost(GREETING).silent());
-        assert!(!lost("waiting for the end of data reply").silent());
-        assert!(!lost("MAIL FROM").silent());
+        assert!(lost(Stage::Greeting).silent());
+        assert!(!lost(Stage::EndOfData).silent());
+        assert!(!lost(Stage::MailFrom).silent());
     }
 }

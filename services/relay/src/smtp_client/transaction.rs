@@ -5,7 +5,7 @@
 use mailflow_smtp::{ServerReply, dot};
 
 use super::conn::{Conn, Ready};
-use super::{Envelope, HostFailure};
+use super::{Envelope, HostFailure, Stage};
 
 /// One transaction from MAIL FROM to the reply to the end of data, leaving the connection
 /// ready for the next one.
@@ -57,14 +57,14 @@ pub(super) async fn transaction(
     if data_accepted && !(mail_reply.is_success() && any_rcpt) {
         // A server that said 354 although nothing was accepted (RFC 2920 §3.1): end the
         // empty message; it has no recipients, so nothing is delivered.
-        conn.send(b".\r\n", "ending an empty message").await?;
-        conn.read_reply("waiting for the end of data reply").await?;
+        conn.send(b".\r\n", Stage::EmptyMessage).await?;
+        conn.read_reply(Stage::EmptyMessage).await?;
     }
     if !mail_reply.is_success() {
         return Err(conn.refused(mail_reply));
     }
     if !any_rcpt {
-        let reset = conn.command("RSET", "RSET").await?;
+        let reset = conn.command("RSET", Stage::Reset).await?;
         if !reset.is_success() {
             return Err(conn.refused(reset));
         }
@@ -82,20 +82,19 @@ pub(super) async fn transaction(
     }
     let mut encoded = Vec::new();
     dot::encode(env.body, &mut encoded);
-    conn.send(&encoded, "sending message body").await?;
+    conn.send(&encoded, Stage::Body).await?;
     if ready.lmtp {
         let mut out = Vec::with_capacity(replies.len());
         for r in replies {
             out.push(if r.is_success() {
-                conn.read_reply("waiting for a recipient's end of data reply")
-                    .await?
+                conn.read_reply(Stage::RecipientEndOfData).await?
             } else {
                 r
             });
         }
         return Ok(out);
     }
-    let fin = conn.read_reply("waiting for the end of data reply").await?;
+    let fin = conn.read_reply(Stage::EndOfData).await?;
     Ok(replies
         .into_iter()
         .map(|r| if r.is_success() { fin.clone() } else { r })
@@ -120,13 +119,13 @@ async fn pipelined_envelope(
         batch.push_str(line);
         batch.push_str("\r\n");
     }
-    conn.send(batch.as_bytes(), "MAIL FROM").await?;
-    let mail_reply = conn.read_reply("MAIL FROM").await?;
+    conn.send(batch.as_bytes(), Stage::MailFrom).await?;
+    let mail_reply = conn.read_reply(Stage::MailFrom).await?;
     let mut replies = Vec::with_capacity(rcpts.len());
     for _ in rcpts {
-        replies.push(conn.read_reply("RCPT TO").await?);
+        replies.push(conn.read_reply(Stage::RcptTo).await?);
     }
-    let data = conn.read_reply("DATA").await?;
+    let data = conn.read_reply(Stage::Data).await?;
     Ok((mail_reply, replies, Some(data)))
 }
 
@@ -137,17 +136,17 @@ async fn stepwise_envelope(
     mail: &str,
     rcpts: &[String],
 ) -> Result<EnvelopeReplies, HostFailure> {
-    let mail_reply = conn.command(mail, "MAIL FROM").await?;
+    let mail_reply = conn.command(mail, Stage::MailFrom).await?;
     if !mail_reply.is_success() {
         return Ok((mail_reply, Vec::new(), None));
     }
     let mut replies = Vec::with_capacity(rcpts.len());
     for rcpt in rcpts {
-        replies.push(conn.command(rcpt, "RCPT TO").await?);
+        replies.push(conn.command(rcpt, Stage::RcptTo).await?);
     }
     if !replies.iter().any(ServerReply::is_success) {
         return Ok((mail_reply, replies, None));
     }
-    let data = conn.command("DATA", "DATA").await?;
+    let data = conn.command("DATA", Stage::Data).await?;
     Ok((mail_reply, replies, Some(data)))
 }
