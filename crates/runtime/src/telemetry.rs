@@ -59,9 +59,18 @@ pub fn init(
     trace: &TraceConfig,
     service: &'static str,
 ) -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // `log.level` was checked when the configuration was read; a bad `RUST_LOG` is said
+    // once the subscriber is up, and the configured level applies.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .map(|directive| EnvFilter::try_new(&directive).map_err(|e| (directive, e)));
+    let (filter, bad_env) = match from_env {
+        Some(Ok(filter)) => (filter, None),
+        other => (
+            EnvFilter::try_new(&log.level.0).unwrap_or_else(|_| EnvFilter::new("info")),
+            other.and_then(Result::err),
+        ),
+    };
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let lines = match log.format {
         LogFormat::Human => lines.boxed(),
@@ -82,6 +91,9 @@ pub fn init(
         .with(lines)
         .with(spans)
         .try_init();
+    if let Some((directive, error)) = bad_env {
+        tracing::warn!(%directive, %error, level = %log.level.0, "RUST_LOG is not a filter directive; using log.level");
+    }
     Ok(Telemetry { provider })
 }
 

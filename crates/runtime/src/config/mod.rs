@@ -98,14 +98,14 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter directive such as `info` or `mailflow_relay=debug,info`; `RUST_LOG`
     /// takes precedence when set.
-    pub level: String,
+    pub level: LogLevel,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Human,
-            level: "info".into(),
+            level: LogLevel("info".into()),
         }
     }
 }
@@ -144,6 +144,41 @@ impl TryFrom<f64> for Ratio {
             Ok(Ratio(value))
         } else {
             Err(format!("{value} is not between 0 and 1"))
+        }
+    }
+}
+
+/// A tracing filter directive, checked when the file is read: a typo is a bad key, not a
+/// service that quietly logs at another level.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LogLevel(pub String);
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match tracing_subscriber::EnvFilter::try_new(&value) {
+            Ok(_) => Ok(LogLevel(value)),
+            Err(e) => Err(format!("`{value}` is not a filter directive: {e}")),
+        }
+    }
+}
+
+/// A count the RFCs give a floor: a smaller value is refused when the file is read rather
+/// than quietly raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "usize")]
+pub struct AtLeast<const MIN: usize>(pub usize);
+
+impl<const MIN: usize> TryFrom<usize> for AtLeast<MIN> {
+    type Error = String;
+
+    fn try_from(value: usize) -> Result<Self, String> {
+        if value >= MIN {
+            Ok(AtLeast(value))
+        } else {
+            Err(format!("{value} is below the minimum of {MIN}"))
         }
     }
 }
@@ -199,10 +234,12 @@ pub struct IngressConfig {
     pub max_connections_per_ip: usize,
     /// The largest message accepted, in octets (advertised with SIZE).
     pub max_message_size: usize,
-    /// Recipients per transaction; more get `452 4.5.3`.
-    pub max_recipients: usize,
-    /// The longest command line, in octets (at least 512).
-    pub max_line_length: usize,
+    /// Recipients per transaction; more get `452 4.5.3`. At least 100, which a server must
+    /// accept (RFC 5321 §4.5.3.1.8).
+    pub max_recipients: AtLeast<100>,
+    /// The longest command line, in octets. At least 512, the longest command RFC 5321
+    /// §4.5.3.1.4 allows.
+    pub max_line_length: AtLeast<512>,
     /// Errors in one session before it is closed with `421`.
     pub hard_error_limit: u32,
     /// How long to wait for a command (RFC 5321 §4.5.3.2: 5 minutes).
@@ -239,8 +276,8 @@ impl Default for IngressConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_message_size: 50 * 1024 * 1024,
-            max_recipients: 100,
-            max_line_length: 2048,
+            max_recipients: AtLeast(100),
+            max_line_length: AtLeast(2048),
             hard_error_limit: 20,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
@@ -629,7 +666,7 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let cfg = parse("", &[]).unwrap();
-        assert_eq!(cfg.ingress.max_recipients, 100);
+        assert_eq!(cfg.ingress.max_recipients, AtLeast(100));
         assert_eq!(cfg.relay.mx_port, 25);
         assert!(cfg.policy.relay_networks.is_empty());
     }
@@ -701,6 +738,36 @@ mod tests {
         let err = parse("[trace]\nsample_ratio = 1.5\n", &[]).unwrap_err();
         assert_eq!(err.problems[0].key, "trace.sample_ratio");
         assert!(err.problems[0].message.contains("between 0 and 1"), "{err}");
+    }
+
+    #[test]
+    fn floors_and_filters_are_checked_when_read() {
+        let err = parse(
+            "[log]\nlevel = \"mailflow=loud\"\n[ingress]\nmax_line_length = 100\nmax_recipients = 99\n",
+            &[],
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = err
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{err}");
+        assert!(
+            found
+                .iter()
+                .any(|(key, message)| *key == "log.level" && message.contains("`mailflow=loud`")),
+            "{err}"
+        );
+        assert!(found.contains(&("ingress.max_line_length", "100 is below the minimum of 512")));
+        assert!(found.contains(&("ingress.max_recipients", "99 is below the minimum of 100")));
+        let cfg = parse(
+            "[log]\nlevel = \"mailflow_relay=debug,info\"\n[ingress]\nmax_line_length = 512\nmax_recipients = 100\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.log.level, LogLevel("mailflow_relay=debug,info".into()));
+        assert_eq!(cfg.ingress.max_line_length, AtLeast(512));
     }
 
     #[test]
