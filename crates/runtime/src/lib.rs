@@ -12,4 +12,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 
-pub use config::{Config, ConfigError, EX_CONFIG};
+pub use config::{Config, ConfigError, EX_USAGE};

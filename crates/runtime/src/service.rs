@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, EX_CONFIG};
+use crate::config::{self, Config, EX_USAGE};
 use crate::{shutdown, telemetry};
 
 /// The command line every service accepts.
@@ -50,7 +50,7 @@ where
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
-            return ExitCode::from(EX_CONFIG as u8);
+            return ExitCode::from(EX_USAGE as u8);
         }
     };
     let settings = process(&config);

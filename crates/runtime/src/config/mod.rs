@@ -6,7 +6,7 @@
 //! it parses as one (`25`, `true`, `["10.0.0.0/8"]`) and as a string otherwise.
 //!
 //! A bad configuration is reported whole: [`load`] keeps going past the first bad key and
-//! returns every problem, and services exit with [`EX_CONFIG`].
+//! returns every problem, and services exit with [`EX_USAGE`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,8 +24,8 @@ mod transport;
 pub use scan::{HeaderRule, Pattern, RuleAction, ScanConfig};
 pub use transport::{Transport, TransportError};
 
-/// The exit code for a bad configuration (EX_USAGE, as the design requires).
-pub const EX_CONFIG: i32 = 64;
+/// The exit code for a bad configuration: sysexits' EX_USAGE, as the design requires.
+pub const EX_USAGE: i32 = 64;
 
 /// The prefix of environment overrides.
 const ENV_PREFIX: &str = "MAILFLOW_";
