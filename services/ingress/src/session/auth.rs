@@ -41,7 +41,14 @@ where
             return Ok(self.refuse(bad_sequence("Error: already authenticated")));
         }
         let mut words = args.split_ascii_whitespace();
-        let Some(mechanism) = words.next().and_then(Mechanism::parse) else {
+        let Some(named) = words.next() else {
+            return Ok(self.refuse(Reply::new(
+                501,
+                EnhancedCode::new(5, 5, 4),
+                "Syntax: AUTH mechanism",
+            )));
+        };
+        let Some(mechanism) = Mechanism::parse(named) else {
             return Ok(self.refuse(Reply::new(
                 504,
                 EnhancedCode::new(5, 5, 4),
@@ -90,7 +97,13 @@ where
                 self.reply(Reply::new(421, EnhancedCode::new(4, 7, 0), text));
                 Flow::Close
             }
-            AuthResult::BadCredentials | AuthResult::Unspecified => {
+            // An answer this version does not know is no verdict on the password.
+            AuthResult::Unspecified => self.refuse(Reply::new(
+                454,
+                EnhancedCode::new(4, 7, 0),
+                "Temporary authentication failure",
+            )),
+            AuthResult::BadCredentials => {
                 metrics::counter!("mailflow_auth_failures_total").increment(1);
                 self.refuse(Reply::new(
                     535,

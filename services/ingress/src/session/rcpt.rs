@@ -4,7 +4,9 @@ use mailflow_proto::v1::{CheckRecipientRequest, verdict::Action};
 use mailflow_smtp::params::RcptParams;
 use mailflow_smtp::{EnhancedCode, Mailbox, Reply};
 
-use super::{Backend, Flow, Session, State, bad_sequence, temporary_failure, verdict_reply};
+use super::{
+    Backend, Chunks, Flow, Session, State, bad_sequence, temporary_failure, verdict_reply,
+};
 
 impl<S, B> Session<S, B>
 where
@@ -16,12 +18,22 @@ where
         let State::Mail(greeting, tx) = &self.state else {
             return self.refuse(bad_sequence("Error: need MAIL command"));
         };
+        // The envelope is fixed once content has started: a recipient added between chunks
+        // would get a copy whose Received field names only the earlier ones.
+        if !matches!(tx.chunks, Chunks::None) {
+            return self.refuse(bad_sequence("Error: RCPT after BDAT"));
+        }
         if tx.rcpts.len() >= self.config.max_recipients {
-            return self.refuse(Reply::new(
+            // Not an error (RFC 5321 §4.5.3.1.10): the client sends the rest in another
+            // transaction. Counting it would close a session that pipelined many recipients
+            // before it could send the message to those accepted (Postfix counts such
+            // replies only past `smtpd_recipient_overshoot_limit`).
+            self.reply(Reply::new(
                 452,
                 EnhancedCode::new(4, 5, 3),
                 "Error: too many recipients",
             ));
+            return Flow::Continue;
         }
         if !to.is_ascii() && !tx.params.smtputf8 {
             return self.refuse(Reply::new(

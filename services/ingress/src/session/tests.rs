@@ -190,15 +190,18 @@ impl Backend for TestBackend {
     ) -> Result<AuthenticateResponse, BackendError> {
         let mut failures = self.auth_failures.lock().unwrap();
         let (result, identity) = if *failures >= 3 {
-            (AuthResult::TooManyFailures, "")
+            (AuthResult::TooManyFailures as i32, "")
         } else if req.username == "user@local.test" && req.password == "secret" {
-            (AuthResult::Ok, "user@local.test")
+            (AuthResult::Ok as i32, "user@local.test")
+        } else if req.username == "newer@local.test" {
+            // A result a later policy service might send.
+            (42, "")
         } else {
             *failures += 1;
-            (AuthResult::BadCredentials, "")
+            (AuthResult::BadCredentials as i32, "")
         };
         Ok(AuthenticateResponse {
-            result: result as i32,
+            result,
             identity: identity.into(),
         })
     }
@@ -495,6 +498,34 @@ async fn recipient_limit_gives_452() {
     c.expect(452, "4.5.3").await;
 }
 
+/// Recipients past the limit are not errors: a client that pipelined more than the hard
+/// error limit of them still sends its message to those accepted.
+#[tokio::test]
+async fn surplus_recipients_do_not_end_the_session() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    let mut batch = "MAIL FROM:<a@remote.test>\r\n".to_string();
+    for i in 0..20 {
+        batch.push_str(&format!("RCPT TO:<u{i}@local.test>\r\n"));
+    }
+    batch.push_str("DATA\r\n");
+    c.send(&batch).await;
+    c.expect(250, "2.1.0").await;
+    for _ in 0..3 {
+        c.expect(250, "2.1.5").await;
+    }
+    for _ in 3..20 {
+        c.expect(452, "4.5.3").await;
+    }
+    c.expect(354, "").await;
+    c.send("hello\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.recipients.len(), 3);
+}
+
 #[tokio::test]
 async fn over_long_line_is_refused_and_the_session_survives() {
     let mut c = start(TestBackend::default());
@@ -744,6 +775,12 @@ async fn auth_refusals() {
     c.ehlo().await;
     c.send("AUTH CRAM-MD5\r\n").await;
     c.expect(504, "5.5.4").await;
+    c.send("AUTH\r\n").await;
+    c.expect(501, "5.5.4").await;
+    // A verdict this version does not know is temporary, not a wrong password.
+    c.send(&format!("AUTH PLAIN {}\r\n", b64("\0newer@local.test\0x")))
+        .await;
+    c.expect(454, "4.7.0").await;
     c.send("AUTH LOGIN\r\n*\r\n").await;
     c.expect(334, "").await;
     c.expect(501, "5.7.0").await;
@@ -856,6 +893,31 @@ async fn bdat_chunks_make_one_message() {
             .1
             .ends_with(b"\r\nSubject: x\r\n\r\n.\r\nabc\r\n\r\n")
     );
+}
+
+/// The envelope is fixed once chunks have started: a later RCPT is a sequence error and the
+/// message goes to the recipients given before.
+#[tokio::test]
+async fn rcpt_after_a_chunk_is_refused() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\nBDAT 4\r\nab\r\nRCPT TO:<v@local.test>\r\nBDAT 3 LAST\r\nc\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(250, "2.0.0").await;
+    c.expect(503, "5.5.1").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert_eq!(queued.len(), 1);
+    let rcpts: Vec<&str> = queued[0]
+        .0
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(rcpts, ["u@local.test"]);
 }
 
 #[tokio::test]
