@@ -201,13 +201,15 @@ fn human_part(out: &mut String, r: &Report<'_>, failed: bool, delayed: bool) {
 fn status_part(out: &mut String, r: &Report<'_>) {
     let _ = write!(out, "Reporting-MTA: dns; {}\r\n", r.reporting_mta);
     let _ = write!(out, "X-Mailflow-Queue-ID: {}\r\n", r.queue_id);
-    if !r.envid.is_empty() {
+    // The ingress refuses control characters in ENVID and ORCPT; a value that has them
+    // anyway (an older record) is left out rather than allowed to start fields of its own.
+    if !r.envid.is_empty() && !r.envid.contains(char::is_control) {
         let _ = write!(out, "Original-Envelope-Id: {}\r\n", r.envid);
     }
     let _ = write!(out, "Arrival-Date: {}\r\n", rfc5322_date(r.arrival));
     for x in &r.recipients {
         out.push_str("\r\n");
-        if !x.original_recipient.is_empty() {
+        if !x.original_recipient.is_empty() && !x.original_recipient.contains(char::is_control) {
             let _ = write!(out, "Original-Recipient: {}\r\n", x.original_recipient);
         }
         let _ = write!(

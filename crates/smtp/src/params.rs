@@ -129,7 +129,9 @@ impl MailParams {
                 ("ENVID", Some(v)) => {
                     let envid =
                         xtext::decode(v).map_err(|_| ParamError::Invalid("ENVID".into()))?;
-                    if envid.len() > 100 {
+                    // Graphic US-ASCII only (RFC 3461 §4.4): the value is copied into
+                    // notifications, where a decoded CR or LF would add fields.
+                    if envid.len() > 100 || !envid.bytes().all(|b| b.is_ascii_graphic()) {
                         return Err(ParamError::Invalid("ENVID".into()));
                     }
                     set_once(&mut out.envid, envid, "ENVID")?;
@@ -158,7 +160,12 @@ impl RcptParams {
                     let (kind, addr) = decoded
                         .split_once(';')
                         .ok_or(ParamError::Invalid("ORCPT".into()))?;
-                    if kind.is_empty() || addr.is_empty() || decoded.len() > 500 {
+                    // No control characters: the value is copied into notifications.
+                    if kind.is_empty()
+                        || addr.is_empty()
+                        || decoded.len() > 500
+                        || decoded.chars().any(char::is_control)
+                    {
                         return Err(ParamError::Invalid("ORCPT".into()));
                     }
                     set_once(&mut out.orcpt, decoded.clone(), "ORCPT")?;
@@ -244,5 +251,28 @@ mod tests {
             RcptParams::parse("ORCPT=nosemicolon"),
             Err(ParamError::Invalid("ORCPT".into()))
         );
+    }
+
+    /// Decoded values end up in notification fields: control characters there could add
+    /// fields of their own.
+    #[test]
+    fn decoded_values_carry_no_control_characters() {
+        for envid in ["x+0D+0AAction:+20delivered", "a+20b", "a+7Fb", "a+00"] {
+            assert_eq!(
+                MailParams::parse(&format!("ENVID={envid}")),
+                Err(ParamError::Invalid("ENVID".into())),
+                "{envid}"
+            );
+        }
+        for orcpt in ["rfc822;a@x.test+0AStatus:+205.0.0", "rfc822;a+09@x.test"] {
+            assert_eq!(
+                RcptParams::parse(&format!("ORCPT={orcpt}")),
+                Err(ParamError::Invalid("ORCPT".into())),
+                "{orcpt}"
+            );
+        }
+        // UTF-8 addresses stay allowed (RFC 6533).
+        let p = RcptParams::parse("ORCPT=utf-8;j+C3+B6rg@x.test").unwrap();
+        assert_eq!(p.orcpt.as_deref(), Some("utf-8;jörg@x.test"));
     }
 }
