@@ -276,12 +276,14 @@ impl Consumer {
             .get(retry::tier(attempt, self.retry_delays.len()))
             .copied()
             .unwrap_or_default();
-        self.status.record(job, attempt, &results, retry_in).await?;
         let reports = notify::owed(job, &results, &delayed);
         if !reports.is_empty() {
-            // The outcomes are recorded; a failure here cannot be retried by redelivering the
-            // job (its recipients are final now), so it is logged loudly instead.
-            match notify::send(
+            // Queued before the outcomes are recorded: once they are, a redelivered job finds
+            // its recipients final and owes nothing, so a notice lost in between would never
+            // be sent. If it cannot be queued, nothing is recorded and the job comes back
+            // for another attempt; a crash between the two steps can make a second notice
+            // (a duplicate, never a loss).
+            let notice = notify::send(
                 &self.bus,
                 &self.deliverer.hostname,
                 job,
@@ -289,16 +291,10 @@ impl Consumer {
                 &content,
                 reports,
             )
-            .await
-            {
-                Ok(notice) => {
-                    tracing::info!(queue_id = %job.queue_id, notice = %notice, "delivery status notification queued")
-                }
-                Err(e) => {
-                    tracing::error!(queue_id = %job.queue_id, error = %e, "delivery status notification not queued")
-                }
-            }
+            .await?;
+            tracing::info!(queue_id = %job.queue_id, notice = %notice, "delivery status notification queued");
         }
+        self.status.record(job, attempt, &results, retry_in).await?;
         Ok(results
             .iter()
             .any(|(_, _, o)| o.state == RecipientState::Deferred))
