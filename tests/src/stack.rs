@@ -480,7 +480,7 @@ pub async fn local_with_zones(
         dns: dns.addr,
         mx_port: 25,
         relay_networks: vec![],
-        relay_extra: String::new(),
+        relay_extra: format!("dnssec_trust_anchor = \"{}\"\n", dns.anchor().display()),
         policy_extra: policy_extra.into(),
         sections: String::new(),
     })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailflow_proto::v1::{MessageStatus, RecipientState};
 
 use crate::client::SmtpClient;
-use crate::dns::{DnsServer, mx_zone, null_mx_zone};
+use crate::dns::{DnsServer, Signing, mx_zone, null_mx_zone};
 use crate::sink::Sink;
 use crate::stack::{Options, Stack};
 use crate::wait;
@@ -36,8 +36,6 @@ pub struct World {
     pub b: Sink,
     /// Kept alive for the relay.
     _dns: DnsServer,
-    /// Holds the DNSSEC trust anchor file of signed zones.
-    _anchor_dir: tempfile::TempDir,
 }
 
 impl World {
@@ -54,9 +52,13 @@ impl World {
 
     /// [`World::start_with_relay`] with more records (zone file lines, where `{mx_port}`
     /// stands for the exchangers' port) in some of the world's zones, each `(zone, lines)`,
-    /// and the zones named in `signed` signed with
-    /// DNSSEC (the relay trusts their keys).
-    pub async fn start_with(relay_extra: &str, records: &[(&str, &str)], signed: &[&str]) -> World {
+    /// and some zones signed with DNSSEC as `signed` says (the others are provably
+    /// unsigned).
+    pub async fn start_with(
+        relay_extra: &str,
+        records: &[(&str, &str)],
+        signed: &[(&str, Signing)],
+    ) -> World {
         Self::build(relay_extra, records, signed, String::new()).await
     }
 
@@ -69,7 +71,7 @@ impl World {
     async fn build(
         relay_extra: &str,
         records: &[(&str, &str)],
-        signed: &[&str],
+        signed: &[(&str, Signing)],
         sections: String,
     ) -> World {
         let (a, b) = Sink::pair(A, B).await;
@@ -92,17 +94,12 @@ impl World {
         }
         let zones: Vec<(&str, String)> =
             zones.iter().map(|(o, t)| (o.as_str(), t.clone())).collect();
-        let (dns, anchors) = DnsServer::start_signed(&zones, signed).await;
-        let anchor_dir = tempfile::tempdir().unwrap();
-        let mut relay_extra = relay_extra.replace("{sink_a}", &a.addr.to_string());
-        if !signed.is_empty() {
-            let path = anchor_dir.path().join("trust-anchor.txt");
-            std::fs::write(&path, anchors).unwrap();
-            relay_extra = format!(
-                "dnssec_trust_anchor = \"{}\"\n{relay_extra}",
-                path.display()
-            );
-        }
+        let dns = DnsServer::start_signed(&zones, signed).await;
+        let relay_extra = format!(
+            "dnssec_trust_anchor = \"{}\"\n{}",
+            dns.anchor().display(),
+            relay_extra.replace("{sink_a}", &a.addr.to_string())
+        );
         let stack = Stack::start(Options {
             dns: dns.addr,
             mx_port: a.addr.port(),
@@ -117,7 +114,6 @@ impl World {
             a,
             b,
             _dns: dns,
-            _anchor_dir: anchor_dir,
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
+use mailflow_tests::dns::Signing;
 use mailflow_tests::pki::TestCa;
 use mailflow_tests::world::World;
 
@@ -23,7 +24,10 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     let w = World::start_with(
         "",
         &[("remote-a.test", &tlsa_a), ("remote-b.test", &tlsa_b)],
-        &["remote-a.test", "remote-b.test"],
+        &[
+            ("remote-a.test", Signing::Signed),
+            ("remote-b.test", Signing::Signed),
+        ],
     )
     .await;
     w.a.offer_starttls_with(acceptor);
@@ -49,4 +53,37 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     let attempts = status.recipients[0].attempts;
     w.deferred_with(&held, attempts + 1, "TLSA").await;
     assert_eq!(w.b.arrived(), 0, "mail left without a matching certificate");
+}
+
+/// A zone whose DNSSEC chain is broken (its parent's DS names another key: forged answers or
+/// a botched rollover) may have had its DANE records stripped: its mail waits, and never
+/// goes in plaintext (RFC 7672 §2.1.1). A provably unsigned zone is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_failing_validation_is_deferred_and_an_unsigned_one_is_not() {
+    let w = World::start_with("", &[], &[("remote-b.test", Signing::Broken)]).await;
+
+    let held = w.send("bob@remote-b.test", "bogus").await;
+    let status = w.deferred_with(&held, 2, "DNSSEC validation").await;
+    let reply = status.recipients[0].last_reply.clone().unwrap();
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (451, "4.7.5"),
+        "{reply:?}"
+    );
+    assert!(reply.text.contains("remote-b.test"), "{reply:?}");
+    assert_eq!(
+        w.b.arrived(),
+        0,
+        "mail left for a zone that failed validation"
+    );
+
+    // remote-a.test is unsigned, and its parent proves it: opportunistic TLS as ever.
+    let ok = w.send("carol@remote-a.test", "unsigned").await;
+    let status = w.stack.wait_final(&ok, Duration::from_secs(30)).await;
+    assert_eq!(
+        status.recipients[0].state(),
+        RecipientState::Delivered,
+        "{status:?}"
+    );
+    assert!(w.a.received()[0].tls);
 }

@@ -45,8 +45,35 @@ pub enum HostDane {
 }
 
 /// How long a domain's DNSSEC status is remembered: proving that a zone is unsigned can
-/// take several lookups up the tree, and most domains are unsigned.
+/// take several lookups up the tree, and most domains are unsigned. A failed lookup is not
+/// remembered.
 const SECURE_FOR: Duration = Duration::from_secs(300);
+
+/// What DNSSEC says of a domain's MX records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MxProof {
+    /// Validated: its hosts' TLSA records count (§2.2.1).
+    Secure,
+    /// Provably unsigned (or no MX records): no DANE.
+    Insecure,
+    /// The answer failed validation (bogus or indeterminate) or could not be had: the
+    /// records may be forged and DANE stripped, so none of its hosts may be used and the
+    /// mail waits (§2.1.1).
+    Failed(String),
+}
+
+/// What the DNSSEC proofs of one answer's records come to.
+fn proof_of(proofs: impl IntoIterator<Item = Proof>) -> Result<bool, Proof> {
+    let mut secure = true;
+    for proof in proofs {
+        match proof {
+            Proof::Secure => {}
+            Proof::Insecure => secure = false,
+            failed => return Err(failed),
+        }
+    }
+    Ok(secure)
+}
 
 /// DNSSEC-validated lookups for DANE.
 pub struct Dane {
@@ -54,7 +81,7 @@ pub struct Dane {
     resolver: TokioResolver,
     /// The SMTP port, part of the TLSA name (`_25._tcp.<host>`).
     port: u16,
-    /// Whether each domain's MX records are secure, once known, and since when; the
+    /// What DNSSEC says of each domain's MX records, once known, and since when; the
     /// first delivery to a domain looks it up and concurrent ones wait for that answer
     /// (a burst of mail to a new domain makes one validation, not one per message).
     secure: Mutex<HashMap<String, Arc<SecureCell>>>,
@@ -65,7 +92,7 @@ struct SecureCell {
     /// When the lookup started; it is redone after [`SECURE_FOR`].
     since: Instant,
     /// The answer, once there.
-    secure: tokio::sync::OnceCell<bool>,
+    secure: tokio::sync::OnceCell<MxProof>,
 }
 
 impl Dane {
@@ -78,9 +105,9 @@ impl Dane {
         }
     }
 
-    /// True when the MX records of `domain` are DNSSEC-secure: only then do its hosts'
-    /// TLSA records count (§2.2.1).
-    async fn mx_secure(&self, domain: &str) -> bool {
+    /// What DNSSEC says of the MX records of `domain`: only when they are secure do its
+    /// hosts' TLSA records count (§2.2.1).
+    async fn mx_proof(&self, domain: &str) -> MxProof {
         let cell = {
             let mut map = self.secure.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -99,33 +126,61 @@ impl Dane {
             }
             cell.clone()
         };
-        *cell
+        let proof = cell
             .secure
             .get_or_init(|| async {
                 let fqdn = format!("{}.", domain.trim_end_matches('.'));
                 match self.resolver.mx_lookup(fqdn.as_str()).await {
                     Ok(lookup) => {
                         let answers = lookup.answers();
-                        !answers.is_empty() && answers.iter().all(|r| r.proof == Proof::Secure)
+                        match proof_of(answers.iter().map(|r| r.proof)) {
+                            Ok(secure) if secure && !answers.is_empty() => MxProof::Secure,
+                            Ok(_) => MxProof::Insecure,
+                            Err(proof) => MxProof::Failed(format!(
+                                "the MX records of {domain} failed DNSSEC validation ({proof})"
+                            )),
+                        }
                     }
-                    Err(_) => false,
+                    // No MX records: the address fallback is not DANE's concern here.
+                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => MxProof::Insecure,
+                    Err(e) => MxProof::Failed(format!(
+                        "the MX records of {domain} could not be validated: {e}"
+                    )),
                 }
             })
             .await
+            .clone();
+        if matches!(proof, MxProof::Failed(_)) {
+            // Asked again by the next delivery rather than remembered.
+            let mut map = self.secure.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(domain).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(domain);
+            }
+        }
+        proof
     }
 
     /// What DANE asks of `host`, an MX host of `domain`.
     pub async fn host(&self, domain: &str, host: &str) -> HostDane {
-        if !self.mx_secure(domain).await {
-            return HostDane::None;
+        match self.mx_proof(domain).await {
+            MxProof::Secure => {}
+            MxProof::Insecure => return HostDane::None,
+            MxProof::Failed(reason) => return HostDane::Unusable(reason),
         }
         let name = format!("_{}._tcp.{}.", self.port, host.trim_end_matches('.'));
         match self.resolver.lookup(name.as_str(), RecordType::TLSA).await {
             Ok(lookup) => {
                 let answers = lookup.answers();
-                if answers.iter().any(|r| r.proof != Proof::Secure) {
+                match proof_of(answers.iter().map(|r| r.proof)) {
+                    Ok(true) => {}
                     // Insecure TLSA records are ignored (§2.2).
-                    return HostDane::None;
+                    Ok(false) => return HostDane::None,
+                    // Bogus or indeterminate: the host must not be used (§2.2).
+                    Err(proof) => {
+                        return HostDane::Unusable(format!(
+                            "the TLSA records {name} failed DNSSEC validation ({proof})"
+                        ));
+                    }
                 }
                 HostDane::Required(
                     answers
@@ -242,6 +297,16 @@ mod tests {
         ring::digest::digest(&ring::digest::SHA256, data)
             .as_ref()
             .to_vec()
+    }
+
+    #[test]
+    fn any_failed_proof_fails_the_answer() {
+        use Proof::*;
+        assert_eq!(proof_of([Secure, Secure]), Ok(true));
+        assert_eq!(proof_of([Secure, Insecure]), Ok(false));
+        assert_eq!(proof_of([Insecure, Bogus, Secure]), Err(Bogus));
+        assert_eq!(proof_of([Indeterminate]), Err(Indeterminate));
+        assert_eq!(proof_of([]), Ok(true));
     }
 
     #[test]
