@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use mailflow_proto::v1::{
-    AcceptedMessage, Body, DsnNotify, DsnReturn, MailFrom, Recipient, RemoteReply, body::Location,
+    AcceptedMessage, Body, BodyType, DsnNotify, DsnReturn, MailFrom, Recipient, RemoteReply,
+    body::Location,
 };
 use mailflow_smtp::params::Notify;
 
@@ -117,9 +118,22 @@ pub fn notice(
         unique: queue_id,
     });
     let size = message.len() as u64;
+    // The notice declares what it carries, as any message must (RFC 6152 §3): the
+    // returned content may be 8-bit, and a UTF-8 sender address (or a message that was
+    // sent with SMTPUTF8) needs SMTPUTF8 on the way back; the relay asks for it only where
+    // the envelope or header section really needs it.
+    let body = if message.is_ascii() {
+        BodyType::Unspecified
+    } else {
+        BodyType::EightBitMime
+    };
     AcceptedMessage {
         queue_id: queue_id.to_string(),
-        mail_from: Some(MailFrom::default()),
+        mail_from: Some(MailFrom {
+            body: body as i32,
+            smtputf8: mail_from.smtputf8 || !mail_from.address.is_ascii(),
+            ..Default::default()
+        }),
         recipients: vec![Recipient {
             address: mail_from.address.clone(),
             ..Default::default()
@@ -171,6 +185,47 @@ mod tests {
             panic!("inline body");
         };
         assert!(String::from_utf8_lossy(&body).contains("Status: 5.4.6"));
+    }
+
+    #[test]
+    fn a_notice_declares_eight_bit_content_and_utf8_addresses() {
+        let report = || RecipientReport {
+            final_recipient: "b@y.test".into(),
+            original_recipient: String::new(),
+            action: Action::Failed,
+            status: "5.1.1".into(),
+            remote_mta: String::new(),
+            diagnostic: "550 5.1.1 unknown".into(),
+        };
+        let send = |address: &str, content: &'static [u8]| {
+            let from = MailFrom {
+                address: address.into(),
+                smtputf8: !address.is_ascii(),
+                ..Default::default()
+            };
+            let original = Original {
+                queue_id: "Q",
+                mail_from: &from,
+                received_at: None,
+                content,
+            };
+            notice("mx.x.test", original, vec![report()], "N")
+                .mail_from
+                .unwrap()
+        };
+        let plain = send("a@x.test", b"Subject: s\r\n\r\nb\r\n");
+        assert_eq!(
+            (plain.body(), plain.smtputf8),
+            (BodyType::Unspecified, false)
+        );
+        let eight = send("a@x.test", "Subject: s\r\n\r\nsch\u{f6}n\r\n".as_bytes());
+        assert_eq!(
+            (eight.body(), eight.smtputf8),
+            (BodyType::EightBitMime, false)
+        );
+        let utf8 = send("j\u{f6}rg@x.test", b"Subject: s\r\n\r\nb\r\n");
+        assert!(utf8.smtputf8);
+        assert_eq!(utf8.address, "", "still from the null sender");
     }
 
     #[test]
