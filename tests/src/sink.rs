@@ -34,6 +34,10 @@ pub struct Delivered {
     pub auth: Option<String>,
     /// The name the client gave in EHLO or HELO (which relay replica delivered it).
     pub helo: String,
+    /// The parameters after MAIL FROM's path, as sent (`RET=HDRS ENVID=x`).
+    pub mail_params: String,
+    /// The parameters after each accepted RCPT TO's path, as sent.
+    pub rcpt_params: Vec<String>,
 }
 
 impl Delivered {
@@ -67,6 +71,8 @@ pub struct Sink {
     pipelining: Arc<AtomicBool>,
     /// 8BITMIME is advertised.
     eight_bit: Arc<AtomicBool>,
+    /// DSN is advertised (off unless asked for).
+    dsn: Arc<AtomicBool>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
@@ -119,6 +125,7 @@ impl Sink {
             hold: Arc::new(hold),
             pipelining: Arc::new(AtomicBool::new(true)),
             eight_bit: Arc::new(AtomicBool::new(true)),
+            dsn: Arc::default(),
             pipelined: Arc::default(),
             starttls: Arc::default(),
             auth: Arc::default(),
@@ -192,6 +199,11 @@ impl Sink {
         self.eight_bit.store(on, Ordering::SeqCst);
     }
 
+    /// Advertises DSN (RFC 3461) or not (the default), from the next EHLO on.
+    pub fn set_dsn(&self, on: bool) {
+        self.dsn.store(on, Ordering::SeqCst);
+    }
+
     /// Transactions whose client sent MAIL FROM together with the commands after it.
     pub fn pipelined(&self) -> usize {
         self.pipelined.load(Ordering::SeqCst)
@@ -236,7 +248,9 @@ impl Sink {
             say(&mut r, b"220 sink.test ESMTP test sink\r\n").await?;
         }
         let mut from = String::new();
+        let mut mail_params = String::new();
         let mut rcpts = Vec::new();
+        let mut rcpt_params = Vec::new();
         let mut count = 0;
         let mut user: Option<String> = None;
         let mut helo = String::new();
@@ -254,6 +268,12 @@ impl Sink {
                     .split('>')
                     .next()
                     .unwrap_or("")
+                    .to_string()
+            };
+            let params = || {
+                line.split_once('>')
+                    .map_or("", |(_, rest)| rest)
+                    .trim()
                     .to_string()
             };
             if upper.starts_with("EHLO") || upper.starts_with("HELO") {
@@ -280,8 +300,13 @@ impl Sink {
                 } else {
                     ""
                 };
+                let dsn = if self.dsn.load(Ordering::SeqCst) {
+                    "250-DSN\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}{dsn}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
             } else if upper.starts_with("AUTH PLAIN ") && tls && wanted.is_some() {
                 use base64::Engine as _;
@@ -323,7 +348,9 @@ impl Sink {
                     self.pipelined.fetch_add(1, Ordering::SeqCst);
                 }
                 from = arg("MAIL FROM:");
+                mail_params = params();
                 rcpts.clear();
+                rcpt_params.clear();
                 "250 2.1.0 Ok\r\n".into()
             } else if upper.starts_with("RCPT TO:") {
                 let rcpt = arg("RCPT TO:");
@@ -333,6 +360,7 @@ impl Sink {
                     "451 4.2.0 Mailbox busy, try later\r\n".into()
                 } else {
                     rcpts.push(rcpt);
+                    rcpt_params.push(params());
                     "250 2.1.5 Ok\r\n".into()
                 }
             } else if upper.starts_with("DATA") && rcpts.is_empty() {
@@ -366,6 +394,8 @@ impl Sink {
                     tls,
                     auth: user.clone(),
                     helo: helo.clone(),
+                    mail_params: mail_params.clone(),
+                    rcpt_params: std::mem::take(&mut rcpt_params),
                 });
                 format!("250 2.0.0 Ok: queued as sink-{conn}-{count}\r\n")
             } else if upper.starts_with("QUIT") {
@@ -373,6 +403,7 @@ impl Sink {
                 return Ok(());
             } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
                 rcpts.clear();
+                rcpt_params.clear();
                 "250 2.0.0 Ok\r\n".into()
             } else {
                 "502 5.5.2 Error: command not recognized\r\n".into()

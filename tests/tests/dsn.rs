@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
-use mailflow_tests::client::SmtpClient;
+use mailflow_tests::client::{SmtpClient, queue_id};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -134,7 +134,8 @@ async fn notify_success_gets_a_delivery_report_with_headers_only() {
     c.command("QUIT", 221).await;
     let mail = demo_mailbox(&w, 1).await;
     let parsed = parse_report(&mail[0]);
-    assert!(parsed.contains("Action: delivered"), "{parsed}");
+    // Sink B does not offer DSN: the notice is the last word on this recipient.
+    assert!(parsed.contains("Action: relayed"), "{parsed}");
     assert!(parsed.contains("part: text/rfc822-headers"), "{parsed}");
     let text = String::from_utf8_lossy(&mail[0]);
     assert!(text.contains("Subject: Successful Mail Delivery Report"));
@@ -181,4 +182,65 @@ async fn a_late_message_is_announced_once_then_expires_with_a_failure_report() {
     assert!(failed[0].contains("Status: 4.2.0"), "{}", failed[0]);
     // Nothing more comes: the warning went out once.
     assert_eq!(w.stack.mailbox("example.test", "demo").len(), 2);
+}
+
+/// A next hop that offers DSN gets the requests along (RFC 3461 §5.2.2) and owes the notices
+/// from then on: none comes from here for a recipient it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_requests_go_along_to_a_next_hop_offering_dsn() {
+    let w = World::start().await;
+    w.a.set_dsn(true);
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    c.command(
+        "MAIL FROM:<demo@example.test> RET=HDRS ENVID=first+2Bone",
+        250,
+    )
+    .await;
+    c.command(
+        "RCPT TO:<carol@remote-a.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;carol+2Bx@remote-a.test",
+        250,
+    )
+    .await;
+    c.command("DATA", 354).await;
+    c.send_raw(b"Subject: along\r\n\r\nbody\r\n").await;
+    let first = queue_id(&c.command(".", 250).await.text);
+    let status = w.stack.wait_final(&first, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    let got = &w.a.received()[0];
+    assert!(
+        got.mail_params.ends_with(" RET=HDRS ENVID=first+2Bone"),
+        "{}",
+        got.mail_params
+    );
+    assert_eq!(
+        got.rcpt_params,
+        ["NOTIFY=SUCCESS,DELAY ORCPT=rfc822;carol+2Bx@remote-a.test"]
+    );
+
+    // Sink B offers none: there the success is reported here, as relayed.
+    c.command("MAIL FROM:<demo@example.test> ENVID=second", 250)
+        .await;
+    c.command("RCPT TO:<ok@remote-b.test> NOTIFY=SUCCESS", 250)
+        .await;
+    c.command("DATA", 354).await;
+    c.send_raw(b"Subject: relayed\r\n\r\nbody\r\n").await;
+    c.command(".", 250).await;
+    c.command("QUIT", 221).await;
+    let mail = demo_mailbox(&w, 1).await;
+    let parsed = parse_report(&mail[0]);
+    assert!(parsed.contains("Action: relayed"), "{parsed}");
+    assert!(parsed.contains("Original-Envelope-Id: second"), "{parsed}");
+    // The first message's notice would have been queued before it was recorded delivered,
+    // long before the second was sent; it never came.
+    let all: Vec<String> = w
+        .stack
+        .mailbox("example.test", "demo")
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let to_b = &w.b.received()[0];
+    assert!(!to_b.mail_params.contains("ENVID"), "{}", to_b.mail_params);
+    assert_eq!(to_b.rcpt_params, [""]);
 }

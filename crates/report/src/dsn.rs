@@ -16,8 +16,11 @@ pub enum Action {
     Failed,
     /// Still trying after a delay.
     Delayed,
-    /// Delivered to the mailbox or accepted by a next hop that does not relay DSNs.
+    /// Delivered into the mailbox.
     Delivered,
+    /// Accepted by a next hop that does not take DSN requests along: no more notices will
+    /// come for the recipient (RFC 3464 §2.3.3, RFC 3461 §5.2.3).
+    Relayed,
 }
 
 impl Action {
@@ -26,6 +29,7 @@ impl Action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
             Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
         }
     }
 }
@@ -35,13 +39,13 @@ impl Action {
 /// default to the MTA; this is Postfix's).
 pub fn wanted(notify: Option<Notify>, action: Action) -> bool {
     let Some(notify) = notify else {
-        return action != Action::Delivered;
+        return matches!(action, Action::Failed | Action::Delayed);
     };
     !notify.never
         && match action {
             Action::Failed => notify.failure,
             Action::Delayed => notify.delay,
-            Action::Delivered => notify.success,
+            Action::Delivered | Action::Relayed => notify.success,
         }
 }
 
@@ -303,6 +307,7 @@ mod tests {
         assert!(wanted(None, Action::Failed));
         assert!(wanted(None, Action::Delayed));
         assert!(!wanted(None, Action::Delivered));
+        assert!(!wanted(None, Action::Relayed));
         let never = Notify {
             never: true,
             ..Notify::default()
@@ -313,6 +318,7 @@ mod tests {
             ..Notify::default()
         };
         assert!(wanted(Some(success), Action::Delivered));
+        assert!(wanted(Some(success), Action::Relayed));
         assert!(!wanted(Some(success), Action::Failed));
     }
 }

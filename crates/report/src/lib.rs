@@ -10,7 +10,7 @@ pub mod notice;
 use std::time::SystemTime;
 
 pub use dsn::{Action, RecipientReport, Report, ReturnContent, render, wanted};
-pub use notice::{Original, notice};
+pub use notice::{Original, notice, notify_of};
 
 /// `Sat, 28 Nov 2026 12:00:00 +0000`: the HTTP date form with a numeric zone, as RFC 5322
 /// prefers over `GMT`.

@@ -14,7 +14,7 @@ use mailflow_smtp::params::Notify;
 use crate::dsn::{Action, RecipientReport, Report, ReturnContent, render, wanted};
 
 /// The NOTIFY= a recipient gave, `None` when it gave none.
-fn notify_of(recipient: &Recipient) -> Option<Notify> {
+pub fn notify_of(recipient: &Recipient) -> Option<Notify> {
     if recipient.dsn_notify.is_empty() {
         return None;
     }

@@ -50,6 +50,36 @@ pub struct Notify {
     pub delay: bool,
 }
 
+impl std::fmt::Display for DsnReturn {
+    /// The value as RET= writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DsnReturn::Full => "FULL",
+            DsnReturn::Headers => "HDRS",
+        })
+    }
+}
+
+impl std::fmt::Display for Notify {
+    /// The value as NOTIFY= writes it: `NEVER`, or the conditions separated by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.never {
+            return f.write_str("NEVER");
+        }
+        let words = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ];
+        let given: Vec<&str> = words
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| *w)
+            .collect();
+        f.write_str(&given.join(","))
+    }
+}
+
 /// The parameters of RCPT TO this server understands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RcptParams {
@@ -251,6 +281,19 @@ mod tests {
             RcptParams::parse("ORCPT=nosemicolon"),
             Err(ParamError::Invalid("ORCPT".into()))
         );
+    }
+
+    #[test]
+    fn dsn_values_print_as_parsed() {
+        for text in ["NEVER", "SUCCESS", "SUCCESS,FAILURE,DELAY", "FAILURE,DELAY"] {
+            let notify = RcptParams::parse(&format!("NOTIFY={text}"))
+                .unwrap()
+                .notify
+                .unwrap();
+            assert_eq!(notify.to_string(), text);
+        }
+        assert_eq!(DsnReturn::Full.to_string(), "FULL");
+        assert_eq!(DsnReturn::Headers.to_string(), "HDRS");
     }
 
     /// Decoded values end up in notification fields: control characters there could add

@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mailflow_proto::v1::{
-    BodyType, DeliveryJob, MailFrom, RecipientState, RemoteReply, TlsInfo, route,
+    BodyType, DeliveryJob, DsnReturn, MailFrom, RecipientState, RemoteReply, TlsInfo, route,
 };
 use mailflow_smtp::ServerReply;
 
 use crate::maildir::LocalDelivery;
-use crate::smtp_client::{self, ClientConfig, ConnectionCache, Credentials, Envelope, HostFailure};
+use crate::smtp_client::{
+    self, ClientConfig, ConnectionCache, Credentials, Envelope, EnvelopeRcpt, HostFailure,
+};
 use mailflow_dns::{MxResolver, ResolveError, Target};
 use mailflow_mta_sts::Mode;
+use mailflow_report::notify_of;
 use mailflow_runtime::config::Transport;
+use mailflow_smtp::params;
 
 use crate::dane::{Dane, HostDane};
 use crate::destination::Unreachable;
@@ -38,6 +42,22 @@ pub struct Outcome {
     pub remote_ip: String,
     /// The TLS session the answer came over, if any.
     pub tls: Option<TlsInfo>,
+    /// Where an accepted message went, which decides what a success notice says.
+    pub handoff: Handoff,
+}
+
+/// Where an accepted message went (RFC 3461 §5.2): a success notice says `delivered` for a
+/// mailbox, `relayed` for a next hop that does not take DSN requests along, and nothing
+/// for one that does (its notices come from there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// Into a mailbox: Maildir, or an LMTP server (final delivery, RFC 2033).
+    #[default]
+    Mailbox,
+    /// To a next hop over SMTP that does not offer DSN.
+    Relayed,
+    /// To a next hop over SMTP that offers DSN and took the requests along.
+    DsnRelayed,
 }
 
 impl Outcome {
@@ -53,6 +73,7 @@ impl Outcome {
             remote_host: String::new(),
             remote_ip: String::new(),
             tls: None,
+            handoff: Handoff::Mailbox,
         }
     }
 
@@ -79,6 +100,7 @@ impl Outcome {
             remote_host: host.to_string(),
             remote_ip: addr.ip().to_string(),
             tls: tls.cloned(),
+            handoff: Handoff::Mailbox,
         }
     }
 }
@@ -366,11 +388,31 @@ impl Deliverer {
         }
         let env = Envelope {
             from: &mail_from.address,
-            rcpts: pending.iter().map(|(_, a)| a.as_str()).collect(),
+            rcpts: pending
+                .iter()
+                .map(|(index, address)| {
+                    let given = job
+                        .recipients
+                        .iter()
+                        .find(|r| r.index == *index)
+                        .and_then(|r| r.recipient.as_ref());
+                    EnvelopeRcpt {
+                        address,
+                        notify: given.and_then(notify_of),
+                        orcpt: given.map_or("", |r| r.dsn_orcpt.as_str()),
+                    }
+                })
+                .collect(),
             body: content,
             eight_bit: mail_from.body() == BodyType::EightBitMime,
             smtputf8: mail_from.smtputf8 && needs_smtputf8(&mail_from.address, pending, content),
             requiretls,
+            ret: match mail_from.dsn_ret() {
+                DsnReturn::Full => Some(params::DsnReturn::Full),
+                DsnReturn::Headers => Some(params::DsnReturn::Headers),
+                DsnReturn::Unspecified => None,
+            },
+            envid: &mail_from.dsn_envid,
         };
         let config = ClientConfig {
             helo: &self.hostname,
@@ -420,11 +462,25 @@ impl Deliverer {
                 )
                 .await;
                 match delivered {
-                    Ok((replies, tls)) => {
+                    Ok(delivered) => {
                         self.unreachable.clear(&key);
-                        return replies
+                        let handoff = match (lmtp, delivered.dsn) {
+                            (true, _) => Handoff::Mailbox,
+                            (false, true) => Handoff::DsnRelayed,
+                            (false, false) => Handoff::Relayed,
+                        };
+                        return delivered
+                            .replies
                             .iter()
-                            .map(|r| Outcome::from_reply(r, &target.host, *addr, tls.as_ref()))
+                            .map(|r| Outcome {
+                                handoff,
+                                ..Outcome::from_reply(
+                                    r,
+                                    &target.host,
+                                    *addr,
+                                    delivered.tls.as_ref(),
+                                )
+                            })
                             .collect();
                     }
                     Err(failure) => {

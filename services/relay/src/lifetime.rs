@@ -75,6 +75,7 @@ mod tests {
             remote_host: String::new(),
             remote_ip: String::new(),
             tls: None,
+            handoff: Default::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use mailflow_proto::v1::{DeliveryJob, Recipient, RecipientState};
 use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 
-use crate::deliver::Outcome;
+use crate::deliver::{Handoff, Outcome};
 
 /// The recipient of `job` at position `index` of the message.
 fn recipient_of(job: &DeliveryJob, index: u32) -> Option<&Recipient> {
@@ -34,10 +34,13 @@ pub fn owed(
     results
         .iter()
         .filter_map(|(index, _, outcome)| {
-            let action = match outcome.state {
-                RecipientState::Bounced => Action::Failed,
-                RecipientState::Delivered => Action::Delivered,
-                RecipientState::Deferred if delayed.contains(index) => Action::Delayed,
+            let action = match (outcome.state, outcome.handoff) {
+                (RecipientState::Bounced, _) => Action::Failed,
+                (RecipientState::Delivered, Handoff::Mailbox) => Action::Delivered,
+                (RecipientState::Delivered, Handoff::Relayed) => Action::Relayed,
+                // The next hop took the request along: its notices are owed from there.
+                (RecipientState::Delivered, Handoff::DsnRelayed) => return None,
+                (RecipientState::Deferred, _) if delayed.contains(index) => Action::Delayed,
                 _ => return None,
             };
             RecipientReport::owed(
@@ -117,6 +120,7 @@ mod tests {
                 remote_host: "mx.remote.test".into(),
                 remote_ip: "192.0.2.1".into(),
                 tls: None,
+                handoff: Handoff::Relayed,
             },
         )]
     }
@@ -146,8 +150,19 @@ mod tests {
         let asked = owed(&job("a@x.test", vec![DsnNotify::Success]), &delivered, &[]);
         assert_eq!(
             (asked[0].action, asked[0].status.as_str()),
-            (Action::Delivered, "2.0.0")
+            (Action::Relayed, "2.0.0")
         );
+        let mut handed_on = delivered.clone();
+        handed_on[0].2.handoff = Handoff::DsnRelayed;
+        assert!(owed(&job("a@x.test", vec![DsnNotify::Success]), &handed_on, &[]).is_empty());
+        let mut into_mailbox = delivered.clone();
+        into_mailbox[0].2.handoff = Handoff::Mailbox;
+        let asked = owed(
+            &job("a@x.test", vec![DsnNotify::Success]),
+            &into_mailbox,
+            &[],
+        );
+        assert_eq!(asked[0].action, Action::Delivered);
         let deferred = outcome(RecipientState::Deferred, 451, "4.2.0");
         assert!(owed(&job("a@x.test", vec![]), &deferred, &[]).is_empty());
         let late = owed(&job("a@x.test", vec![]), &deferred, &[3]);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use mailflow_proto::v1::TlsInfo;
 use mailflow_smtp::ServerReply;
+use mailflow_smtp::params::{DsnReturn, Notify};
 use tokio_rustls::TlsConnector;
 
 pub use stage::Stage;
@@ -25,7 +26,7 @@ pub struct Envelope<'a> {
     /// The reverse path, empty for `<>`.
     pub from: &'a str,
     /// The recipients.
-    pub rcpts: Vec<&'a str>,
+    pub rcpts: Vec<EnvelopeRcpt<'a>>,
     /// The content, CRLF lines, not dot-stuffed.
     pub body: &'a [u8],
     /// The client declared BODY=8BITMIME.
@@ -34,6 +35,21 @@ pub struct Envelope<'a> {
     pub smtputf8: bool,
     /// The sender asked for REQUIRETLS (RFC 8689): the next hop must offer it.
     pub requiretls: bool,
+    /// RET= the sender gave (RFC 3461 §4.3), taken along to a next hop offering DSN.
+    pub ret: Option<DsnReturn>,
+    /// ENVID= the sender gave (§4.4), decoded; empty when none.
+    pub envid: &'a str,
+}
+
+/// One recipient and the DSN request that goes along with it to a next hop offering DSN
+/// (RFC 3461 §5.2.2), so that the notices it owes come from the hop that knows.
+pub struct EnvelopeRcpt<'a> {
+    /// The address.
+    pub address: &'a str,
+    /// NOTIFY= as given, `None` when the sender gave none.
+    pub notify: Option<Notify>,
+    /// ORCPT= as given (`rfc822;addr`, decoded), or empty.
+    pub orcpt: &'a str,
 }
 
 /// Timeouts and our name.
@@ -211,9 +227,16 @@ impl ConnectionCache {
     }
 }
 
-/// What a transaction produced: each recipient's final reply (its RCPT refusal, or the
-/// reply to the end of DATA), and the TLS session it ran over.
-pub type Delivered = (Vec<ServerReply>, Option<TlsInfo>);
+/// What a transaction produced.
+pub struct Delivered {
+    /// Each recipient's final reply: its RCPT refusal, or the reply to the end of DATA.
+    pub replies: Vec<ServerReply>,
+    /// The TLS session it ran over.
+    pub tls: Option<TlsInfo>,
+    /// The server offered DSN, so the DSN requests went along: notices about the accepted
+    /// recipients are its to send now.
+    pub dsn: bool,
+}
 
 /// Runs one transaction with the server at `addr` (named `host`, for SNI), on a cached
 /// connection when there is one.
@@ -256,6 +279,7 @@ async fn finish(
     cache: &ConnectionCache,
 ) -> Result<Delivered, HostFailure> {
     let tls = ready.tls.clone();
+    let dsn = ready.has("DSN");
     match &result {
         Ok(_) => cache.put(addr, ready),
         Err(HostFailure::Lost { .. }) => {}
@@ -264,7 +288,7 @@ async fn finish(
             ready.conn.quit().await;
         }
     }
-    result.map(|replies| (replies, tls))
+    result.map(|replies| Delivered { replies, tls, dsn })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! offers PIPELINING), then the body. Over LMTP (RFC 2033 §4.2) each accepted recipient
 //! gets its own reply to the end of data.
 
-use mailflow_smtp::{ServerReply, dot};
+use mailflow_smtp::{ServerReply, dot, xtext};
 
 use super::conn::{Conn, Ready};
 use super::{Envelope, HostFailure, Stage};
@@ -44,7 +44,30 @@ pub(super) async fn transaction(
         }
         mail.push_str(" REQUIRETLS");
     }
-    let rcpts: Vec<String> = env.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
+    // The DSN requests go along to a next hop that takes them (RFC 3461 §5.2.2).
+    let dsn = ready.has("DSN");
+    if dsn {
+        if let Some(ret) = env.ret {
+            mail.push_str(&format!(" RET={ret}"));
+        }
+        if !env.envid.is_empty() {
+            mail.push_str(&format!(" ENVID={}", xtext::encode(env.envid)));
+        }
+    }
+    let rcpts: Vec<String> = env
+        .rcpts
+        .iter()
+        .map(|r| {
+            let mut line = format!("RCPT TO:<{}>", r.address);
+            if dsn {
+                if let Some(notify) = r.notify {
+                    line.push_str(&format!(" NOTIFY={notify}"));
+                }
+                line.push_str(&orcpt_param(r.orcpt));
+            }
+            line
+        })
+        .collect();
     let pipelining = ready.has("PIPELINING");
     let conn = &mut ready.conn;
     let (mail_reply, replies, data) = if pipelining {
@@ -101,6 +124,18 @@ pub(super) async fn transaction(
         .collect())
 }
 
+/// ` ORCPT=type;xtext` for an ORCPT value as given (`rfc822;addr`), or nothing when there
+/// is none or its address is not ASCII (a UTF-8 address needs RFC 6533's own encoding,
+/// which a next hop may not read; the notices then name the final address).
+fn orcpt_param(orcpt: &str) -> String {
+    match orcpt.split_once(';') {
+        Some((kind, address)) if !kind.is_empty() && !address.is_empty() && orcpt.is_ascii() => {
+            format!(" ORCPT={kind};{}", xtext::encode(address))
+        }
+        _ => String::new(),
+    }
+}
+
 /// The replies to MAIL, each RCPT and DATA (`None` when DATA was not sent).
 type EnvelopeReplies = (ServerReply, Vec<ServerReply>, Option<ServerReply>);
 
@@ -149,4 +184,20 @@ async fn stepwise_envelope(
     }
     let data = conn.command("DATA", Stage::Data).await?;
     Ok((mail_reply, replies, Some(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orcpt_is_written_as_xtext_and_only_when_it_can_be() {
+        assert_eq!(
+            orcpt_param("rfc822;a+b=c@x.test"),
+            " ORCPT=rfc822;a+2Bb+3Dc@x.test"
+        );
+        assert_eq!(orcpt_param(""), "");
+        assert_eq!(orcpt_param("rfc822;"), "");
+        assert_eq!(orcpt_param("utf-8;j\u{f6}rg@x.test"), "");
+    }
 }
