@@ -53,6 +53,16 @@ impl Path {
     }
 }
 
+/// The forward path of RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardPath {
+    /// A mailbox.
+    Mailbox(Mailbox),
+    /// `<Postmaster>` without a domain, which every server must accept (RFC 5321 §4.5.1):
+    /// its own postmaster.
+    Postmaster,
+}
+
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {

@@ -1,6 +1,6 @@
 //! SMTP commands (RFC 5321 §4.1): parsing one command line into a typed [`Command`].
 
-use crate::address::{self, Path, PathError};
+use crate::address::{self, ForwardPath, Path, PathError};
 use crate::params::{MailParams, ParamError, RcptParams};
 use crate::reply::{EnhancedCode, Reply};
 
@@ -20,8 +20,8 @@ pub enum Command {
     },
     /// `RCPT TO:<path> [params]`.
     Rcpt {
-        /// The forward path; never [`Path::Null`].
-        to: address::Mailbox,
+        /// The forward path.
+        to: ForwardPath,
         /// Its parameters.
         params: RcptParams,
     },
@@ -152,6 +152,18 @@ impl Command {
             "RCPT" => {
                 let rest =
                     strip_keyword(args, "TO:").ok_or(CommandError::Syntax("RCPT TO:<address>"))?;
+                // RFC 5321 §4.1.1.3: "<Postmaster>", any case, names the server's own.
+                let trimmed = rest.trim_start();
+                if trimmed.len() >= 12
+                    && trimmed.is_char_boundary(12)
+                    && trimmed[..12].eq_ignore_ascii_case("<postmaster>")
+                    && (trimmed.len() == 12 || trimmed[12..].starts_with(' '))
+                {
+                    return Ok(Command::Rcpt {
+                        to: ForwardPath::Postmaster,
+                        params: RcptParams::parse(trimmed[12..].trim_start())?,
+                    });
+                }
                 let (to, params) =
                     address::parse_path(rest).map_err(|error| CommandError::Address {
                         error,
@@ -164,7 +176,7 @@ impl Command {
                     });
                 };
                 Ok(Command::Rcpt {
-                    to,
+                    to: ForwardPath::Mailbox(to),
                     params: RcptParams::parse(params)?,
                 })
             }
@@ -244,10 +256,49 @@ mod tests {
                 ..
             })
         ));
-        let Ok(Command::Rcpt { to, .. }) = parse("RCPT TO:<u@d.test> NOTIFY=NEVER") else {
+        let Ok(Command::Rcpt {
+            to: ForwardPath::Mailbox(to),
+            ..
+        }) = parse("RCPT TO:<u@d.test> NOTIFY=NEVER")
+        else {
             panic!("rcpt did not parse");
         };
         assert_eq!(to.to_string(), "u@d.test");
+    }
+
+    #[test]
+    fn postmaster_without_a_domain_is_a_forward_path() {
+        for line in [
+            "RCPT TO:<Postmaster>",
+            "rcpt to:<POSTMASTER>",
+            "RCPT TO: <postmaster> NOTIFY=NEVER",
+        ] {
+            assert!(
+                matches!(
+                    parse(line),
+                    Ok(Command::Rcpt {
+                        to: ForwardPath::Postmaster,
+                        ..
+                    })
+                ),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            parse("RCPT TO:<postmaster@d.test>"),
+            Ok(Command::Rcpt {
+                to: ForwardPath::Mailbox(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            parse("RCPT TO:<postmasterx>").unwrap_err().reply().code,
+            501
+        );
+        assert_eq!(
+            parse("RCPT TO:<postmaster>x").unwrap_err().reply().code,
+            501
+        );
     }
 
     #[test]

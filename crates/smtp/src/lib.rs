@@ -27,7 +27,7 @@ pub mod reply;
 pub mod sasl;
 pub mod xtext;
 
-pub use address::{Mailbox, Path, PathError};
+pub use address::{ForwardPath, Mailbox, Path, PathError};
 pub use command::{Command, CommandError};
 pub use data::{BodyBuffer, DataDecoder, DataEvent, DataProblem, LineEndings};
 pub use line::{LineDecoder, LineEvent};

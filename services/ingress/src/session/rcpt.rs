@@ -2,7 +2,7 @@
 
 use mailflow_proto::v1::{CheckRecipientRequest, verdict::Action};
 use mailflow_smtp::params::RcptParams;
-use mailflow_smtp::{EnhancedCode, Mailbox, Reply};
+use mailflow_smtp::{EnhancedCode, ForwardPath, Mailbox, Reply};
 
 use super::{
     Backend, Chunks, Flow, Session, State, bad_sequence, temporary_failure, verdict_reply,
@@ -14,7 +14,17 @@ where
     B: Backend,
 {
     /// Adds a recipient if policy accepts it.
-    pub(super) async fn rcpt(&mut self, to: Mailbox, params: RcptParams) -> Flow {
+    pub(super) async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
+        // `<Postmaster>` is ours (RFC 5321 §4.5.1): like Postfix, which appends
+        // `$myorigin`, it is postmaster at our host name, and the directory says where that
+        // goes (a user, an alias or the domain's catch-all).
+        let to = match to {
+            ForwardPath::Mailbox(m) => m,
+            ForwardPath::Postmaster => Mailbox {
+                local: "postmaster".into(),
+                domain: self.config.hostname.to_ascii_lowercase(),
+            },
+        };
         let State::Mail(greeting, tx) = &self.state else {
             return self.refuse(bad_sequence("Error: need MAIL command"));
         };

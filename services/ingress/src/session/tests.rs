@@ -152,7 +152,7 @@ impl Backend for TestBackend {
         }
         Ok(if rcpt.starts_with("unknown@") {
             verdict(Action::Reject, 550, "5.1.1", "User unknown")
-        } else if rcpt.ends_with("@local.test") {
+        } else if rcpt.ends_with("@local.test") || rcpt == "postmaster@mx.local.test" {
             verdict(Action::Accept, 0, "", "")
         } else {
             verdict(Action::Reject, 554, "5.7.1", "Relay access denied")
@@ -496,6 +496,26 @@ async fn recipient_limit_gives_452() {
     }
     c.send("RCPT TO:<u9@local.test>\r\n").await;
     c.expect(452, "4.5.3").await;
+}
+
+/// `<Postmaster>` without a domain is accepted as postmaster at our host name.
+#[tokio::test]
+async fn bare_postmaster_is_our_postmaster() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<PostMaster>\r\nDATA\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    c.expect(354, "").await;
+    c.send("hello\r\n.\r\n").await;
+    c.expect(250, "2.0.0").await;
+    let queued = backend.queued.lock().unwrap();
+    assert_eq!(
+        queued[0].0.recipients[0].address,
+        "postmaster@mx.local.test"
+    );
 }
 
 /// Recipients past the limit are not errors: a client that pipelined more than the hard
