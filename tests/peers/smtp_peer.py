@@ -52,6 +52,8 @@ def submit(args):
             client.rset()
         msg = message(args.user, args.to, args.subject)
         options = ["SMTPUTF8"] if args.smtputf8 else []
+        if args.requiretls:
+            options.append("REQUIRETLS")
         refused = client.send_message(msg, from_addr=args.user, to_addrs=[args.to], mail_options=options)
         print(f"refused: {len(refused)}")
         code, text = client.noop()
@@ -181,6 +183,7 @@ def main():
     s.add_argument("--subject", required=True)
     s.add_argument("--implicit", action="store_true")
     s.add_argument("--smtputf8", action="store_true")
+    s.add_argument("--requiretls", action="store_true")
     s.add_argument("--mail-from", help="first try this sender; prints whether the server refused it")
     b = sub.add_parser("bad-login")
     b.add_argument("--server", required=True)

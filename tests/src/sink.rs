@@ -73,6 +73,8 @@ pub struct Sink {
     eight_bit: Arc<AtomicBool>,
     /// DSN is advertised (off unless asked for).
     dsn: Arc<AtomicBool>,
+    /// REQUIRETLS is advertised inside TLS (off unless asked for).
+    requiretls: Arc<AtomicBool>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
@@ -126,6 +128,7 @@ impl Sink {
             pipelining: Arc::new(AtomicBool::new(true)),
             eight_bit: Arc::new(AtomicBool::new(true)),
             dsn: Arc::default(),
+            requiretls: Arc::default(),
             pipelined: Arc::default(),
             starttls: Arc::default(),
             auth: Arc::default(),
@@ -197,6 +200,12 @@ impl Sink {
     /// Advertises 8BITMIME (the default) or not, from the next EHLO on.
     pub fn set_8bitmime(&self, on: bool) {
         self.eight_bit.store(on, Ordering::SeqCst);
+    }
+
+    /// Advertises REQUIRETLS (RFC 8689) inside TLS or not (the default), from the next EHLO
+    /// on.
+    pub fn set_requiretls(&self, on: bool) {
+        self.requiretls.store(on, Ordering::SeqCst);
     }
 
     /// Advertises DSN (RFC 3461) or not (the default), from the next EHLO on.
@@ -305,8 +314,13 @@ impl Sink {
                 } else {
                     ""
                 };
+                let requiretls = if tls && self.requiretls.load(Ordering::SeqCst) {
+                    "250-REQUIRETLS\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}{dsn}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}{dsn}{requiretls}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
             } else if upper.starts_with("AUTH PLAIN ") && tls && wanted.is_some() {
                 use base64::Engine as _;

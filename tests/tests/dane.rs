@@ -10,6 +10,7 @@ use mailflow_proto::v1::RecipientState;
 use mailflow_tests::dns::Signing;
 use mailflow_tests::pki::TestCa;
 use mailflow_tests::world::World;
+use mailflow_tests::{peer, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validated_tlsa_records_make_matching_tls_mandatory() {
@@ -86,4 +87,70 @@ async fn a_zone_failing_validation_is_deferred_and_an_unsigned_one_is_not() {
         "{status:?}"
     );
     assert!(w.a.received()[0].tls);
+}
+
+/// REQUIRETLS mail (RFC 8689 §4.2.1) leaves over a path DANE verifies, to a next hop that
+/// offers REQUIRETLS; to a provably unsigned domain without MTA-STS it is returned with
+/// 5.7.30, never sent over unverified TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiretls_mail_takes_a_dane_verified_path_or_returns() {
+    let ca = TestCa::new();
+    let (acceptor, spki) = ca.leaf(&["mx.remote-a.test"]);
+    let tlsa = format!("_{{mx_port}}._tcp.mx IN TLSA 3 1 1 {spki}\n");
+    let w = World::start_with(
+        "",
+        &[("remote-a.test", &tlsa)],
+        &[("remote-a.test", Signing::Signed)],
+    )
+    .await;
+    w.a.offer_starttls_with(acceptor);
+    w.a.set_requiretls(true);
+    w.b.offer_starttls();
+    w.b.set_requiretls(true);
+
+    let submission = w.stack.submission;
+    peer::submit(
+        &w.stack,
+        submission,
+        "carol@remote-a.test",
+        "verified",
+        &["--requiretls"],
+    )
+    .await;
+    let got = wait::until("the message at sink A", Duration::from_secs(30), || async {
+        w.a.received()
+            .into_iter()
+            .find(|d| d.subject() == "verified")
+    })
+    .await;
+    assert!(got.tls, "{got:?}");
+    assert!(
+        got.mail_params.contains("REQUIRETLS"),
+        "{}",
+        got.mail_params
+    );
+
+    // remote-b.test is unsigned and has no MTA-STS policy: no verified path.
+    peer::submit(
+        &w.stack,
+        submission,
+        "bob@remote-b.test",
+        "unverifiable",
+        &["--requiretls"],
+    )
+    .await;
+    let bounce = wait::until(
+        "the bounce in demo's mailbox",
+        Duration::from_secs(30),
+        || async {
+            w.stack
+                .mailbox("example.test", "demo")
+                .into_iter()
+                .map(|m| String::from_utf8_lossy(&m).into_owned())
+                .find(|m| m.contains("Status: 5.7.30"))
+        },
+    )
+    .await;
+    assert!(bounce.contains("REQUIRETLS"), "{bounce}");
+    assert!(w.b.received().is_empty(), "sent over an unverified path");
 }

@@ -105,18 +105,19 @@ impl Outcome {
     }
 }
 
-/// The outcome of a REQUIRETLS message (RFC 8689) for a remote destination without a
-/// verified path. It may only travel over TLS whose certificate was verified (here: through
-/// MTA-STS in enforce mode; DANE is not implemented), to a next hop that offers REQUIRETLS,
-/// so it is returned with `5.7.30` rather than sent over a path the sender forbade
-/// (§4.2.1).
-pub fn requiretls_refusal(mail_from: &MailFrom, verified_path: bool) -> Option<Outcome> {
-    (mail_from.requiretls && !verified_path).then(|| {
+/// The outcome of a REQUIRETLS message (RFC 8689) for a remote destination that cannot
+/// have a verified path. It may only travel over TLS whose certificate was verified
+/// (MTA-STS in enforce mode for the destination, or DANE for the host), to a next hop that
+/// offers REQUIRETLS, so it is returned with `5.7.30` rather than sent over a path the
+/// sender forbade (§4.2.1). `verifiable` is false when neither can apply (no MTA-STS
+/// enforcement, and DANE off or not an MX delivery); otherwise each host is judged.
+pub fn requiretls_refusal(mail_from: &MailFrom, verifiable: bool) -> Option<Outcome> {
+    (mail_from.requiretls && !verifiable).then(|| {
         Outcome::new(
             RecipientState::Bounced,
             550,
             "5.7.30",
-            "REQUIRETLS: no verified TLS path (MTA-STS) to the destination".into(),
+            "REQUIRETLS: no verified TLS path (MTA-STS or DANE) to the destination".into(),
         )
     })
 }
@@ -383,7 +384,10 @@ impl Deliverer {
         let mail_from = job.mail_from.clone().unwrap_or_default();
         // LMTP is final delivery into a mailbox, not transit: REQUIRETLS does not apply.
         let requiretls = mail_from.requiretls && !lmtp;
-        if requiretls && let Some(refusal) = requiretls_refusal(&mail_from, enforced) {
+        let dane_applies = self.dane.is_some() && matches!(transport, Transport::Mx);
+        if requiretls
+            && let Some(refusal) = requiretls_refusal(&mail_from, enforced || dane_applies)
+        {
             return vec![refusal; pending.len()];
         }
         let env = Envelope {
@@ -437,6 +441,15 @@ impl Deliverer {
             let dane_tls;
             let mut host_config = config;
             let required_by = match host_dane {
+                // Without MTA-STS enforcement, REQUIRETLS mail goes only to hosts DANE
+                // verifies.
+                HostDane::None if requiretls && !enforced => {
+                    let failure = HostFailure::NoVerifiedPath {
+                        host: target.host.clone(),
+                    };
+                    last_failure = Some((target.host.clone(), failure, None));
+                    continue;
+                }
                 HostDane::None => enforced.then_some("MTA-STS policy"),
                 HostDane::Required(records) => {
                     dane_tls = smtp_client::tls::dane(records);
@@ -514,6 +527,10 @@ impl Deliverer {
             Some((host, failure @ HostFailure::NoRequireTls { addr }, _)) => Outcome {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),
+                ..Outcome::new(RecipientState::Bounced, 550, "5.7.30", failure.to_string())
+            },
+            Some((host, failure @ HostFailure::NoVerifiedPath { .. }, _)) => Outcome {
+                remote_host: host,
                 ..Outcome::new(RecipientState::Bounced, 550, "5.7.30", failure.to_string())
             },
             Some((host, failure @ HostFailure::Auth { .. }, _)) => Outcome {

@@ -152,6 +152,13 @@ pub enum HostFailure {
         /// Why.
         reason: String,
     },
+    /// The message requires REQUIRETLS and this host has no verified TLS path: neither
+    /// MTA-STS in enforce mode nor DANE TLSA records (RFC 8689 §4.2.1).
+    #[error("{host} has no verified TLS path (neither MTA-STS nor DANE), which REQUIRETLS needs")]
+    NoVerifiedPath {
+        /// The MX host.
+        host: String,
+    },
     /// TLS is required (MTA-STS) and the server does not offer STARTTLS.
     #[error("{addr} does not offer STARTTLS, which the destination's policy requires")]
     TlsRequired {
