@@ -109,11 +109,58 @@ pub fn without<'a>(message: &'a [u8], drop: impl Fn(&Field<'a>) -> bool) -> Opti
 }
 
 /// The authentication service identifier of an `Authentication-Results` value (RFC 8601
-/// §2.2): what precedes the first `;`, comments and an optional version removed.
-pub fn authserv_id(value: &str) -> &str {
-    let head = value.split(';').next().unwrap_or_default();
-    let head = head.split('(').next().unwrap_or_default();
-    head.split_whitespace().next().unwrap_or_default()
+/// §2.2): the first value after any comments and white space, a token or a quoted string
+/// (unquoted here). Read as a verifier would, so that a forged field naming our identifier
+/// behind a comment or in quotes is recognised as ours and removed (§5).
+pub fn authserv_id(value: &str) -> String {
+    let rest = skip_cfws(value);
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let mut id = String::new();
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => id.extend(chars.next()),
+                '"' => return id,
+                c => id.push(c),
+            }
+        }
+        // Never closed: not a quoted string.
+        return String::new();
+    }
+    rest.split(|c: char| c == ';' || c == '(' || c == '"' || c.is_whitespace())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `text` after leading white space and comments (nested, with quoted pairs: RFC 5322
+/// §3.2.2); an unclosed comment swallows the rest.
+fn skip_cfws(mut text: &str) -> &str {
+    loop {
+        text = text.trim_start();
+        if !text.starts_with('(') {
+            return text;
+        }
+        let mut depth = 0usize;
+        let mut escaped = false;
+        let mut end = text.len();
+        for (i, c) in text.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        text = &text[end..];
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +223,15 @@ mod tests {
         assert_eq!(authserv_id("mx.test 1; none"), "mx.test");
         assert_eq!(authserv_id("mx.test (comment); dkim=pass"), "mx.test");
         assert_eq!(authserv_id(""), "");
+        // Comments before the identifier, and a quoted identifier (RFC 8601 §2.2).
+        assert_eq!(authserv_id("(x) mx.test; dkim=pass"), "mx.test");
+        assert_eq!(
+            authserv_id(" (a (nested) \\) one)\t mx.test; none"),
+            "mx.test"
+        );
+        assert_eq!(authserv_id("\"mx.test\"; dmarc=pass"), "mx.test");
+        assert_eq!(authserv_id("\"mx\\.test\" 1; none"), "mx.test");
+        assert_eq!(authserv_id("\"mx.test; none"), "");
+        assert_eq!(authserv_id("(never closed mx.test; none"), "");
     }
 }
