@@ -131,3 +131,52 @@ async fn a_black_holed_destination_with_thousands_of_messages_delays_nobody_else
         hole.connections()
     );
 }
+
+/// Jobs a busy relay has fetched but not started keep their claim: JetStream is told they
+/// are being worked on, so waiting for a free slot longer than the acknowledgement timeout
+/// hands none of them out again, and each message arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_jobs_waiting_for_a_slot_are_not_handed_out_again() {
+    let w = World::start_with_relay("concurrency = 2\nack_wait = \"2s\"").await;
+    w.a.hold();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            w.send(&format!("carol{i}@remote-a.test"), &format!("wait {i}"))
+                .await,
+        );
+    }
+    wait::until(
+        "both slots held at the exchanger",
+        Duration::from_secs(30),
+        || async { (w.a.arrived() >= 2).then_some(()) },
+    )
+    .await;
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("MAIL_OUT")
+        .await
+        .unwrap()
+        .get_consumer("relay")
+        .await
+        .unwrap();
+    // Three acknowledgement timeouts with every slot busy: nothing is redelivered.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        let info = consumer.info().await.unwrap();
+        assert_eq!(info.num_redelivered, 0, "{info:?}");
+        assert!(w.a.arrived() <= 2, "a slot was freed while held");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.a.release();
+    for id in &ids {
+        let status = w.stack.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    }
+    let mut subjects: Vec<String> = w.a.received().iter().map(|d| d.subject()).collect();
+    subjects.sort();
+    assert_eq!(subjects.len(), 6, "{subjects:?}");
+    subjects.dedup();
+    assert_eq!(subjects.len(), 6, "a message arrived twice");
+}

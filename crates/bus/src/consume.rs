@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use mailflow_runtime::telemetry;
@@ -29,7 +29,7 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
 }
 
-async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusError> {
+async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
     let setup = |e: String| BusError::Setup {
         name: format!("{}/{}", spec.stream, spec.durable),
         reason: e,
@@ -39,7 +39,7 @@ async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusEr
         .get_stream(spec.stream)
         .await
         .map_err(|e| setup(e.to_string()))?;
-    let consumer: jetstream::consumer::PullConsumer = stream
+    stream
         .get_or_create_consumer(
             &spec.durable,
             pull::Config {
@@ -51,12 +51,6 @@ async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<pull::Stream, BusEr
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| setup(e.to_string()))?;
-    consumer
-        .stream()
-        .max_messages_per_batch(spec.concurrency)
-        .messages()
         .await
         .map_err(|e| setup(e.to_string()))
 }
@@ -85,7 +79,7 @@ where
 {
     while !shutdown.is_cancelled() {
         match subscribe(bus, &spec).await {
-            Ok(messages) => run(messages, &spec, shutdown, &handle).await,
+            Ok(consumer) => run(&consumer, &spec, shutdown, &handle).await,
             Err(e) => tracing::warn!(error = %e, "cannot subscribe; retrying"),
         }
         tokio::select! {
@@ -95,10 +89,20 @@ where
     }
 }
 
-/// Takes messages from one subscription until it ends or `shutdown`; returns when the
+/// How long one fetch request waits on the server for messages.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+
+/// Fetches and handles messages until a fetch fails or `shutdown`; returns when the
 /// handlers it started are done.
+///
+/// Each fetch asks for no more messages than there are free handlers, so every message
+/// starts the moment it arrives. A message fetched ahead and left waiting for a handler
+/// would have no one reporting progress on it, and past the acknowledgement timeout
+/// JetStream would hand it to another replica while this one still meant to handle it: a
+/// duplicate delivery without any crash. A new fetch waits until a quarter of the handlers
+/// are free (or all are), so that fetch requests stay few under load.
 async fn run<F, Fut>(
-    mut messages: pull::Stream,
+    consumer: &PullConsumer,
     spec: &ConsumerSpec,
     shutdown: &CancellationToken,
     handle: &F,
@@ -107,25 +111,55 @@ async fn run<F, Fut>(
     Fut: Future<Output = ()>,
 {
     let durable = spec.durable.as_str();
+    let concurrency = spec.concurrency.max(1);
+    let refill = (concurrency / 4).max(1);
     let mut running = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            Some(()) = running.next(), if !running.is_empty() => {}
-            item = messages.next(), if running.len() < spec.concurrency => match item {
-                Some(Ok(msg)) => {
-                    let span = consume_span(durable, &msg);
-                    running.push(handle(msg).instrument(span));
+    'fetching: loop {
+        while concurrency - running.len() < refill {
+            tokio::select! {
+                Some(()) = running.next() => {}
+                _ = shutdown.cancelled() => {
+                    release(None, &mut running, durable).await;
+                    break 'fetching;
                 }
-                Some(Err(e)) => tracing::warn!(consumer = durable, error = %e, "consumer error"),
-                None => break,
+            }
+        }
+        let fetch = consumer
+            .batch()
+            .max_messages(concurrency - running.len())
+            .expires(FETCH_WAIT)
+            .messages();
+        let mut batch = tokio::select! {
+            batch = fetch => match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(consumer = durable, error = %e, "cannot fetch");
+                    break;
+                }
             },
             _ = shutdown.cancelled() => {
-                release(&mut messages, &mut running, durable).await;
+                release(None, &mut running, durable).await;
                 break;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                item = batch.next() => match item {
+                    Some(Ok(msg)) => {
+                        let span = consume_span(durable, &msg);
+                        running.push(handle(msg).instrument(span));
+                    }
+                    Some(Err(e)) => tracing::warn!(consumer = durable, error = %e, "consumer error"),
+                    None => break,
+                },
+                _ = shutdown.cancelled() => {
+                    release(Some(&mut batch), &mut running, durable).await;
+                    break 'fetching;
+                }
             }
         }
     }
-    drop(messages);
     while running.next().await.is_some() {}
 }
 
@@ -143,26 +177,29 @@ const RELEASE_DELAY: Duration = Duration::from_secs(1);
 /// acknowledgements), while the running handlers go on. Like a crash, a release counts as
 /// a delivery of the message in JetStream's count.
 async fn release<H: Future<Output = ()>>(
-    messages: &mut pull::Stream,
+    messages: Option<&mut pull::Batch>,
     running: &mut FuturesUnordered<H>,
     durable: &str,
 ) {
     let until = tokio::time::Instant::now() + RELEASE_MAX;
     let mut released = 0usize;
-    loop {
-        tokio::select! {
-            Some(()) = running.next(), if !running.is_empty() => {}
-            item = tokio::time::timeout(RELEASE_QUIET, messages.next()) => match item {
-                Ok(Some(Ok(msg))) => {
-                    if let Err(e) = msg.ack_with(AckKind::Nak(Some(RELEASE_DELAY))).await {
-                        tracing::warn!(consumer = durable, error = %e, "not released; redelivered after the acknowledgement timeout");
+    // Messages of a fetch still open may yet arrive: each is given back.
+    if let Some(messages) = messages {
+        loop {
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                item = tokio::time::timeout(RELEASE_QUIET, messages.next()) => match item {
+                    Ok(Some(Ok(msg))) => {
+                        if let Err(e) = msg.ack_with(AckKind::Nak(Some(RELEASE_DELAY))).await {
+                            tracing::warn!(consumer = durable, error = %e, "not released; redelivered after the acknowledgement timeout");
+                        }
+                        released += 1;
                     }
-                    released += 1;
-                }
-                Ok(Some(Err(_))) => {}
-                Ok(None) | Err(_) => break,
-            },
-            _ = tokio::time::sleep_until(until) => break,
+                    Ok(Some(Err(_))) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
         }
     }
     tracing::info!(
