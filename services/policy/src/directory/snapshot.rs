@@ -139,6 +139,11 @@ impl Snapshot {
         if path.contains(&me) {
             return Err(ExpandError::Loop(address.to_string()));
         }
+        // An alias reached again by another way adds nothing new: expanding it once keeps
+        // the work linear in the aliases however they nest (as Postfix does).
+        if out.expanded.contains(&me) {
+            return Ok(());
+        }
         if path.len() >= MAX_ALIAS_DEPTH {
             return Err(ExpandError::TooDeep);
         }
@@ -155,7 +160,14 @@ impl Snapshot {
             }
         }
         path.pop();
+        out.expanded.insert(me);
         Ok(())
+    }
+
+    /// True when `a` and `b` name the same mailbox: a local address in any case, a remote
+    /// one with its local part as written (it belongs to the remote host, RFC 5321 §2.4).
+    pub fn same_mailbox(&self, a: &str, b: &str) -> bool {
+        normal(a, self) == normal(b, self)
     }
 
     /// True when the authenticated user `identity` may use `sender` as its reverse path:
@@ -189,6 +201,8 @@ struct Found {
     addresses: Vec<String>,
     /// Their [`normal`] forms, to tell a duplicate.
     seen: HashSet<String>,
+    /// The [`normal`] forms of the aliases already expanded.
+    expanded: HashSet<String>,
 }
 
 impl Found {
@@ -302,6 +316,34 @@ mod tests {
         let without = snapshot(&["a@x.test"], &[]);
         assert!(!without.exists("random", "x.test"));
         assert!(without.exists("A", "X.test"));
+    }
+
+    #[test]
+    fn shared_aliases_are_expanded_once() {
+        // Three aliases per level, each naming all three of the next level, 18 levels
+        // deep: 3^18 paths, one final address. Expanding each alias once keeps it linear.
+        let levels = 18;
+        let names = |i: usize| ["a", "b", "c"].map(|n| format!("{n}{i}@x.test"));
+        let mut aliases: Vec<(String, Vec<String>)> = Vec::new();
+        for i in 0..levels {
+            let next = if i + 1 == levels {
+                vec!["end@r.test".to_string()]
+            } else {
+                names(i + 1).to_vec()
+            };
+            for name in names(i) {
+                aliases.push((name, next.clone()));
+            }
+        }
+        let refs: Vec<(&str, Vec<&str>)> = aliases
+            .iter()
+            .map(|(s, t)| (s.as_str(), t.iter().map(String::as_str).collect()))
+            .collect();
+        let slices: Vec<(&str, &[&str])> = refs.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+        assert_eq!(
+            snapshot(&[], &slices).expand("a0@x.test").unwrap(),
+            ["end@r.test"]
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 mod plan;
 
-pub use plan::{Expanded, domain_of, expand, initial_status, split};
+pub use plan::{Expanded, domain_of, expand, initial_status, recorded, split};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use mailflow_bus::{BodyStore, Bus, BusError, ConsumerSpec, consume, names};
-use mailflow_proto::v1::{AcceptedMessage, RecipientState, RemoteReply, body};
+use mailflow_proto::v1::{AcceptedMessage, MessageStatus, RecipientState, RemoteReply, body};
 use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -122,22 +122,7 @@ impl RouteStage {
         // A released message was scanned before it was held.
         let span = tracing::info_span!("scan", queue_id = %msg.queue_id);
         let (decision, headline) = self.scan(&mut msg).instrument(span).await?;
-        let (mut recipients, local) = self
-            .directory
-            .view(|d| {
-                let recipients = expand(d, &msg.recipients);
-                let local: HashMap<String, String> = recipients
-                    .iter()
-                    .map(|r| domain_of(&r.recipient.address))
-                    .filter(|domain| d.is_local(domain))
-                    .map(|domain| {
-                        let transport = d.transport(&domain).to_string();
-                        (domain, transport)
-                    })
-                    .collect();
-                (recipients, local)
-            })
-            .await?;
+        let mut recipients = self.directory.view(|d| expand(d, &msg.recipients)).await?;
         for failed in recipients
             .iter()
             .filter_map(|r| r.failure.as_ref().map(|f| (r, f)))
@@ -175,8 +160,21 @@ impl RouteStage {
                 .map_err(|e| e.to_string())
         } else {
             match status.create(&msg.queue_id, record).await {
-                Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => Err(e.to_string()),
-                _ => Ok(()),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // A redelivery: route to the recipients the first pass recorded.
+                    match status.get(&msg.queue_id).await {
+                        Ok(Some(first)) => {
+                            let first = MessageStatus::decode(first)
+                                .map_err(|e| RouteError::Status(e.to_string()))?;
+                            recipients = recorded(&msg.recipients, &first);
+                            Ok(())
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+                Ok(_) => Ok(()),
             }
         };
         written.map_err(RouteError::Status)?;
@@ -185,6 +183,20 @@ impl RouteStage {
             return Ok(());
         }
         self.report_failures(&msg, &recipients).await?;
+        let local: HashMap<String, String> = self
+            .directory
+            .view(|d| {
+                recipients
+                    .iter()
+                    .map(|r| domain_of(&r.recipient.address))
+                    .filter(|domain| d.is_local(domain))
+                    .map(|domain| {
+                        let transport = d.transport(&domain).to_string();
+                        (domain, transport)
+                    })
+                    .collect()
+            })
+            .await?;
         let mut jobs = split(&msg, &recipients, &local, self.shards);
         for (_, job) in &mut jobs {
             job.message_id = headline.message_id.clone();

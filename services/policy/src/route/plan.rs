@@ -58,10 +58,9 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
         };
         for address in finals {
             // Two recipients that reach the same mailbox get one copy, as in Postfix.
-            if out
-                .iter()
-                .any(|e| e.failure.is_none() && e.recipient.address.eq_ignore_ascii_case(&address))
-            {
+            if out.iter().any(|e| {
+                e.failure.is_none() && directory.same_mailbox(&e.recipient.address, &address)
+            }) {
                 continue;
             }
             let changed = address != rcpt.address;
@@ -143,6 +142,44 @@ fn expansion_reply(failure: &ExpandError) -> RemoteReply {
         enhanced: enhanced.into(),
         text: failure.to_string(),
     }
+}
+
+/// The recipients a first pass over the message recorded, rebuilt from its status record
+/// with the DSN parameters the client gave: a redelivered message is routed to the same
+/// list, with the same indexes and job ids, whatever the directory says now. (Expanded
+/// again after an alias changed, a partly published pass would see its jobs taken for
+/// duplicates of other domains' jobs and index the wrong entries of the record.)
+pub fn recorded(given: &[Recipient], record: &MessageStatus) -> Vec<Expanded> {
+    record
+        .recipients
+        .iter()
+        .map(|r| {
+            let named = if r.original.is_empty() {
+                &r.address
+            } else {
+                &r.original
+            };
+            let mut recipient = given
+                .iter()
+                .find(|g| g.address == *named)
+                .cloned()
+                .unwrap_or_else(|| Recipient {
+                    address: named.clone(),
+                    ..Default::default()
+                });
+            if !r.original.is_empty() && recipient.dsn_orcpt.is_empty() {
+                recipient.dsn_orcpt = format!("rfc822;{}", r.original);
+            }
+            recipient.address = r.address.clone();
+            Expanded {
+                recipient,
+                original: r.original.clone(),
+                // Only routing fails a recipient in the record as routed.
+                failure: (r.state() == RecipientState::Bounced)
+                    .then(|| r.last_reply.clone().unwrap_or_default()),
+            }
+        })
+        .collect()
 }
 
 /// The status record of a freshly routed message: every final recipient `pending`
@@ -318,5 +355,43 @@ mod tests {
             indexes,
             vec![("x.test".to_string(), 0), ("r.test".to_string(), 1)]
         );
+    }
+
+    /// Remote local parts keep their case (RFC 5321 §2.4): `U@r.test` is another mailbox
+    /// than `u@r.test` and gets its own copy and status entry; local ones are one mailbox.
+    #[test]
+    fn only_local_addresses_merge_across_case() {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        let msg = message(&["u@r.test", "U@r.test", "a@x.test", "A@X.test"]);
+        let addresses: Vec<String> = expand(&dir, &msg.recipients)
+            .into_iter()
+            .map(|e| e.recipient.address)
+            .collect();
+        assert_eq!(addresses, ["u@r.test", "U@r.test", "a@x.test"]);
+    }
+
+    /// A redelivered message goes to the recipients its record lists, with the same jobs,
+    /// even after the alias changed in between.
+    #[test]
+    fn a_redelivery_routes_to_the_recorded_recipients() {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
+        alias(&mut dir, "loop@x.test", &["loop@x.test", "loop2@x.test"]);
+        alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
+        let mut msg = message(&["sales@x.test", "b@y.test", "loop2@x.test"]);
+        msg.recipients[0].dsn_notify = vec![mailflow_proto::v1::DsnNotify::Success as i32];
+        msg.recipients[1].dsn_orcpt = "rfc822;B@y.test".into();
+        let first = expand(&dir, &msg.recipients);
+        let record = initial_status(&msg, &first, RecipientState::Queued);
+        let local: HashMap<String, String> = [("x.test".to_string(), String::new())].into();
+        let jobs = split(&msg, &first, &local, 4);
+
+        // The alias now points elsewhere; the record decides.
+        alias(&mut dir, "sales@x.test", &["z@other.test"]);
+        let again = recorded(&msg.recipients, &record);
+        assert_eq!(again, first);
+        assert_eq!(split(&msg, &again, &local, 4), jobs);
     }
 }
