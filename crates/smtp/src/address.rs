@@ -22,6 +22,29 @@ impl Mailbox {
         self.local.starts_with('"')
     }
 
+    /// The local part without quotes it does not need: `"a.b"` is the mailbox `a.b` (RFC
+    /// 5321 §4.1.2: a quoted string whose content is a dot-string means that dot-string).
+    /// A local part that needs its quotes is returned as written.
+    pub fn plain_local(&self) -> std::borrow::Cow<'_, str> {
+        let Some(inner) = self
+            .local
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+        else {
+            return self.local.as_str().into();
+        };
+        let mut unquoted = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            unquoted.extend(if c == '\\' { chars.next() } else { Some(c) });
+        }
+        if is_dot_string(&unquoted) {
+            unquoted.into()
+        } else {
+            self.local.as_str().into()
+        }
+    }
+
     /// True when the domain is an address literal such as `[192.0.2.1]`.
     pub fn is_address_literal(&self) -> bool {
         self.domain.starts_with('[')
@@ -272,6 +295,12 @@ mod tests {
         assert_eq!(m.local, r#""a@b\"c""#);
         assert!(m.is_quoted());
         assert_eq!(m.domain, "example.test");
+        // Quotes that are needed stay; needless ones go.
+        assert_eq!(m.plain_local(), r#""a@b\"c""#);
+        assert_eq!(mailbox(r#"<"a.b"@x.test>"#).plain_local(), "a.b");
+        assert_eq!(mailbox(r#"<"\a"@x.test>"#).plain_local(), "a");
+        assert_eq!(mailbox(r#"<"a b"@x.test>"#).plain_local(), r#""a b""#);
+        assert_eq!(mailbox("<plain@x.test>").plain_local(), "plain");
     }
 
     #[test]

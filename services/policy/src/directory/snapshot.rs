@@ -130,9 +130,13 @@ impl Snapshot {
         let alias = parsed
             .as_ref()
             .filter(|m| self.is_local(&m.domain))
-            .and_then(|m| self.redirect(&m.local, &m.domain));
+            .and_then(|m| self.redirect(&m.plain_local(), &m.domain));
         let Some(alias) = alias else {
-            out.push(address, self);
+            // A local mailbox is delivered under its plain name (`"a"@x` is `a@x`).
+            match parsed.filter(|m| m.is_quoted() && self.is_local(&m.domain)) {
+                Some(m) => out.push(&format!("{}@{}", m.plain_local(), m.domain), self),
+                None => out.push(address, self),
+            }
             return Ok(());
         };
         let me = normal(address, self);
@@ -188,8 +192,10 @@ impl Snapshot {
 /// host, RFC 5321 §2.4).
 fn normal(address: &str, snapshot: &Snapshot) -> String {
     match address::parse_mailbox(address) {
-        Ok(m) if snapshot.is_local(&m.domain) => format!("{}@{}", m.local.to_lowercase(), m.domain),
-        Ok(m) => m.to_string(),
+        Ok(m) if snapshot.is_local(&m.domain) => {
+            format!("{}@{}", m.plain_local().to_lowercase(), m.domain)
+        }
+        Ok(m) => format!("{}@{}", m.plain_local(), m.domain),
         Err(_) => address.to_string(),
     }
 }
@@ -316,6 +322,24 @@ mod tests {
         let without = snapshot(&["a@x.test"], &[]);
         assert!(!without.exists("random", "x.test"));
         assert!(without.exists("A", "X.test"));
+    }
+
+    /// Needless quotes change nothing (RFC 5321 §4.1.2): `"a"@x.test` is a@x.test, for
+    /// delivery and for who may send as it.
+    #[test]
+    fn quoted_local_parts_are_the_plain_mailbox() {
+        let s = snapshot(
+            &["a@x.test", "b@x.test"],
+            &[("sales@x.test", &["b@x.test"]), ("@x.test", &["c@x.test"])],
+        );
+        assert_eq!(s.expand("\"a\"@x.test").unwrap(), ["a@x.test"]);
+        assert_eq!(s.expand("\"sales\"@x.test").unwrap(), ["b@x.test"]);
+        assert!(s.owns("a@x.test", "\"a\"@x.test"));
+        assert!(
+            !s.owns("c@x.test", "\"a\"@x.test"),
+            "the catch-all does not own a"
+        );
+        assert_eq!(s.expand("\"a b\"@x.test").unwrap(), ["c@x.test"]);
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl policy_server::Policy for PolicyService {
             self.directory
                 .view(|d| {
                     d.is_local(&rcpt.domain).then(|| {
-                        if d.exists(&rcpt.local, &rcpt.domain) {
+                        if d.exists(&rcpt.plain_local(), &rcpt.domain) {
                             Destination::LocalUser
                         } else {
                             Destination::UnknownLocalUser
@@ -278,7 +278,7 @@ impl policy_server::Policy for PolicyService {
         let user = match address::parse_mailbox(&req.username) {
             Ok(m) => self
                 .directory
-                .user(&m.local, &m.domain)
+                .user(&m.plain_local(), &m.domain)
                 .await
                 .map_err(unavailable_dir)?,
             Err(_) => None,
