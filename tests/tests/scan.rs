@@ -120,6 +120,8 @@ async fn spf_results_are_recorded_and_a_dmarc_reject_is_held_until_released() {
     stack.wait_state(&held, RecipientState::Delivered).await;
     assert!(!ok(&stack, &["quarantine", "list"]).await.contains(&held));
     mailctl::refused(&stack, &["quarantine", "release", &held], "NotFound").await;
+    // Not a queue id at all: the caller's mistake, not the store's trouble.
+    mailctl::refused(&stack, &["quarantine", "release", "a b"], "InvalidArgument").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

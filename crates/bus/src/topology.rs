@@ -61,6 +61,13 @@ pub mod names {
         format!("retry-{tier}")
     }
 
+    /// True when `id` is a queue id: a ULID, 26 characters of Crockford base32. Checked
+    /// before one is used as a key or subject token, so that a bad one is the caller's
+    /// error rather than the store's.
+    pub fn is_queue_id(id: &str) -> bool {
+        id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
     /// The subject of a delivery job for `shard`.
     pub fn mail_out(shard: u32) -> String {
         format!("mail.out.{shard}")

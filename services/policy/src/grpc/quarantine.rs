@@ -1,5 +1,6 @@
 //! gRPC `Quarantine`: the messages the scan stage held, for `mailctl quarantine`.
 
+use mailflow_bus::names;
 use mailflow_proto::v1::{
     ListQuarantineRequest, ListQuarantineResponse, QuarantineEntry, QuarantineRequest,
     quarantine_server,
@@ -28,11 +29,16 @@ fn status(e: QuarantineError) -> Status {
     }
 }
 
-/// The queue id of a request, which must be given.
+/// The queue id of a request, which must be given and well formed.
 fn queue_id(request: Request<QuarantineRequest>) -> Result<String, Status> {
     let id = request.into_inner().queue_id;
     if id.is_empty() {
         return Err(Status::invalid_argument("queue_id is required"));
+    }
+    if !names::is_queue_id(&id) {
+        return Err(Status::invalid_argument(format!(
+            "queue_id: {id:?} is not a queue id (26 letters and digits)"
+        )));
     }
     Ok(id)
 }

@@ -50,11 +50,6 @@ pub struct QueueService {
     pub bodies: async_nats::jetstream::object_store::ObjectStore,
 }
 
-/// A queue id is a ULID: 26 characters of Crockford base32.
-fn valid_queue_id(id: &str) -> bool {
-    id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 /// `INVALID_ARGUMENT` naming `field`.
 fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
@@ -66,7 +61,7 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 /// A valid queue id, or `INVALID_ARGUMENT` naming `field`.
 fn queue_id(id: &str, field: &str) -> Result<(), Status> {
-    if valid_queue_id(id) {
+    if names::is_queue_id(id) {
         Ok(())
     } else {
         Err(invalid(
@@ -131,7 +126,7 @@ fn cursor(token: &str) -> Result<Option<(i128, String)>, Status> {
     let bad = || invalid("page_token", "not a token from a previous page");
     let (received, id) = token.split_once('.').ok_or_else(bad)?;
     let received = received.parse::<i128>().map_err(|_| bad())?;
-    if !valid_queue_id(id) {
+    if !names::is_queue_id(id) {
         return Err(bad());
     }
     Ok(Some((received, id.to_string())))
@@ -470,10 +465,10 @@ mod tests {
 
     #[test]
     fn queue_ids() {
-        assert!(valid_queue_id("01KB3X8Z4N6Q2V7W9Y0A1B2C3D"));
-        assert!(!valid_queue_id(""));
-        assert!(!valid_queue_id("01KB3X8Z4N6Q2V7W9Y0A1B2C3."));
-        assert!(!valid_queue_id("short"));
+        assert!(names::is_queue_id("01KB3X8Z4N6Q2V7W9Y0A1B2C3D"));
+        assert!(!names::is_queue_id(""));
+        assert!(!names::is_queue_id("01KB3X8Z4N6Q2V7W9Y0A1B2C3."));
+        assert!(!names::is_queue_id("short"));
     }
 
     #[test]
