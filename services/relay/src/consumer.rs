@@ -127,7 +127,9 @@ impl Consumer {
             Ok(false) => msg.ack().await,
             Ok(true) => {
                 let tiers = self.retry_delays.len();
-                match retry::park(&self.bus, &job, attempt, &msg.subject, tiers).await {
+                let sequence = msg.info().map_or(0, |i| i.stream_sequence);
+                let out = (msg.subject.as_str(), sequence);
+                match retry::park(&self.bus, &job, attempt, out, tiers).await {
                     Ok(()) => msg.ack().await,
                     Err(e) => {
                         // Keep the job here instead; it comes back after the first delay.
@@ -186,8 +188,9 @@ impl Consumer {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<bool, BusError> {
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
-        // (a retry, or a redelivery after a crash) skip recipients already done.
-        let current = if attempt > 1 {
+        // (a retry, or a redelivery after a crash) and jobs held for a suspended domain
+        // (which an operator may have cancelled meanwhile) skip recipients already done.
+        let current = if attempt > 1 || job.held > 0 {
             self.status.get(&job.queue_id).await?
         } else {
             None

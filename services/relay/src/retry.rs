@@ -22,19 +22,23 @@ pub fn tier(attempt: u32, tiers: usize) -> usize {
         .min(tiers.saturating_sub(1))
 }
 
-/// Parks a deferred job (attempt `attempt`, received on `out_subject`) in its retry tier.
+/// Parks a deferred job (attempt `attempt`, received on `out_subject` as message
+/// `out_sequence` of `MAIL_OUT`) in its retry tier. The `Nats-Msg-Id` names that message,
+/// not the attempt: if the acknowledgement on `MAIL_OUT` is lost, the redelivered job is
+/// tried again under a new attempt number, and parking it again must not start a second
+/// retry chain.
 pub async fn park(
     bus: &Bus,
     job: &DeliveryJob,
     attempt: u32,
-    out_subject: &str,
+    (out_subject, out_sequence): (&str, u64),
     tiers: usize,
 ) -> Result<(), BusError> {
     let mut parked = job.clone();
     parked.attempts_before = attempt;
     bus.publish(
         names::retry(tier(attempt, tiers), out_subject),
-        &format!("{}.retry.{attempt}", job.job_id),
+        &format!("{}.retry.{out_sequence}", job.job_id),
         Bytes::from(parked.encode_to_vec()),
     )
     .await
@@ -86,6 +90,21 @@ pub async fn mover(bus: Bus, index: usize, delay: Duration, shutdown: Cancellati
     .await;
 }
 
+/// False only when message `sequence` is known to be gone from `MAIL_RETRY`; when NATS
+/// cannot say, the job is moved (a duplicate is allowed, a loss never).
+async fn still_parked(bus: &Bus, sequence: u64) -> bool {
+    let Ok(stream) = bus.js.get_stream(names::MAIL_RETRY).await else {
+        return true;
+    };
+    match stream.get_raw_message(sequence).await {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            jetstream::stream::RawMessageErrorKind::NoMessageFound
+        ),
+    }
+}
+
 /// How long a waiting job may go without a progress report.
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
@@ -114,6 +133,15 @@ async fn move_when_due(
             }
         }
         let _ = msg.ack_with(AckKind::Progress).await;
+    }
+    // An operator's retry-now or cancel removes a waiting job from the stream while this
+    // mover may hold it; gone, it is not moved (long tiers outlast the duplicate window,
+    // so publishing it anyway would deliver it twice, or a cancelled one after all).
+    if let Ok(info) = msg.info()
+        && !still_parked(bus, info.stream_sequence).await
+    {
+        let _ = msg.ack().await;
+        return;
     }
     let moved = match DeliveryJob::decode(msg.payload.clone()) {
         Ok(job) => {
