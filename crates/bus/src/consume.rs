@@ -39,20 +39,30 @@ async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusEr
         .get_stream(spec.stream)
         .await
         .map_err(|e| setup(e.to_string()))?;
-    stream
-        .get_or_create_consumer(
-            &spec.durable,
-            pull::Config {
-                durable_name: Some(spec.durable.clone()),
-                filter_subject: spec.filter.clone().unwrap_or_default(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: spec.ack_wait,
-                max_ack_pending: spec.max_ack_pending,
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        filter_subject: spec.filter.clone().unwrap_or_default(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    };
+    let mut consumer: PullConsumer = stream
+        .get_or_create_consumer(&spec.durable, config.clone())
         .await
-        .map_err(|e| setup(e.to_string()))
+        .map_err(|e| setup(e.to_string()))?;
+    // A consumer made by an earlier configuration keeps its settings on the server: an
+    // `ack_wait` raised since would otherwise be paced here and enforced there at the old
+    // value, and jobs would be handed out again in the middle of their work.
+    let current = &consumer.cached_info().config;
+    if current.ack_wait != config.ack_wait || current.max_ack_pending != config.max_ack_pending {
+        tracing::info!(consumer = %spec.durable, "updating the consumer to the configuration");
+        consumer = stream
+            .update_consumer(config)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+    }
+    Ok(consumer)
 }
 
 /// The span of handling one message: named after the consumer, and a child of the
