@@ -232,11 +232,24 @@ fn status_part(out: &mut String, r: &Report<'_>) {
     }
 }
 
-/// The header of a message: everything up to and including the empty line.
+/// The most of a header section a notice returns: a message without an empty line is
+/// all header, and a notice carrying a large one whole would not fit in a bus message.
+const HEADER_RETURN_LIMIT: usize = 256 * 1024;
+
+/// The header of a message: everything up to and including the empty line, cut after the
+/// last whole line within [`HEADER_RETURN_LIMIT`].
 fn header_of(message: &[u8]) -> &[u8] {
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(end) => &message[..end + 4],
-        None => message,
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |end| end + 4);
+    if end <= HEADER_RETURN_LIMIT {
+        return &message[..end];
+    }
+    let within = &message[..HEADER_RETURN_LIMIT];
+    match within.windows(2).rposition(|w| w == b"\r\n") {
+        Some(line_end) => &message[..line_end + 2],
+        None => &[],
     }
 }
 
@@ -300,6 +313,16 @@ mod tests {
         let text = String::from_utf8(report(ReturnContent::Full, big.as_bytes())).unwrap();
         assert!(text.contains("text/rfc822-headers"));
         assert!(text.len() < 5_000);
+        // A message that is all header (no empty line), a megabyte of it: the notice
+        // returns whole lines up to the limit, and fits in a bus message.
+        let all_header = "X-Filler: yes\r\n".repeat(1024 * 1024 / 15);
+        let text = report(ReturnContent::Full, all_header.as_bytes());
+        assert!(text.len() < HEADER_RETURN_LIMIT + 5_000, "{}", text.len());
+        assert!(
+            String::from_utf8(text)
+                .unwrap()
+                .contains("X-Filler: yes\r\n\r\n--")
+        );
     }
 
     #[test]

@@ -522,7 +522,31 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         None => String::new(),
     };
     let name = path.map_or("<defaults>".to_string(), |p| p.display().to_string());
-    from_parts(&name, &text, std::env::vars())
+    let config: Config = from_parts(&name, &text, std::env::vars())?;
+    match config.conflicts() {
+        problems if problems.is_empty() => Ok(config),
+        problems => Err(ConfigError { problems }),
+    }
+}
+
+impl Config {
+    /// Settings that are each valid but do not go together.
+    fn conflicts(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        // Bodies stored apart and status records expire after `history_retention`; a
+        // message still being retried past it would have lost its content.
+        if self.nats.history_retention < self.relay.max_queue_lifetime {
+            problems.push(Problem {
+                key: "nats.history_retention".into(),
+                message: format!(
+                    "{} is shorter than relay.max_queue_lifetime ({}): messages still queued would lose their stored bodies",
+                    humantime_serde::re::humantime::format_duration(self.nats.history_retention),
+                    humantime_serde::re::humantime::format_duration(self.relay.max_queue_lifetime)
+                ),
+            });
+        }
+        problems
+    }
 }
 
 /// Parses `text`, applies overrides from `env`, and deserializes into `T`, collecting every
@@ -768,6 +792,24 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.log.level, LogLevel("mailflow_relay=debug,info".into()));
         assert_eq!(cfg.ingress.max_line_length, AtLeast(512));
+    }
+
+    #[test]
+    fn the_history_outlives_the_queue() {
+        let cfg = parse(
+            "[nats]\nhistory_retention = \"1d\"\n[relay]\nmax_queue_lifetime = \"5d\"\n",
+            &[],
+        )
+        .unwrap();
+        let problems = cfg.conflicts();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "nats.history_retention");
+        assert!(
+            problems[0].message.contains("5days"),
+            "{}",
+            problems[0].message
+        );
+        assert!(parse("", &[]).unwrap().conflicts().is_empty());
     }
 
     #[test]
