@@ -138,7 +138,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             topology.events.clone(),
         );
         let stop = shutdown.clone();
-        tokio::spawn(async move { projection.follow(status_kv, events, stop).await });
+        let retention = bus.retention();
+        tokio::spawn(async move { projection.follow(status_kv, events, retention, stop).await });
     }
     let queue_service = queue::QueueService {
         status: status.clone(),

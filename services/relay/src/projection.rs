@@ -2,7 +2,8 @@
 //! NATS per request: each replica follows KV `mail-status` (the records as routed) and
 //! `MAIL_EVENTS` (every recipient's events) from the start and keeps, per message, its
 //! envelope and each recipient's current state in memory (a few hundred octets per
-//! message). The retention of both (30 days) is the history's.
+//! message). The retention of both (30 days) is the history's, and messages past it are
+//! forgotten here too.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -369,12 +370,47 @@ impl Projection {
         counts
     }
 
+    /// Forgets the messages received before `cutoff` (nanoseconds since the epoch).
+    pub fn forget_before(&self, cutoff: i128) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let Inner {
+            messages,
+            order,
+            by_domain,
+            by_message_id,
+            by_envid,
+        } = &mut *inner;
+        let old: Vec<(Reverse<i128>, String)> = order
+            .range((Reverse(cutoff), String::new())..)
+            .cloned()
+            .collect();
+        for key in &old {
+            order.remove(key);
+            if let Some(entry) = messages.remove(&key.1) {
+                for r in &entry.recipients {
+                    if let Some(set) = by_domain.get_mut(&r.domain) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            by_domain.remove(&r.domain);
+                        }
+                    }
+                }
+            }
+        }
+        if !old.is_empty() {
+            by_message_id.retain(|_, id| messages.contains_key(id));
+            by_envid.retain(|_, id| messages.contains_key(id));
+        }
+    }
+
     /// Follows KV `mail-status` and `MAIL_EVENTS` from their start until `shutdown`,
-    /// starting again after an interruption.
+    /// starting again after an interruption, and forgets messages older than `retention`
+    /// as their records and events expire (an expiry sends no word to a watcher).
     pub async fn follow(
         &self,
         status: kv::Store,
         events: stream::Stream,
+        retention: Duration,
         shutdown: CancellationToken,
     ) {
         let records = async {
@@ -393,8 +429,19 @@ impl Projection {
                 pause(&shutdown).await;
             }
         };
+        let forgetting = async {
+            let mut every = tokio::time::interval(FORGET_EVERY);
+            loop {
+                every.tick().await;
+                let now = std::time::SystemTime::now();
+                let cutoff = nanos(Some(prost_types::Timestamp::from(
+                    now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH),
+                )));
+                self.forget_before(cutoff);
+            }
+        };
         tokio::select! {
-            _ = async { tokio::join!(records, timeline) } => {}
+            _ = async { tokio::join!(records, timeline, forgetting) } => {}
             _ = shutdown.cancelled() => {}
         }
     }
@@ -442,6 +489,9 @@ impl Projection {
         Err("event feed ended".into())
     }
 }
+
+/// How often messages past the retention are forgotten.
+const FORGET_EVERY: Duration = Duration::from_secs(600);
 
 async fn pause(shutdown: &CancellationToken) {
     tokio::select! {
@@ -494,6 +544,29 @@ mod tests {
             .into_iter()
             .map(|m| m.queue_id)
             .collect()
+    }
+
+    #[test]
+    fn messages_past_the_retention_are_forgotten() {
+        let p = Projection::default();
+        p.record(&status("A", 10, "x@s.test", &["a@one.test"]));
+        p.record(&status("B", 20, "y@s.test", &["b@two.test"]));
+        p.record(&status("C", 30, "z@s.test", &["c@one.test"]));
+        p.forget_before(nanos(Some(prost_types::Timestamp {
+            seconds: 25,
+            nanos: 0,
+        })));
+        assert_eq!(ids(&p, &Filter::default()), ["C"]);
+        let one = Filter {
+            domain: Some("one.test".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&p, &one), ["C"]);
+        assert_eq!(p.find("A@test", ""), None);
+        assert_eq!(p.find("C@test", ""), Some("C".into()));
+        let inner = p.inner.read().unwrap();
+        assert_eq!(inner.messages.len(), 1);
+        assert!(!inner.by_domain.contains_key("two.test"));
     }
 
     #[test]
