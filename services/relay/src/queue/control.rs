@@ -79,20 +79,17 @@ impl QueueService {
         Ok(moved)
     }
 
-    /// Cancels the pending recipients of a message: its waiting jobs are taken out of the
-    /// queues, and each pending recipient gets a final event (discarded, or bounced with a
-    /// notice to the sender). A job already in a delivery attempt may still deliver.
+    /// Cancels the pending recipients of a message: each gets a final event (discarded, or
+    /// bounced with a notice to the sender), and then its waiting jobs are taken out of the
+    /// queues. In that order, an interruption never leaves a recipient without a final
+    /// state and without a job; a job left behind finds its recipients final when it comes
+    /// round (and a second Cancel removes it). A job already in a delivery attempt may
+    /// still deliver.
     pub(super) async fn cancel_message(&self, req: CancelRequest) -> Result<u32, Status> {
         queue_id(&req.queue_id, "queue_id")?;
         let status = self.current(&req.queue_id).await?;
         let open = pending(&status);
-        if open.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "message {} has no recipient left to cancel",
-                req.queue_id
-            )));
-        }
-        let mut removed: Vec<Waiting> = Vec::new();
+        let mut found: Vec<(async_nats::jetstream::stream::Stream, Waiting)> = Vec::new();
         for name in [names::MAIL_RETRY, names::MAIL_OUT] {
             let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;
             let id = req.queue_id.clone();
@@ -100,10 +97,14 @@ impl QueueService {
                 .await
                 .map_err(bus_error)?
             {
-                if jobs::remove(&stream, &w).await.map_err(bus_error)? {
-                    removed.push(w);
-                }
+                found.push((stream.clone(), w));
             }
+        }
+        if open.is_empty() && found.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "message {} has no recipient left to cancel",
+                req.queue_id
+            )));
         }
         let (state, reply) = if req.bounce {
             (
@@ -146,7 +147,11 @@ impl QueueService {
             .collect();
         self.bus.publish_all(events).await.map_err(bus_error)?;
         if req.bounce {
-            self.notify_cancelled(&removed, &reply).await?;
+            let waiting: Vec<&Waiting> = found.iter().map(|(_, w)| w).collect();
+            self.notify_cancelled(&waiting, &reply).await?;
+        }
+        for (stream, w) in &found {
+            jobs::remove(stream, w).await.map_err(bus_error)?;
         }
         tracing::info!(queue_id = %req.queue_id, recipients = open.len(), bounce = req.bounce, "cancelled");
         Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
@@ -156,7 +161,7 @@ impl QueueService {
     /// (its `Nats-Msg-Id` uses attempt 0, which no delivery attempt has).
     async fn notify_cancelled(
         &self,
-        removed: &[Waiting],
+        removed: &[&Waiting],
         reply: &RemoteReply,
     ) -> Result<(), Status> {
         for w in removed {
