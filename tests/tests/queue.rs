@@ -435,3 +435,28 @@ async fn a_message_not_routed_yet_is_found_as_accepted() {
     let status = stack.wait_final(&waiting, Duration::from_secs(30)).await;
     assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
 }
+
+/// A job parked in a retry tier that a shorter `retry_delays` no longer has is not stranded:
+/// the relay moves it after the last delay configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_in_a_tier_no_longer_configured_come_round() {
+    let mut w = World::start_with_relay("retry_delays = [\"1s\", \"1h\"]").await;
+    let id = w.send("tempfail@remote-b.test", "stranded").await;
+    // Deferred twice: the second retry waits an hour in tier 1.
+    w.deferred_with(&id, 2, "Mailbox busy").await;
+    w.stack.kill(RELAY).await;
+    let (queue, _relay) = w
+        .stack
+        .start_replica_with(RELAY, &[("RELAY__RETRY_DELAYS", "[\"1s\"]")])
+        .await;
+    w.stack.queue = queue;
+    // The killed relay's mover held the job: it comes back after the movers' one-minute
+    // acknowledgement timeout, and the new relay moves it at once (its last delay is over).
+    let (stack, id) = (&w.stack, id.as_str());
+    let attempts = wait::until("a third attempt", Duration::from_secs(120), || async move {
+        let r = stack.get_message(id).await.ok()?.recipients[0].clone();
+        (r.attempts >= 3).then_some(r.attempts)
+    })
+    .await;
+    assert!(attempts >= 3);
+}

@@ -157,6 +157,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     for (tier, delay) in retry_delays.iter().enumerate() {
         movers.spawn(retry::mover(bus.clone(), tier, *delay, shutdown.clone()));
     }
+    // Jobs parked in tiers a shorter `retry_delays` no longer has wait the last delay.
+    let last = retry_delays.last().copied().unwrap_or_default();
+    for tier in retry::stray_tiers(&bus, retry_delays.len()).await {
+        tracing::info!(
+            tier,
+            "jobs in a retry tier no longer configured: moved after the last delay"
+        );
+        movers.spawn(retry::mover(bus.clone(), tier, last, shutdown.clone()));
+    }
     let consumer = Arc::new(consumer::Consumer {
         bus,
         status: status.clone(),

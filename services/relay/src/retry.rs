@@ -90,6 +90,30 @@ pub async fn mover(bus: Bus, index: usize, delay: Duration, shutdown: Cancellati
     .await;
 }
 
+/// The tiers from `configured` on that still hold jobs (parked under a longer
+/// `retry_delays`); none when NATS cannot say (they are looked for at the next start).
+pub async fn stray_tiers(bus: &Bus, configured: usize) -> Vec<usize> {
+    use futures::StreamExt;
+    let Ok(stream) = bus.js.get_stream(names::MAIL_RETRY).await else {
+        return Vec::new();
+    };
+    let Ok(subjects) = stream.info_with_subjects("mail.retry.>").await else {
+        return Vec::new();
+    };
+    let mut tiers: Vec<usize> = subjects
+        .filter_map(|s| async move { s.ok() })
+        .filter_map(|(subject, _)| async move {
+            let tier = subject.strip_prefix("mail.retry.")?.split('.').next()?;
+            tier.parse::<usize>().ok()
+        })
+        .filter(|&tier| std::future::ready(tier >= configured))
+        .collect()
+        .await;
+    tiers.sort_unstable();
+    tiers.dedup();
+    tiers
+}
+
 /// False only when message `sequence` is known to be gone from `MAIL_RETRY`; when NATS
 /// cannot say, the job is moved (a duplicate is allowed, a loss never).
 async fn still_parked(bus: &Bus, sequence: u64) -> bool {
