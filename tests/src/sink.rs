@@ -75,6 +75,8 @@ pub struct Sink {
     dsn: Arc<AtomicBool>,
     /// REQUIRETLS is advertised inside TLS (off unless asked for).
     requiretls: Arc<AtomicBool>,
+    /// A refusal to greet new connections with (and close them), instead of `220`.
+    refuse_greeting: Arc<Mutex<Option<String>>>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
@@ -129,6 +131,7 @@ impl Sink {
             eight_bit: Arc::new(AtomicBool::new(true)),
             dsn: Arc::default(),
             requiretls: Arc::default(),
+            refuse_greeting: Arc::default(),
             pipelined: Arc::default(),
             starttls: Arc::default(),
             auth: Arc::default(),
@@ -208,6 +211,11 @@ impl Sink {
         self.requiretls.store(on, Ordering::SeqCst);
     }
 
+    /// Greets new connections with `line` (such as `554 5.7.1 go away`) and closes them.
+    pub fn refuse_greeting(&self, line: &str) {
+        *self.refuse_greeting.lock().unwrap() = Some(line.to_string());
+    }
+
     /// Advertises DSN (RFC 3461) or not (the default), from the next EHLO on.
     pub fn set_dsn(&self, on: bool) {
         self.dsn.store(on, Ordering::SeqCst);
@@ -254,6 +262,11 @@ impl Sink {
         // One buffered stream for reading lines and writing replies.
         let mut r = BufReader::new(stream);
         if !tls {
+            let refusal = self.refuse_greeting.lock().unwrap().clone();
+            if let Some(line) = refusal {
+                say(&mut r, format!("{line}\r\n").as_bytes()).await?;
+                return Ok(());
+            }
             say(&mut r, b"220 sink.test ESMTP test sink\r\n").await?;
         }
         let mut from = String::new();

@@ -180,3 +180,42 @@ async fn fetched_jobs_waiting_for_a_slot_are_not_handed_out_again() {
     subjects.dedup();
     assert_eq!(subjects.len(), 6, "a message arrived twice");
 }
+
+/// A server that greets with a permanent refusal is skipped and the mail deferred, not
+/// bounced (Postfix's smtp_skip_5xx_greeting); and a destination one of whose servers
+/// answered is not taken for down because another one never did: its next message is
+/// tried again rather than deferred without a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwelcoming_server_defers_and_does_not_make_its_destination_dead() {
+    // mixed.remote-b.test: sink B (refusing to greet) first, then an address where nothing
+    // listens (connection refused: no answer).
+    let w = World::start_with(
+        "destination_backoff = \"10m\"",
+        &[(
+            "remote-b.test",
+            "mixed IN MX 10 mx\nmixed IN MX 20 mx.none\nmx.none IN A 127.0.0.7\n",
+        )],
+        &[],
+    )
+    .await;
+    w.b.refuse_greeting("554 5.7.1 not today");
+
+    let single = w.send("bob@remote-b.test", "unwelcome").await;
+    let status = w.deferred_with(&single, 1, "refused to talk to us").await;
+    let reply = status.recipients[0].last_reply.clone().unwrap();
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (451, "4.4.0"),
+        "{reply:?}"
+    );
+
+    let first = w.send("ann@mixed.remote-b.test", "mixed 1").await;
+    w.stack.wait_state(&first, RecipientState::Deferred).await;
+    let before = w.b.connections();
+    let second = w.send("bea@mixed.remote-b.test", "mixed 2").await;
+    w.stack.wait_state(&second, RecipientState::Deferred).await;
+    assert!(
+        w.b.connections() > before,
+        "the second message was not tried: the destination was taken for down"
+    );
+}

@@ -432,6 +432,8 @@ impl Deliverer {
             verified: enforced.then_some(&self.verified_tls),
         };
         let mut last_failure = None;
+        // Whether some server answered: only when none did is the destination down.
+        let mut answered = false;
         for target in &targets {
             // DANE (RFC 7672) for this MX host takes precedence over MTA-STS (RFC 8461 §2).
             let host_dane = match (&self.dane, transport) {
@@ -451,6 +453,15 @@ impl Deliverer {
                     continue;
                 }
                 HostDane::None => enforced.then_some("MTA-STS policy"),
+                // TLSA records none of which is usable make TLS mandatory but check no
+                // certificate: not a verified path for REQUIRETLS.
+                HostDane::Required(records) if requiretls && !enforced && records.is_empty() => {
+                    let failure = HostFailure::NoVerifiedPath {
+                        host: target.host.clone(),
+                    };
+                    last_failure = Some((target.host.clone(), failure, None));
+                    continue;
+                }
                 HostDane::Required(records) => {
                     dane_tls = smtp_client::tls::dane(records);
                     host_config.verified = Some(&dane_tls);
@@ -498,17 +509,25 @@ impl Deliverer {
                     }
                     Err(failure) => {
                         tracing::info!(host = %target.host, %addr, error = %failure, "mail exchanger failed; trying the next");
+                        answered |= !failure.silent();
                         last_failure = Some((target.host.clone(), failure, required_by));
                     }
                 }
             }
         }
         // No server answered at all: leave the destination alone for a while.
-        let silent = last_failure.as_ref().is_some_and(|(_, f, _)| f.silent());
+        let silent = !answered && last_failure.as_ref().is_some_and(|(_, f, _)| f.silent());
         let outcome = match last_failure {
             Some((host, HostFailure::Refused { addr, reply }, _)) => {
                 Outcome::from_reply(&reply, &host, addr, None)
             }
+            // Like Postfix's smtp_skip_5xx_greeting: a server that will not talk to us is
+            // that server's trouble, not a verdict on the message.
+            Some((host, failure @ HostFailure::Unwelcome { addr, .. }, _)) => Outcome {
+                remote_host: host,
+                remote_ip: addr.ip().to_string(),
+                ..Outcome::new(RecipientState::Deferred, 451, "4.4.0", failure.to_string())
+            },
             Some((host, HostFailure::NoSmtpUtf8 { addr }, _)) => Outcome {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),

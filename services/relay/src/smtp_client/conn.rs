@@ -186,6 +186,8 @@ pub(super) struct Ready {
     pub(super) lmtp: bool,
     /// Its TLS certificate was verified.
     pub(super) verified: bool,
+    /// The host name it was opened for (SNI, and the name a verified certificate matched).
+    pub(super) host: String,
 }
 
 impl Ready {
@@ -235,6 +237,12 @@ pub(super) async fn open(
     let greeting = conn.read_reply(Stage::Greeting).await?;
     if greeting.code != 220 {
         conn.quit().await;
+        if greeting.code >= 500 {
+            return Err(HostFailure::Unwelcome {
+                addr,
+                reply: greeting,
+            });
+        }
         return Err(conn.refused(greeting));
     }
     let mut extensions = conn.hello(config.helo, config.lmtp).await?;
@@ -268,6 +276,7 @@ pub(super) async fn open(
         idle_since: Instant::now(),
         lmtp: config.lmtp,
         verified: config.verified.is_some(),
+        host: host.to_string(),
     })
 }
 

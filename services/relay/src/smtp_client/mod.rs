@@ -112,6 +112,14 @@ pub enum HostFailure {
         /// Why.
         reason: String,
     },
+    /// The server greeted with a permanent refusal (5xx): it will not talk to us.
+    #[error("{addr} refused to talk to us: {} {}", reply.code, reply.text())]
+    Unwelcome {
+        /// The address.
+        addr: SocketAddr,
+        /// The greeting.
+        reply: ServerReply,
+    },
     /// The server refused the session or the sender.
     #[error("{addr} said: {} {}", reply.code, reply.text())]
     Refused {
@@ -198,10 +206,11 @@ const REUSE_TIME: Duration = Duration::from_secs(5);
 /// Idle connections kept per address.
 const MAX_IDLE_PER_ADDR: usize = 20;
 
-/// What an idle connection is kept under: the address, whether it speaks LMTP, and
-/// whether its TLS was verified (an opportunistic session never serves a delivery that
-/// requires verification).
-type CacheKey = (SocketAddr, bool, bool);
+/// What an idle connection is kept under: the address, the host name it was opened for,
+/// whether it speaks LMTP, and whether its TLS was verified. An opportunistic session never
+/// serves a delivery that requires verification, and a session verified for one host name
+/// never serves another at the same address (whose certificate was not checked).
+type CacheKey = (SocketAddr, String, bool, bool);
 
 /// Idle connections, so consecutive messages to one destination skip the connect, greeting
 /// and EHLO.
@@ -226,7 +235,8 @@ impl ConnectionCache {
     fn put(&self, addr: SocketAddr, mut ready: Ready) {
         ready.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry((addr, ready.lmtp, ready.verified)).or_default();
+        let key = (addr, ready.host.clone(), ready.lmtp, ready.verified);
+        let list = idle.entry(key).or_default();
         list.retain(|r| r.idle_since.elapsed() < REUSE_TIME);
         if list.len() < MAX_IDLE_PER_ADDR {
             list.push(ready);
@@ -254,7 +264,13 @@ pub async fn deliver(
     env: &Envelope<'_>,
     cache: &ConnectionCache,
 ) -> Result<Delivered, HostFailure> {
-    if let Some(mut ready) = cache.take((addr, config.lmtp, config.verified.is_some())) {
+    let key = (
+        addr,
+        host.to_string(),
+        config.lmtp,
+        config.verified.is_some(),
+    );
+    if let Some(mut ready) = cache.take(key) {
         match transaction(&mut ready, env).await {
             // The server closed the idle connection (or says it will): start afresh.
             Err(HostFailure::Lost {
