@@ -32,12 +32,15 @@ pub fn header(t: &Trace<'_>) -> String {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
+    // Only what a domain or an address literal may hold: a `;` would end the field's
+    // tokens early (RFC 5322 §3.6.7), parentheses would open a comment.
     let helo: String = t
         .helo
         .chars()
-        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
         .take(255)
         .collect();
+    let helo = if helo.is_empty() { "unknown" } else { &helo };
     let mut out = format!("Received: from {helo} ([{ip}])\r\n");
     if let Some(tls) = t.tls {
         out.push_str(&format!(
@@ -93,6 +96,29 @@ mod tests {
         assert_eq!(
             h,
             "Received: from client.testevil ([192.0.2.7])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby mx.example.test (mailflow) with ESMTPSA id 01ABC\r\n\tfor <u@example.test>; Fri, 15 Jan 2027 08:00:00 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn helo_names_are_cut_to_what_a_domain_may_hold() {
+        let from = |helo: &str| {
+            let h = header(&Trace {
+                helo,
+                client_ip: "192.0.2.7".parse().unwrap(),
+                hostname: "mx.example.test",
+                protocol: "ESMTP",
+                tls: None,
+                queue_id: "01ABC",
+                recipient: None,
+                at: UNIX_EPOCH,
+            });
+            h.lines().next().unwrap().to_string()
+        };
+        assert_eq!(from("()"), "Received: from unknown ([192.0.2.7])");
+        assert_eq!(from("a;b"), "Received: from ab ([192.0.2.7])");
+        assert_eq!(
+            from("[192.0.2.7]"),
+            "Received: from [192.0.2.7] ([192.0.2.7])"
         );
     }
 

@@ -76,6 +76,9 @@ async fn accept_loop<B: Backend>(
                 }
             },
         };
+        // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`: seen as the
+        // IPv4 address it is, for limits, relay networks, blocklists and Received.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let admission = match shared.limits.admit(peer.ip()) {
             Ok(a) => a,
             Err(refusal) => {

@@ -76,7 +76,18 @@ pub fn load_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsEr
         .key_provider
         .load_private_key(key)
         .map_err(|e| pem_error(key_path, e))?;
-    Ok(CertifiedKey::new(certs, signing))
+    let certified = CertifiedKey::new(certs, signing);
+    // A key that is not the certificate's would fail every handshake: refused here, so a
+    // reload caught between writing the two files keeps the old pair.
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(e) => Err(pem_error(
+            key_path,
+            format!("not the certificate's key: {e}"),
+        )),
+    }
 }
 
 impl ReloadingCert {
@@ -142,4 +153,34 @@ pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(cert);
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let generated = rcgen::generate_simple_self_signed(vec![format!("{name}.test")]).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    /// A certificate with another certificate's key would fail every handshake: refused.
+    #[test]
+    fn a_key_must_belong_to_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_a, key_a) = pair(dir.path(), "a");
+        let (_, key_b) = pair(dir.path(), "b");
+        assert!(load_key(&cert_a, &key_a).is_ok());
+        let err = load_key(&cert_a, &key_b).err().unwrap();
+        assert!(
+            err.to_string().contains("not the certificate's key"),
+            "{err}"
+        );
+    }
 }
