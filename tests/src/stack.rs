@@ -51,6 +51,8 @@ pub struct Stack {
     pub policy: SocketAddr,
     /// The relay's gRPC address.
     pub queue: SocketAddr,
+    /// The ingress' gRPC health address.
+    pub ingress_health: SocketAddr,
     /// Where each service serves Prometheus `/metrics`, by binary name.
     pub metrics: HashMap<&'static str, SocketAddr>,
     /// The config file.
@@ -77,6 +79,7 @@ impl Stack {
         let (cert, key) = write_certificate(dir.path());
         let policy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let queue = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let ingress_health = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics: HashMap<&'static str, SocketAddr> = [INGRESS, POLICY, RELAY]
             .into_iter()
             .map(|name| (name, SocketAddr::from(([127, 0, 0, 1], free_port()))))
@@ -106,6 +109,7 @@ tls_reload_interval = "200ms"
 policy_url = "http://{policy}"
 policy_timeout = "5s"
 metrics_listen = "{ingress_metrics}"
+health_listen = "{ingress_health}"
 
 [policy]
 grpc_listen = "{policy}"
@@ -158,6 +162,7 @@ command_timeout = "10s"
             cert,
             policy,
             queue,
+            ingress_health,
             metrics,
             config,
             procs: HashMap::new(),

@@ -86,6 +86,11 @@ async fn every_grpc_server_has_health_and_reflection() {
     }
     let queue = services(stack.queue).await;
     assert!(queue.iter().any(|s| s == "mailflow.v1.Queue"), "{queue:?}");
+    // The ingress speaks SMTP, and serves health on its own address.
+    assert_eq!(
+        serving(stack.ingress_health, "").await,
+        ServingStatus::Serving
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

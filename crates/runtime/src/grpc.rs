@@ -21,6 +21,18 @@ pub enum GrpcError {
     },
 }
 
+/// Marks the server as a whole (the empty service name, what probes ask by default) as
+/// serving or not.
+pub async fn set_overall(reporter: &HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+}
+
 /// A router with health and reflection, plus the reporter to mark services as serving.
 pub fn server() -> Result<(HealthReporter, Router), GrpcError> {
     let (reporter, health) = tonic_health::server::health_reporter();

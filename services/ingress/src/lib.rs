@@ -51,6 +51,9 @@ pub enum IngressError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The health server could not be built or serve.
+    #[error(transparent)]
+    Health(#[from] mailflow_runtime::grpc::GrpcError),
     /// A TLS listener is configured without a certificate.
     #[error("ingress.{listener} needs ingress.tls_cert and ingress.tls_key")]
     NoCertificate {
@@ -107,6 +110,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Ingr
         let session = SessionConfig::from_config(ingress, kind, acceptor.is_some());
         listeners.push((listener, Arc::new(session)));
     }
+    if let Some(addr) = ingress.health_listen {
+        serve_health(addr, shutdown.clone()).await?;
+    }
     let shared = Arc::new(server::Shared {
         backend: services,
         tls: acceptor,
@@ -115,5 +121,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Ingr
         handshake_timeout: ingress.command_timeout,
     });
     server::serve(listeners, shared, ingress.shutdown_grace).await;
+    Ok(())
+}
+
+/// Serves gRPC health on `addr`: the whole server is serving from now (the listeners are
+/// bound) until `shutdown`, when it turns not serving so that no new clients are sent here
+/// while open sessions drain.
+async fn serve_health(addr: SocketAddr, shutdown: CancellationToken) -> Result<(), IngressError> {
+    use mailflow_runtime::grpc;
+    let (health, router) = grpc::server()?;
+    grpc::set_overall(&health, true).await;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngressError::Bind { addr, source })?;
+    tracing::info!(%addr, "gRPC health ready");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        grpc::set_overall(&health, false).await;
+    });
+    tokio::spawn(async move {
+        // Kept up through the drain (answering not serving); ends with the process.
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::warn!(error = %e, "gRPC health server stopped");
+        }
+    });
     Ok(())
 }

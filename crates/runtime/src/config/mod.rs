@@ -204,6 +204,9 @@ pub struct IngressConfig {
     pub worker_threads: usize,
     /// Where Prometheus `/metrics` is served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where gRPC health (`grpc.health.v1`) is served, as by every service: serving once
+    /// the SMTP listeners are up, not serving from the start of a drain; off when unset.
+    pub health_listen: Option<SocketAddr>,
     /// The name in the greeting, the EHLO reply and Received headers.
     pub hostname: String,
     /// The MX listener (port 25 in production); STARTTLS is offered when a certificate is set.
@@ -263,6 +266,7 @@ impl Default for IngressConfig {
         Self {
             worker_threads: 0,
             metrics_listen: None,
+            health_listen: None,
             hostname: "localhost".into(),
             mx_listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
             submission_listen: None,
