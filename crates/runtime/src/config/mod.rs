@@ -534,9 +534,24 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 impl Config {
-    /// Settings that are each valid but do not go together.
+    /// Settings that are each valid but do not go together, and endpoints that are not
+    /// URIs (found here, with every other bad key, rather than when first used).
     fn conflicts(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        let endpoints = [
+            ("ingress.policy_url", Some(&self.ingress.policy_url)),
+            ("trace.otlp_endpoint", self.trace.otlp_endpoint.as_ref()),
+        ];
+        for (key, url) in endpoints {
+            if let Some(url) = url
+                && let Err(e) = url.parse::<tonic::transport::Uri>()
+            {
+                problems.push(Problem {
+                    key: key.into(),
+                    message: format!("{url:?} is not a URI: {e}"),
+                });
+            }
+        }
         // Bodies stored apart and status records expire after `history_retention`; a
         // message still being retried past it would have lost its content.
         if self.nats.history_retention < self.relay.max_queue_lifetime {
@@ -814,6 +829,8 @@ mod tests {
             problems[0].message
         );
         assert!(parse("", &[]).unwrap().conflicts().is_empty());
+        let cfg = parse("[ingress]\npolicy_url = \"http://exa mple:1\"\n", &[]).unwrap();
+        assert_eq!(cfg.conflicts()[0].key, "ingress.policy_url");
     }
 
     #[test]
