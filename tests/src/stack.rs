@@ -239,6 +239,7 @@ command_timeout = "10s"
         if name == INGRESS {
             env.push(("MAILFLOW_INGRESS__SUBMISSION_LISTEN".into(), port()));
             env.push(("MAILFLOW_INGRESS__SMTPS_LISTEN".into(), port()));
+            env.push(("MAILFLOW_INGRESS__HEALTH_LISTEN".into(), port()));
         }
         env.extend(
             settings
