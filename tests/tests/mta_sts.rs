@@ -64,3 +64,43 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     // One fetch per domain: the retries used the cached policy (same record id).
     assert_eq!(https.served(), 2);
 }
+
+/// A policy host whose first address takes the connection but fails the TLS handshake is
+/// asked at its next address: the policy still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_host_is_asked_at_each_of_its_addresses() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path());
+    let host = ca.acceptor(&["mta-sts.remote-b.test"]);
+    let https = HttpsServer::start("127.0.0.7".parse().unwrap(), 0, host, POLICY).await;
+    // 127.0.0.9 accepts on the same port and closes at once.
+    let broken = tokio::net::TcpListener::bind(("127.0.0.9", https.addr.port()))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = broken.accept().await {
+            drop(stream);
+        }
+    });
+    let records =
+        "_mta-sts IN TXT \"v=STSv1; id=1\"\nmta-sts IN A 127.0.0.9\nmta-sts IN A 127.0.0.7\n";
+    let relay = format!(
+        "mta_sts_port = {}\ntls_ca_file = \"{}\"",
+        https.addr.port(),
+        ca_file.display()
+    );
+    let w = World::start_with(&relay, &[("remote-b.test", records)], &[]).await;
+    // B offers no STARTTLS: under the policy, deferred rather than sent in plaintext.
+    let held = w.send("bob@remote-b.test", "second address").await;
+    let status = w.deferred_with(&held, 1, "does not offer STARTTLS").await;
+    assert!(
+        status.recipients[0]
+            .last_reply
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("MTA-STS policy of remote-b.test")
+    );
+    assert_eq!(w.b.arrived(), 0, "sent in plaintext despite the policy");
+}

@@ -135,39 +135,43 @@ impl MtaSts {
         let addrs = self.resolver.addresses(&host, self.port).await?;
         let io = |e: &dyn std::fmt::Display| FetchError::Io(e.to_string());
         let name = ServerName::try_from(host.clone()).map_err(|e| io(&e))?;
+        // One address after another: a policy host whose first address fails (an IPv6
+        // route missing, one server down) is still asked at its others.
         let exchange = async {
             let mut last = FetchError::Io("no address".into());
             for addr in addrs {
-                let tcp = match TcpStream::connect(addr).await {
-                    Ok(tcp) => tcp,
-                    Err(e) => {
-                        last = io(&e);
-                        continue;
+                let attempt = async {
+                    let tcp = TcpStream::connect(addr).await.map_err(|e| io(&e))?;
+                    let mut tls = self
+                        .tls
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| io(&e))?;
+                    tls.write_all(http::request(domain).as_bytes())
+                        .await
+                        .map_err(|e| io(&e))?;
+                    // A TLS stream may keep what the socket did not take until flushed.
+                    tls.flush().await.map_err(|e| io(&e))?;
+                    let mut response = Vec::new();
+                    match (&mut tls)
+                        .take(MAX_RESPONSE)
+                        .read_to_end(&mut response)
+                        .await
+                    {
+                        Ok(_) => Ok(response),
+                        // Many servers close without close_notify; the response is whole
+                        // when it parses (a truncated one does not).
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(response),
+                        Err(e) => Err(io(&e)),
                     }
                 };
-                let mut tls = self
-                    .tls
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| io(&e))?;
-                tls.write_all(http::request(domain).as_bytes())
-                    .await
-                    .map_err(|e| io(&e))?;
-                // A TLS stream may keep what the socket did not take until flushed.
-                tls.flush().await.map_err(|e| io(&e))?;
-                let mut response = Vec::new();
-                match (&mut tls)
-                    .take(MAX_RESPONSE)
-                    .read_to_end(&mut response)
-                    .await
-                {
-                    Ok(_) => {}
-                    // Many servers close without close_notify; the response is whole when
-                    // it parses (a truncated one does not).
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-                    Err(e) => return Err(io(&e)),
+                match attempt.await {
+                    Ok(response) => return Ok(response),
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "MTA-STS policy host address failed; trying the next");
+                        last = e;
+                    }
                 }
-                return Ok(response);
             }
             Err(last)
         };
