@@ -44,6 +44,15 @@ pub enum HostDane {
     Unusable(String),
 }
 
+impl HostDane {
+    /// True when the host's certificate will be checked against its records: secure TLSA
+    /// records, at least one of them usable (with none usable TLS is mandatory but checks
+    /// no certificate).
+    pub fn verifies(&self) -> bool {
+        matches!(self, HostDane::Required(records) if !records.is_empty())
+    }
+}
+
 /// How long a domain's DNSSEC status is remembered: proving that a zone is unsigned can
 /// take several lookups up the tree, and most domains are unsigned. A failed lookup is not
 /// remembered.
@@ -297,6 +306,15 @@ mod tests {
         ring::digest::digest(&ring::digest::SHA256, data)
             .as_ref()
             .to_vec()
+    }
+
+    #[test]
+    fn only_usable_records_verify_a_host() {
+        let record = usable(CertUsage::DaneEe, Selector::Spki, Matching::Sha256, b"x").unwrap();
+        assert!(HostDane::Required(vec![record]).verifies());
+        assert!(!HostDane::Required(Vec::new()).verifies());
+        assert!(!HostDane::None.verifies());
+        assert!(!HostDane::Unusable("bogus".into()).verifies());
     }
 
     #[test]

@@ -442,10 +442,11 @@ impl Deliverer {
             };
             let dane_tls;
             let mut host_config = config;
+            // Without MTA-STS enforcement, REQUIRETLS mail goes only to hosts whose
+            // certificate DANE checks.
+            let unverified = requiretls && !enforced && !host_dane.verifies();
             let required_by = match host_dane {
-                // Without MTA-STS enforcement, REQUIRETLS mail goes only to hosts DANE
-                // verifies.
-                HostDane::None if requiretls && !enforced => {
+                HostDane::None | HostDane::Required(_) if unverified => {
                     let failure = HostFailure::NoVerifiedPath {
                         host: target.host.clone(),
                     };
@@ -453,15 +454,6 @@ impl Deliverer {
                     continue;
                 }
                 HostDane::None => enforced.then_some("MTA-STS policy"),
-                // TLSA records none of which is usable make TLS mandatory but check no
-                // certificate: not a verified path for REQUIRETLS.
-                HostDane::Required(records) if requiretls && !enforced && records.is_empty() => {
-                    let failure = HostFailure::NoVerifiedPath {
-                        host: target.host.clone(),
-                    };
-                    last_failure = Some((target.host.clone(), failure, None));
-                    continue;
-                }
                 HostDane::Required(records) => {
                     dane_tls = smtp_client::tls::dane(records);
                     host_config.verified = Some(&dane_tls);
