@@ -168,10 +168,11 @@ impl Snapshot {
         Ok(())
     }
 
-    /// True when `a` and `b` name the same mailbox: a local address in any case, a remote
-    /// one with its local part as written (it belongs to the remote host, RFC 5321 §2.4).
-    pub fn same_mailbox(&self, a: &str, b: &str) -> bool {
-        normal(a, self) == normal(b, self)
+    /// The form in which two addresses naming the same mailbox are equal: a local address
+    /// in any case, a remote one with its local part as written (it belongs to the remote
+    /// host, RFC 5321 §2.4).
+    pub fn mailbox_key(&self, address: &str) -> String {
+        normal(address, self)
     }
 
     /// True when the authenticated user `identity` may use `sender` as its reverse path:

@@ -1,7 +1,7 @@
 //! The pure part of routing: alias expansion, the status record a routed message starts
 //! with, and the split into one delivery job per destination domain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use mailflow_bus::names;
 use mailflow_proto::v1::{
@@ -44,6 +44,8 @@ pub struct Expanded {
 /// Expands every recipient of a message through the directory's aliases.
 pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
     let mut out: Vec<Expanded> = Vec::with_capacity(recipients.len());
+    // The mailboxes already given a copy.
+    let mut reached: HashSet<String> = HashSet::new();
     for rcpt in recipients {
         let finals = match directory.expand(&rcpt.address) {
             Ok(finals) => finals,
@@ -58,9 +60,7 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
         };
         for address in finals {
             // Two recipients that reach the same mailbox get one copy, as in Postfix.
-            if out.iter().any(|e| {
-                e.failure.is_none() && directory.same_mailbox(&e.recipient.address, &address)
-            }) {
+            if !reached.insert(directory.mailbox_key(&address)) {
                 continue;
             }
             let changed = address != rcpt.address;
