@@ -117,7 +117,8 @@ pub async fn stray_tiers(bus: &Bus, configured: usize) -> Vec<usize> {
 /// False only when message `sequence` is known to be gone from `MAIL_RETRY`; when NATS
 /// cannot say, the job is moved (a duplicate is allowed, a loss never).
 async fn still_parked(bus: &Bus, sequence: u64) -> bool {
-    let Ok(stream) = bus.js.get_stream(names::MAIL_RETRY).await else {
+    // A handle without the stream's info: the one request made is the message lookup.
+    let Ok(stream) = bus.js.get_stream_no_info(names::MAIL_RETRY).await else {
         return true;
     };
     match stream.get_raw_message(sequence).await {
