@@ -527,7 +527,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     };
     let name = path.map_or("<defaults>".to_string(), |p| p.display().to_string());
     let config: Config = from_parts(&name, &text, std::env::vars())?;
-    match config.conflicts() {
+    match config.problems() {
         problems if problems.is_empty() => Ok(config),
         problems => Err(ConfigError { problems }),
     }
@@ -536,7 +536,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 impl Config {
     /// Settings that are each valid but do not go together, and endpoints that are not
     /// URIs (found here, with every other bad key, rather than when first used).
-    fn conflicts(&self) -> Vec<Problem> {
+    fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let endpoints = [
             ("ingress.policy_url", Some(&self.ingress.policy_url)),
@@ -820,7 +820,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let problems = cfg.conflicts();
+        let problems = cfg.problems();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "nats.history_retention");
         assert!(
@@ -828,9 +828,9 @@ mod tests {
             "{}",
             problems[0].message
         );
-        assert!(parse("", &[]).unwrap().conflicts().is_empty());
+        assert!(parse("", &[]).unwrap().problems().is_empty());
         let cfg = parse("[ingress]\npolicy_url = \"http://exa mple:1\"\n", &[]).unwrap();
-        assert_eq!(cfg.conflicts()[0].key, "ingress.policy_url");
+        assert_eq!(cfg.problems()[0].key, "ingress.policy_url");
     }
 
     #[test]
