@@ -156,67 +156,96 @@ impl DataDecoder {
     }
 
     /// Decodes from `input`; returns how much of it was consumed, and what happened.
+    ///
+    /// Content is appended in runs between the places that need attention (a stuffed dot,
+    /// a bare CR or LF, the end of the input), not line by line: most bodies are one run.
     fn decode_slice(&mut self, input: &[u8]) -> (usize, DataEvent) {
-        let mut pos = 0;
-        loop {
-            let rest = &input[pos..];
-            if self.at_line_start && rest.first() == Some(&b'.') {
-                match rest.get(1..3) {
-                    Some(b"\r\n") => return (pos + 3, DataEvent::Done(self.buffer.finish())),
-                    // Not enough to tell ".\r\n" from a stuffed dot.
-                    None if rest.get(1).is_none_or(|&b| b == b'\r') => {
-                        return (pos, DataEvent::NeedMore);
-                    }
-                    // RFC 5321 §4.5.2: drop the first dot of a line.
-                    _ => pos += 1,
+        let mut scan = 0;
+        if self.at_line_start {
+            match line_start(input, 0) {
+                LineStart::End(consumed) => {
+                    return (consumed, DataEvent::Done(self.buffer.finish()));
                 }
+                LineStart::Undecided => return (0, DataEvent::NeedMore),
+                LineStart::Content(from) => scan = from,
             }
-            let rest = &input[pos..];
-            match memchr::memchr(b'\n', rest) {
-                Some(lf) => {
-                    let (content, crlf) = match rest[..=lf].strip_suffix(b"\r\n") {
-                        Some(content) => (content, true),
-                        None => (&rest[..lf], false),
-                    };
-                    if !crlf {
-                        self.buffer.bare();
+        }
+        // The start of the content not appended yet.
+        let mut run = scan;
+        while let Some(found) = memchr::memchr2(b'\r', b'\n', &input[scan..]) {
+            let at = scan + found;
+            match (input[at], input.get(at + 1)) {
+                (b'\r', Some(b'\n')) => {
+                    // Only a real CRLF starts a line that can end the data or be
+                    // dot-stuffed: after a bare LF (normalised), ".\r\n" is content.
+                    let next = at + 2;
+                    match line_start(input, next) {
+                        LineStart::End(consumed) => {
+                            self.buffer.append(&input[run..next]);
+                            return (consumed, DataEvent::Done(self.buffer.finish()));
+                        }
+                        LineStart::Undecided => {
+                            self.buffer.append(&input[run..next]);
+                            self.at_line_start = true;
+                            return (next, DataEvent::NeedMore);
+                        }
+                        LineStart::Content(from) => {
+                            if from != next {
+                                // RFC 5321 §4.5.2: drop the first dot of a line.
+                                self.buffer.append(&input[run..next]);
+                                run = from;
+                            }
+                            scan = from;
+                        }
                     }
-                    self.append_content(content);
-                    self.buffer.append(b"\r\n");
-                    // Only a real CRLF starts a line that can end the data or be dot-stuffed:
-                    // after a bare LF (normalised), ".\r\n" is content, never the end.
-                    self.at_line_start = crlf;
-                    pos += lf + 1;
                 }
-                None => {
+                (b'\r', None) => {
                     // Keep a trailing CR: it may be the first half of CRLF.
-                    let keep = usize::from(rest.last() == Some(&b'\r'));
-                    let take = rest.len().saturating_sub(keep);
-                    if take > 0 {
-                        self.append_content(&rest[..take]);
-                        self.at_line_start = false;
-                    }
-                    return (pos + take, DataEvent::NeedMore);
+                    self.buffer.append(&input[run..at]);
+                    self.at_line_start = false;
+                    return (at, DataEvent::NeedMore);
+                }
+                _ => {
+                    // A bare CR or LF: refused, or replaced by CRLF.
+                    self.buffer.append(&input[run..at]);
+                    self.buffer.bare();
+                    self.buffer.append(b"\r\n");
+                    run = at + 1;
+                    scan = run;
                 }
             }
         }
+        self.buffer.append(&input[run..]);
+        self.at_line_start = false;
+        (input.len(), DataEvent::NeedMore)
     }
 
     /// The body received so far.
     pub fn body(&mut self) -> &mut BodyBuffer {
         &mut self.buffer
     }
+}
 
-    /// Appends line content, handling bare CRs inside it.
-    fn append_content(&mut self, content: &[u8]) {
-        let mut rest = content;
-        while let Some(cr) = memchr::memchr(b'\r', rest) {
-            self.buffer.append(&rest[..cr]);
-            self.buffer.bare();
-            self.buffer.append(b"\r\n");
-            rest = &rest[cr + 1..];
-        }
-        self.buffer.append(rest);
+/// How the line starting at some offset of the input begins.
+enum LineStart {
+    /// It is the end marker `.<CRLF>`, which ends before this offset.
+    End(usize),
+    /// Too little input to tell.
+    Undecided,
+    /// It is content, from this offset (past a stuffed dot).
+    Content(usize),
+}
+
+/// Looks at the line starting at `at` of `input`.
+fn line_start(input: &[u8], at: usize) -> LineStart {
+    let rest = &input[at..];
+    match rest {
+        [] => LineStart::Undecided,
+        [b'.', b'\r', b'\n', ..] => LineStart::End(at + 3),
+        // Not enough to tell ".\r\n" from a stuffed dot.
+        [b'.'] | [b'.', b'\r'] => LineStart::Undecided,
+        [b'.', ..] => LineStart::Content(at + 1),
+        _ => LineStart::Content(at),
     }
 }
 
@@ -355,6 +384,88 @@ mod tests {
         );
     }
 
+    /// The decoding rules applied one octet at a time to a whole input: what the end
+    /// marker completes (the body or why it is refused, and the octets consumed), or `None`
+    /// when the input does not end the data.
+    fn reference(
+        input: &[u8],
+        endings: LineEndings,
+    ) -> Option<(Result<Vec<u8>, DataProblem>, usize)> {
+        let (mut out, mut refused, mut at_line_start, mut i) = (Vec::new(), false, true, 0);
+        loop {
+            if at_line_start {
+                if input[i..].starts_with(b".\r\n") {
+                    let body = if refused {
+                        Err(DataProblem::BareLineEnding)
+                    } else {
+                        Ok(out)
+                    };
+                    return Some((body, i + 3));
+                }
+                if input.get(i) == Some(&b'.') {
+                    i += 1;
+                }
+            }
+            at_line_start = false;
+            match (input.get(i), input.get(i + 1)) {
+                (None, _) | (Some(b'\r'), None) => return None,
+                (Some(b'\r'), Some(b'\n')) => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 2;
+                    at_line_start = true;
+                }
+                (Some(b'\r' | b'\n'), _) => {
+                    refused |= endings == LineEndings::Reject;
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                (Some(&c), _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_the_octet_by_octet_rules_however_the_input_is_split() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let input: Vec<u8> = (0..len).map(|_| b"a.\r\n"[(next() % 4) as usize]).collect();
+            let splits = [(next() as usize) % (len + 1), (next() as usize) % (len + 1)];
+            let (first, second) = (splits[0].min(splits[1]), splits[0].max(splits[1]));
+            for endings in [LineEndings::Reject, LineEndings::Normalize] {
+                let mut dec = DataDecoder::new(1000, endings);
+                let (mut buf, mut taken, mut fed) = (BytesMut::new(), Vec::new(), 0);
+                let mut got = None;
+                for piece in [&input[..first], &input[first..second], &input[second..]] {
+                    buf.extend_from_slice(piece);
+                    fed += piece.len();
+                    match dec.decode(&mut buf) {
+                        DataEvent::Done(r) => {
+                            let body = r.map(|rest| [&taken[..], &rest[..]].concat());
+                            got = Some((body, fed - buf.len()));
+                            break;
+                        }
+                        DataEvent::NeedMore => taken.extend_from_slice(&dec.body().take()),
+                    }
+                }
+                assert_eq!(
+                    got,
+                    reference(&input, endings),
+                    "{input:?} split at {first}, {second}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_refused_body_keeps_nothing() {
         let mut dec = DataDecoder::new(1000, LineEndings::Reject);
@@ -362,6 +473,10 @@ mod tests {
         assert_eq!(dec.decode(&mut buf), DataEvent::NeedMore);
         assert!(dec.body().refused());
         assert_eq!(dec.body().buffered(), 0);
-        assert_eq!(dec.body().len(), 11, "only what came before the refusal");
+        assert_eq!(
+            dec.body().len(),
+            14,
+            "only what came before the bare line ending"
+        );
     }
 }

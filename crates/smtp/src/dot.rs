@@ -4,32 +4,33 @@
 ///
 /// Every bare CR or LF becomes CRLF, a line starting with `.` gets a second one, and a
 /// missing final line ending is added, so the peer can never see a premature end marker.
+/// The body is copied in runs between the places that need a change, not line by line.
 pub fn encode(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
-    let mut rest = body;
-    let mut at_line_start = true;
-    while !rest.is_empty() {
-        if at_line_start && rest[0] == b'.' {
-            out.push(b'.');
-        }
-        // Copy up to the next line ending in one piece, then write a CRLF for it.
-        match memchr::memchr2(b'\r', b'\n', rest) {
-            Some(end) => {
-                out.extend_from_slice(&rest[..end]);
-                out.extend_from_slice(b"\r\n");
-                // A CRLF pair counts once; a bare CR or LF becomes CRLF too.
-                let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
-                rest = &rest[end + 1 + usize::from(crlf)..];
-                at_line_start = true;
-            }
-            None => {
-                out.extend_from_slice(rest);
-                rest = &[];
-                at_line_start = false;
-            }
-        }
+    if body.first() == Some(&b'.') {
+        out.push(b'.');
     }
-    if !at_line_start {
+    // The start of the body not copied yet, and where to look for the next line ending.
+    let (mut run, mut scan) = (0, 0);
+    while let Some(found) = memchr::memchr2(b'\r', b'\n', &body[scan..]) {
+        let at = scan + found;
+        // A CRLF pair counts once; a bare CR or LF becomes CRLF.
+        let crlf = body[at] == b'\r' && body.get(at + 1) == Some(&b'\n');
+        let next = at + 1 + usize::from(crlf);
+        if !crlf {
+            out.extend_from_slice(&body[run..at]);
+            out.extend_from_slice(b"\r\n");
+            run = next;
+        }
+        if body.get(next) == Some(&b'.') {
+            out.extend_from_slice(&body[run..next]);
+            out.push(b'.');
+            run = next;
+        }
+        scan = next;
+    }
+    out.extend_from_slice(&body[run..]);
+    if !matches!(body.last(), None | Some(b'\r' | b'\n')) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -69,6 +70,40 @@ mod tests {
         );
         assert_eq!(enc(b"\r\n\r\n.a"), b"\r\n\r\n..a\r\n.\r\n");
         assert_eq!(enc(b"a\r"), b"a\r\n.\r\n");
+    }
+
+    #[test]
+    fn agrees_with_the_octet_by_octet_rules() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 20) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|i| b"a.\r\n"[(seed >> (8 + 2 * i)) as usize % 4])
+                .collect();
+            let mut expected = Vec::new();
+            let (mut at_line_start, mut i) = (true, 0);
+            while let Some(&c) = body.get(i) {
+                if at_line_start && c == b'.' {
+                    expected.push(b'.');
+                }
+                at_line_start = matches!(c, b'\r' | b'\n');
+                if at_line_start {
+                    expected.extend_from_slice(b"\r\n");
+                    i += usize::from(c == b'\r' && body.get(i + 1) == Some(&b'\n'));
+                } else {
+                    expected.push(c);
+                }
+                i += 1;
+            }
+            if !at_line_start {
+                expected.extend_from_slice(b"\r\n");
+            }
+            expected.extend_from_slice(b".\r\n");
+            assert_eq!(enc(&body), expected, "{body:?}");
+        }
     }
 
     #[test]
