@@ -39,7 +39,16 @@ where
         if refusal.is_none() {
             self.start_chunks();
         }
-        if let Some(flow) = self.read_chunk(size, refusal.is_none()).await? {
+        // The data rate of a kept chunk counts with the transaction's earlier chunks; a
+        // refused one is only read to stay in step.
+        let mut rate = match &self.state {
+            State::Mail(_, tx) if refusal.is_none() => match &tx.chunks {
+                Chunks::Receiving(_, _, rate) => *rate,
+                _ => unreachable!("started above"),
+            },
+            _ => RateGuard::new(),
+        };
+        if let Some(flow) = self.read_chunk(size, refusal.is_none(), &mut rate).await? {
             return Ok(flow);
         }
         if let Some(reply) = refusal {
@@ -53,15 +62,23 @@ where
         let State::Mail(_, tx) = &mut self.state else {
             unreachable!("a chunk is kept only in a transaction");
         };
-        let Chunks::Receiving(mut body, incoming) = std::mem::replace(&mut tx.chunks, Chunks::None)
+        let Chunks::Receiving(mut body, incoming, _) =
+            std::mem::replace(&mut tx.chunks, Chunks::None)
         else {
             unreachable!("set above");
         };
         if last {
             return Ok(self.complete(incoming, body.finish()).await);
         }
+        if let Some(flow) = self.check_rate(&rate) {
+            incoming.abort().await;
+            return Ok(flow);
+        }
         let received = body.body().len();
-        tx.chunks = Chunks::Receiving(body, incoming);
+        let State::Mail(_, tx) = &mut self.state else {
+            unreachable!("a chunk is kept only in a transaction");
+        };
+        tx.chunks = Chunks::Receiving(body, incoming, rate);
         self.reply(Reply::new(
             250,
             EnhancedCode::new(2, 0, 0),
@@ -79,29 +96,35 @@ where
         let incoming = self.incoming();
         if let State::Mail(_, tx) = &mut self.state {
             let body = BdatBody::new(self.config.max_message_size, self.config.line_endings);
-            tx.chunks = Chunks::Receiving(body, incoming);
+            tx.chunks = Chunks::Receiving(body, incoming, RateGuard::new());
         }
     }
 
-    /// Reads `size` octets, feeding them to the transaction's body when `keep`.
-    async fn read_chunk(&mut self, size: u64, keep: bool) -> Result<Option<Flow>, SessionError> {
+    /// Reads `size` octets, feeding them to the transaction's body when `keep`, and
+    /// counting them in `rate`.
+    async fn read_chunk(
+        &mut self,
+        size: u64,
+        keep: bool,
+        rate: &mut RateGuard,
+    ) -> Result<Option<Flow>, SessionError> {
         let mut remaining = size;
-        let mut rate = RateGuard::new(self.inbuf.len());
         loop {
             let take = remaining.min(self.inbuf.len() as u64) as usize;
             if keep
                 && let State::Mail(_, tx) = &mut self.state
-                && let Chunks::Receiving(body, incoming) = &mut tx.chunks
+                && let Chunks::Receiving(body, incoming, _) = &mut tx.chunks
             {
                 body.feed(&self.inbuf[..take]);
                 incoming.absorb(&self.backend, body.body()).await;
             }
             self.inbuf.advance(take);
+            rate.count(take);
             remaining -= take as u64;
             if remaining == 0 {
                 return Ok(None);
             }
-            if let Some(flow) = self.fill_data(&mut rate).await? {
+            if let Some(flow) = self.fill_data(rate).await? {
                 return Ok(Some(flow));
             }
         }

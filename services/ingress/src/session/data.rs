@@ -1,6 +1,6 @@
 //! DATA (RFC 5321 §4.1.1.4): read the body, prepend Received, queue durably, then answer.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use mailflow_proto::v1::{
@@ -8,6 +8,7 @@ use mailflow_proto::v1::{
 };
 use mailflow_smtp::params::{self, MailParams, RcptParams};
 use mailflow_smtp::{DataDecoder, DataEvent, DataProblem, EnhancedCode, Mailbox, Reply};
+use tokio::time::Instant;
 
 use super::body::Incoming;
 use super::{
@@ -36,13 +37,16 @@ where
         self.flush().await?;
         let mut incoming = self.incoming();
         let mut decoder = DataDecoder::new(self.config.max_message_size, self.config.line_endings);
-        let mut rate = RateGuard::new(self.inbuf.len());
+        let mut rate = RateGuard::new();
         let body = loop {
-            match decoder.decode(&mut self.inbuf) {
+            let before = self.inbuf.len();
+            let event = decoder.decode(&mut self.inbuf);
+            rate.count(before - self.inbuf.len());
+            match event {
                 DataEvent::Done(result) => break result,
                 DataEvent::NeedMore => {
                     incoming.absorb(&self.backend, decoder.body()).await;
-                    if let Some(flow) = self.fill_data(&mut rate).await? {
+                    if let Some(flow) = self.fill_data(&rate).await? {
                         incoming.abort().await;
                         return Ok(flow);
                     }
@@ -109,12 +113,14 @@ where
     }
 
     /// Reads more message data; `Some(flow)` when the session must end instead (the client
-    /// left, went silent, or sends too slowly).
+    /// left, went silent, or has sent too slowly so far).
     pub(super) async fn fill_data(
         &mut self,
-        rate: &mut RateGuard,
+        rate: &RateGuard,
     ) -> Result<Option<Flow>, SessionError> {
-        let before = self.inbuf.len();
+        if let Some(flow) = self.check_rate(rate) {
+            return Ok(Some(flow));
+        }
         match self.fill(self.config.data_timeout, true).await? {
             // The client went away: the transaction is void, nothing was accepted.
             Some(false) => return Ok(Some(Flow::Close)),
@@ -125,15 +131,17 @@ where
             }
             Some(true) => {}
         }
-        if rate.too_slow(
-            self.inbuf.len().saturating_sub(before),
-            self.config.min_data_rate,
-        ) {
-            let text = format!("{} Error: data rate too low", self.config.hostname);
-            self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
-            return Ok(Some(Flow::Close));
-        }
         Ok(None)
+    }
+
+    /// Ends the session when the message data so far came in below the minimum rate.
+    pub(super) fn check_rate(&mut self, rate: &RateGuard) -> Option<Flow> {
+        if !rate.too_slow(self.config.min_data_rate) {
+            return None;
+        }
+        let text = format!("{} Error: data rate too low", self.config.hostname);
+        self.reply(Reply::new(421, EnhancedCode::new(4, 4, 2), text));
+        Some(Flow::Close)
     }
 
     async fn enqueue(
@@ -206,11 +214,16 @@ pub(super) fn problem_reply(problem: DataProblem) -> Reply {
 
 /// The minimum data rate (a defence against clients that hold a session open by trickling
 /// data just fast enough to beat the per-read timeout). It is judged only after a grace
-/// period, so a slow start or a pause is not punished.
+/// period, so a slow start or a pause is not punished. It counts the octets of message data
+/// taken from the input. For BDAT it spans every chunk of the transaction, where Postfix's
+/// `smtpd_min_data_rate` judges each request alone: judged per chunk, a client could hold a
+/// transaction open indefinitely with tiny chunks, each fast, and long pauses between them.
+/// A client sending chunks back to back is judged as for DATA.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct RateGuard {
-    /// When the body started.
+    /// When the message data started.
     started: Instant,
-    /// Octets received so far.
+    /// Octets of message data so far.
     received: u64,
 }
 
@@ -218,23 +231,30 @@ pub(super) struct RateGuard {
 const RATE_GRACE: Duration = Duration::from_secs(30);
 
 impl RateGuard {
-    /// Starts measuring with `already` octets buffered.
-    pub(super) fn new(already: usize) -> Self {
+    /// Starts measuring now.
+    pub(super) fn new() -> Self {
         Self {
             started: Instant::now(),
-            received: already as u64,
+            received: 0,
         }
     }
 
     /// A guard that started at `started` (tests look back in time with it).
     #[cfg(test)]
-    pub(super) fn started_at(started: Instant, received: u64) -> Self {
-        Self { started, received }
+    pub(super) fn started_at(started: Instant) -> Self {
+        Self {
+            started,
+            received: 0,
+        }
     }
 
-    /// Adds `n` octets; true when the average is below `min_rate` after the grace period.
-    pub(super) fn too_slow(&mut self, n: usize, min_rate: u64) -> bool {
+    /// Counts `n` octets of message data.
+    pub(super) fn count(&mut self, n: usize) {
         self.received += n as u64;
+    }
+
+    /// True when the average is below `min_rate` octets per second after the grace period.
+    pub(super) fn too_slow(&self, min_rate: u64) -> bool {
         let elapsed = self.started.elapsed();
         elapsed > RATE_GRACE && self.received < min_rate.saturating_mul(elapsed.as_secs())
     }

@@ -144,8 +144,9 @@ struct Transaction<P> {
 enum Chunks<P> {
     /// No BDAT yet (DATA is still possible).
     None,
-    /// Chunks are arriving: the receiver, and the body on its way to storage.
-    Receiving(BdatBody, Incoming<P>),
+    /// Chunks are arriving: the receiver, the body on its way to storage, and the data rate
+    /// of the chunks so far.
+    Receiving(BdatBody, Incoming<P>, data::RateGuard),
     /// A chunk was refused: later chunks are read and refused the same way until LAST.
     Failed(Reply),
 }

@@ -1090,15 +1090,38 @@ async fn requiretls_is_offered_and_accepted_only_over_tls() {
 #[test]
 fn data_rate_is_judged_after_the_grace_period() {
     use super::data::RateGuard;
-    let mut fresh = RateGuard::new(0);
-    assert!(
-        !fresh.too_slow(0, 500),
-        "no verdict during the grace period"
-    );
-    let mut slow = RateGuard::started_at(std::time::Instant::now() - Duration::from_secs(60), 0);
-    assert!(slow.too_slow(1000, 500));
-    let mut fast = RateGuard::started_at(std::time::Instant::now() - Duration::from_secs(60), 0);
-    assert!(!fast.too_slow(60_000, 500));
+    let fresh = RateGuard::new();
+    assert!(!fresh.too_slow(500), "no verdict during the grace period");
+    let long_ago = tokio::time::Instant::now() - Duration::from_secs(60);
+    let mut slow = RateGuard::started_at(long_ago);
+    slow.count(1000);
+    assert!(slow.too_slow(500));
+    let mut fast = RateGuard::started_at(long_ago);
+    fast.count(60_000);
+    assert!(!fast.too_slow(500));
+}
+
+/// Each BDAT chunk arrives at once, but the transaction as a whole is slower than the
+/// minimum data rate: the session ends and nothing is queued.
+#[tokio::test(start_paused = true)]
+async fn bdat_data_rate_counts_every_chunk_of_the_transaction() {
+    let backend = TestBackend::default();
+    let mut c = start(backend.clone());
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+        .await;
+    c.expect(250, "2.1.0").await;
+    c.expect(250, "2.1.5").await;
+    // 10 octets every 4 s (within the command timeout of 5 s): 2.5 octets per second
+    // against the minimum of 500, judged once the 30 s of grace are over.
+    for _ in 0..8 {
+        c.send("BDAT 10\r\n0123456789").await;
+        c.expect(250, "2.0.0").await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    c.send("BDAT 10\r\n0123456789").await;
+    c.expect(421, "4.4.2").await;
+    assert!(backend.queued.lock().unwrap().is_empty());
 }
 
 /// A backend that spools bodies above 300 octets (the Received header alone is about 200),
