@@ -294,6 +294,14 @@ impl Client {
         self.send("EHLO client.test\r\n").await;
         self.expect(250, "").await;
     }
+
+    /// Opens a transaction from `a@remote.test` to `u@local.test`.
+    async fn envelope(&mut self) {
+        self.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
+            .await;
+        self.expect(250, "2.1.0").await;
+        self.expect(250, "2.1.5").await;
+    }
 }
 
 fn tls_info() -> TlsInfo {
@@ -895,10 +903,7 @@ async fn bdat_chunks_make_one_message() {
     c.send("EHLO client.test\r\n").await;
     let r = c.expect(250, "").await;
     assert!(r.lines.iter().any(|l| l == "CHUNKING"));
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
+    c.envelope().await;
     // A chunk may hold what would end DATA; here it is plain content.
     c.send("BDAT 19\r\nSubject: x\r\n\r\n.\r\nab").await;
     c.expect(250, "2.0.0").await;
@@ -977,10 +982,7 @@ async fn bdat_over_the_size_limit_is_refused() {
     let backend = TestBackend::default();
     let mut c = start(backend.clone());
     c.ehlo().await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
+    c.envelope().await;
     let chunk = "z".repeat(6000);
     c.send(&format!("BDAT 6000\r\n{chunk}BDAT 6000 LAST\r\n{chunk}"))
         .await;
@@ -1108,10 +1110,7 @@ async fn bdat_data_rate_counts_every_chunk_of_the_transaction() {
     let backend = TestBackend::default();
     let mut c = start(backend.clone());
     c.ehlo().await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
+    c.envelope().await;
     // 10 octets every 4 s (within the command timeout of 5 s): 2.5 octets per second
     // against the minimum of 500, judged once the 30 s of grace are over.
     for _ in 0..8 {
@@ -1210,10 +1209,7 @@ async fn a_small_body_stays_inline_and_a_refused_large_one_is_removed() {
 #[tokio::test]
 async fn bdat_chunks_are_spooled_and_rset_drops_them() {
     let (backend, mut c) = spooling().await;
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
+    c.envelope().await;
     let text = lines(40);
     c.send(&format!("BDAT {}\r\n{text}", text.len())).await;
     c.expect(250, "2.0.0").await;
@@ -1229,10 +1225,7 @@ async fn bdat_chunks_are_spooled_and_rset_drops_them() {
         assert!(content.ends_with(format!("{text}{text}").as_bytes()));
     }
     // A transaction reset mid-way gives its spooled body up.
-    c.send("MAIL FROM:<a@remote.test>\r\nRCPT TO:<u@local.test>\r\n")
-        .await;
-    c.expect(250, "2.1.0").await;
-    c.expect(250, "2.1.5").await;
+    c.envelope().await;
     c.send(&format!("BDAT {}\r\n{text}", text.len())).await;
     c.expect(250, "2.0.0").await;
     c.send("RSET\r\n").await;
