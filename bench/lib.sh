@@ -22,6 +22,12 @@ wait_port() {
     done
 }
 
+# median X...: the middle value of numbers (the lower of the two middle ones for an even
+# count).
+median() {
+    printf "%s\n" "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+
 # rss_kb PID: resident memory of a process in KiB.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
