@@ -2,8 +2,9 @@
 //! mailflow's own SMTP code so that they check it rather than mirror it.
 //!
 //! Recipients starting with `reject` get `550 5.1.1`, with `tempfail` get `451 4.2.0`. With
-//! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`]. A sink
-//! can offer STARTTLS ([`Sink::offer_starttls`]).
+//! [`Sink::hold`] on, the reply to the end of DATA waits until [`Sink::release`] (or is a
+//! refusal, with [`Sink::release_with`]). A sink can offer STARTTLS
+//! ([`Sink::offer_starttls`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,6 +68,8 @@ pub struct Sink {
     peak: Arc<AtomicUsize>,
     /// True while end-of-DATA replies are held back.
     hold: Arc<watch::Sender<bool>>,
+    /// The reply held messages get when released, instead of accepting them.
+    held_reply: Arc<Mutex<Option<String>>>,
     /// PIPELINING is advertised.
     pipelining: Arc<AtomicBool>,
     /// 8BITMIME is advertised.
@@ -127,6 +130,7 @@ impl Sink {
             open: Arc::default(),
             peak: Arc::default(),
             hold: Arc::new(hold),
+            held_reply: Arc::default(),
             pipelining: Arc::new(AtomicBool::new(true)),
             eight_bit: Arc::new(AtomicBool::new(true)),
             dsn: Arc::default(),
@@ -248,12 +252,20 @@ impl Sink {
 
     /// Holds end-of-DATA replies from now on.
     pub fn hold(&self) {
+        *self.held_reply.lock().unwrap() = None;
         self.hold.send_replace(true);
     }
 
     /// Answers held and future messages at once.
     pub fn release(&self) {
         self.hold.send_replace(false);
+    }
+
+    /// Answers the messages held now with `reply` (a refusal such as `451 4.3.0 ...`)
+    /// instead of accepting them, and future ones at once.
+    pub fn release_with(&self, reply: &str) {
+        *self.held_reply.lock().unwrap() = Some(format!("{reply}\r\n"));
+        self.release();
     }
 
     /// One session over `stream`; `tls` when it is already encrypted (after STARTTLS, which
@@ -412,7 +424,16 @@ impl Sink {
                 }
                 self.arrived.fetch_add(1, Ordering::SeqCst);
                 let mut hold = self.hold.subscribe();
-                let _ = hold.wait_for(|held| !*held).await;
+                if *hold.borrow() {
+                    let _ = hold.wait_for(|held| !*held).await;
+                    let refusal = self.held_reply.lock().unwrap().clone();
+                    if let Some(reply) = refusal {
+                        say(&mut r, reply.as_bytes()).await?;
+                        rcpts.clear();
+                        rcpt_params.clear();
+                        continue;
+                    }
+                }
                 count += 1;
                 self.received.lock().unwrap().push(Delivered {
                     from: from.clone(),

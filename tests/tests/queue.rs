@@ -356,6 +356,39 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
     assert_eq!(again.code(), Code::FailedPrecondition);
 }
 
+/// A cancel made while an attempt is under way stays final: the attempt's deferral, which
+/// comes after it, is not recorded and does not park the job for another attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_an_attempt_is_not_undone_by_its_deferral() {
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    w.a.hold();
+    let id = send(&w, "dave@remote-a.test", "in flight", None).await;
+    wait::until("the attempt under way", Duration::from_secs(30), || async {
+        (w.a.arrived() == 1).then_some(())
+    })
+    .await;
+    let out = ok(&w.stack, &["queue", "cancel", &id]).await;
+    assert!(out.contains("1 recipient(s) dropped"), "{out}");
+    w.a.release_with("451 4.3.0 Try again later");
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    // The attempt is over once its job has left MAIL_OUT.
+    wait::until("the attempt over", Duration::from_secs(30), || async {
+        let mut out = js.get_stream("MAIL_OUT").await.ok()?;
+        (out.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+    let mut retry = js.get_stream("MAIL_RETRY").await.unwrap();
+    assert_eq!(
+        retry.info().await.unwrap().state.messages,
+        0,
+        "nothing parked"
+    );
+    let status = w.stack.get_message(&id).await.unwrap();
+    assert_eq!(status.recipients[0].state(), RecipientState::Discarded);
+    assert!(w.stack.log(RELAY).contains("outcomes not recorded"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_replica_and_a_python_client_see_the_same() {
     let w = World::start().await;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use mailflow_runtime::config::NatsConfig;
@@ -129,6 +130,24 @@ impl Bus {
         &self,
         messages: impl IntoIterator<Item = (String, String, Bytes)>,
     ) -> Result<(), BusError> {
+        let messages = messages
+            .into_iter()
+            .map(|(subject, msg_id, payload)| Outgoing {
+                subject,
+                msg_id,
+                payload,
+                after: None,
+            });
+        self.publish_guarded(messages).await.map(drop)
+    }
+
+    /// Publishes like [`Bus::publish_all`], each message stored only while its subject has
+    /// not moved on from [`Outgoing::after`]: for each message, in order, whether it was
+    /// stored (false: another message reached its subject first, and this one is refused).
+    pub async fn publish_guarded(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<Vec<bool>, BusError> {
         let span = tracing::info_span!("publish", otel.kind = "producer");
         self.publish_traced(messages, &span)
             .instrument(span.clone())
@@ -137,13 +156,14 @@ impl Bus {
 
     async fn publish_traced(
         &self,
-        messages: impl IntoIterator<Item = (String, String, Bytes)>,
+        messages: impl IntoIterator<Item = Outgoing>,
         span: &tracing::Span,
-    ) -> Result<(), BusError> {
+    ) -> Result<Vec<bool>, BusError> {
         let mut headers = HeaderMap::new();
         telemetry::inject(span, |name, value| headers.insert(name, value.as_str()));
         let mut acks = Vec::new();
-        for (subject, msg_id, payload) in messages {
+        for out in messages {
+            let subject = out.subject;
             // While disconnected the client would buffer the message and send it after the
             // reconnect, long after the caller gave up on it (and told an SMTP client 451).
             if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -152,11 +172,14 @@ impl Bus {
                     reason: "not connected to NATS".into(),
                 });
             }
-            let mut msg = PublishMessage::build().payload(payload);
+            let mut msg = PublishMessage::build().payload(out.payload);
             if !headers.is_empty() {
                 msg = msg.headers(headers.clone());
             }
-            let msg = msg.message_id(msg_id);
+            let mut msg = msg.message_id(out.msg_id);
+            if let Some(sequence) = out.after {
+                msg = msg.expected_last_subject_sequence(sequence);
+            }
             let ack = self
                 .js
                 .send_publish(subject.clone(), msg)
@@ -167,9 +190,13 @@ impl Bus {
                 })?;
             acks.push((subject, ack));
         }
+        let mut stored = Vec::with_capacity(acks.len());
         for (subject, ack) in acks {
             match tokio::time::timeout(self.publish_timeout, ack).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => stored.push(true),
+                Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    stored.push(false);
+                }
                 Ok(Err(e)) => {
                     return Err(BusError::Publish {
                         subject,
@@ -184,6 +211,20 @@ impl Bus {
                 }
             }
         }
-        Ok(())
+        Ok(stored)
     }
+}
+
+/// A message to publish with [`Bus::publish_guarded`].
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Where it goes.
+    pub subject: String,
+    /// Its `Nats-Msg-Id` (deduplication).
+    pub msg_id: String,
+    /// What it carries.
+    pub payload: Bytes,
+    /// The stream sequence of the subject's latest message that this one must follow (0:
+    /// the subject has none yet); `None` publishes whatever came before.
+    pub after: Option<u64>,
 }

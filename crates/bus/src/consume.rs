@@ -29,6 +29,27 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
 }
 
+/// Runs `work` on behalf of `msg`, telling JetStream every third of `ack_wait` that the
+/// message is still in hand: work that takes longer (a slow server, slow DNS) is not
+/// handed to another replica meanwhile.
+pub async fn keep_alive<F: Future>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: F,
+) -> F::Output {
+    let every = ack_wait / 3;
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
 async fn subscribe(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
     let setup = |e: String| BusError::Setup {
         name: format!("{}/{}", spec.stream, spec.durable),

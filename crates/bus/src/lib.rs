@@ -20,8 +20,8 @@ mod kv;
 mod topology;
 
 pub use body::{BodyStore, Spool, load_body};
-pub use connect::{Bus, BusError};
-pub use consume::{ConsumerSpec, consume};
+pub use connect::{Bus, BusError, Outgoing};
+pub use consume::{ConsumerSpec, consume, keep_alive};
 pub use kv::{compare_and_set, key_token};
 pub use topology::{Topology, names};
 

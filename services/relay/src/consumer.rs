@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
-use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, load_body, names};
+use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, keep_alive, load_body, names};
 use mailflow_proto::v1::{DeliveryJob, RecipientState};
 use mailflow_runtime::config::Transport;
 use prost::Message;
@@ -108,21 +108,11 @@ impl Consumer {
         let attempt = job.attempts_before + delivered;
         // Keep the job ours while we work on it, reporting progress from this task (no
         // extra task per job).
-        let every = self.ack_wait / 3;
         let span = tracing::info_span!("delivery", queue_id = %job.queue_id, domain = %job.domain, attempt);
         let work = self
             .work(&job, &transport, attempt, permit)
             .instrument(span);
-        tokio::pin!(work);
-        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let result = loop {
-            tokio::select! {
-                result = &mut work => break result,
-                _ = progress.tick() => {
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-            }
-        };
+        let result = keep_alive(&msg, self.ack_wait, work).await;
         let ack = match result {
             Ok(false) => msg.ack().await,
             Ok(true) => {
@@ -157,13 +147,16 @@ impl Consumer {
     /// Publishes `job` again at the end of its subject and acknowledges this copy. The new
     /// copy has a fresh `Nats-Msg-Id` (this one's stream sequence), so it is not taken for a
     /// duplicate; a crash between the two steps leaves both copies, which can deliver twice
-    /// but never loses the job.
+    /// but never loses the job. The copy is marked `requeued`: an operator's cancel may
+    /// have missed it while it was on its way, so its attempt reads the recipients' state.
     async fn requeue(&self, msg: &jetstream::Message, job: &DeliveryJob) {
         let sequence = msg.info().map_or(0, |i| i.stream_sequence);
         let id = format!("{}.wait.{sequence}", job.job_id);
+        let mut copy = job.clone();
+        copy.requeued += 1;
         let published = self
             .bus
-            .publish(msg.subject.to_string(), &id, msg.payload.clone())
+            .publish(msg.subject.to_string(), &id, copy.encode_to_vec().into())
             .await;
         let ack = match published {
             Ok(()) => msg.ack().await,
@@ -188,9 +181,10 @@ impl Consumer {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<bool, BusError> {
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
-        // (a retry, or a redelivery after a crash) and jobs held for a suspended domain
-        // (which an operator may have cancelled meanwhile) skip recipients already done.
-        let current = if attempt > 1 || job.held > 0 {
+        // (a retry, or a redelivery after a crash) and jobs held for a suspended domain or
+        // sent round for a busy one (which an operator may have cancelled meanwhile) skip
+        // recipients already done.
+        let current = if attempt > 1 || job.held > 0 || job.requeued > 0 {
             self.status.get(&job.queue_id).await?
         } else {
             None
@@ -201,7 +195,7 @@ impl Consumer {
             .filter(|r| {
                 current
                     .as_ref()
-                    .and_then(|s| s.recipients.get(r.index as usize))
+                    .and_then(|c| c.status.recipients.get(r.index as usize))
                     .is_none_or(|s| !is_final(s.state()))
             })
             .map(|r| {
@@ -237,7 +231,7 @@ impl Consumer {
             }
             let previous = current
                 .as_ref()
-                .and_then(|s| s.recipients.get(*index as usize))
+                .and_then(|c| c.status.recipients.get(*index as usize))
                 .and_then(|r| r.updated_at)
                 .map(|at| {
                     age_of(
@@ -297,10 +291,19 @@ impl Consumer {
             .await?;
             tracing::info!(queue_id = %job.queue_id, notice = %notice, "delivery status notification queued");
         }
-        self.status.record(job, attempt, &results, retry_in).await?;
+        // Outcomes an operator's action overtook during the attempt are not recorded, and a
+        // deferral among them does not park the job (a notice queued above for one of them
+        // may still go out).
+        let overtaken = self
+            .status
+            .record(job, attempt, &results, retry_in, current.as_ref())
+            .await?;
+        if !overtaken.is_empty() {
+            tracing::info!(queue_id = %job.queue_id, recipients = ?overtaken, "outcomes not recorded: the recipients' state changed during the attempt");
+        }
         Ok(results
             .iter()
-            .any(|(_, _, o)| o.state == RecipientState::Deferred))
+            .any(|(i, _, o)| o.state == RecipientState::Deferred && !overtaken.contains(i)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
 use futures::future::try_join_all;
-use mailflow_bus::{Bus, BusError, names};
+use mailflow_bus::{Bus, BusError, Outgoing, names};
 use mailflow_proto::v1::{
     DeliveryEvent, DeliveryJob, MessageStatus, RecipientState, RecipientStatus,
 };
@@ -63,7 +63,7 @@ impl StatusBook {
     }
 
     /// The current state of a message: its record with every recipient's latest event.
-    pub async fn get(&self, queue_id: &str) -> Result<Option<MessageStatus>, BusError> {
+    pub async fn get(&self, queue_id: &str) -> Result<Option<Current>, BusError> {
         let record = self
             .kv
             .get(queue_id)
@@ -77,24 +77,26 @@ impl StatusBook {
         let open: Vec<usize> = (0..status.recipients.len())
             .filter(|&i| !is_final(status.recipients[i].state()))
             .collect();
-        let latest = try_join_all(open.iter().map(|&i| self.latest(queue_id, i))).await?;
-        for (i, event) in open.into_iter().zip(latest) {
-            if let Some(event) = event {
+        let events = try_join_all(open.iter().map(|&i| self.latest(queue_id, i))).await?;
+        let mut latest = vec![0; status.recipients.len()];
+        for (i, event) in open.into_iter().zip(events) {
+            if let Some((event, sequence)) = event {
                 apply(&mut status.recipients[i], event);
+                latest[i] = sequence;
             }
         }
-        Ok(Some(status))
+        Ok(Some(Current { status, latest }))
     }
 
-    /// The latest event of recipient `index`, if any.
+    /// The latest event of recipient `index` and its stream sequence, if any.
     async fn latest(
         &self,
         queue_id: &str,
         index: usize,
-    ) -> Result<Option<DeliveryEvent>, BusError> {
+    ) -> Result<Option<(DeliveryEvent, u64)>, BusError> {
         let subject = names::event(queue_id, u32::try_from(index).unwrap_or(u32::MAX));
         match self.events.get_last_raw_message_by_subject(&subject).await {
-            Ok(msg) => Ok(Some(DeliveryEvent::decode(msg.payload)?)),
+            Ok(msg) => Ok(Some((DeliveryEvent::decode(msg.payload)?, msg.sequence))),
             Err(e)
                 if e.kind()
                     == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
@@ -107,18 +109,23 @@ impl StatusBook {
 
     /// Records `results` (recipient index, address, outcome) of one attempt: one event per
     /// recipient, all acknowledged before this returns. A deferral says when the next
-    /// attempt is due, `retry_in` from now.
+    /// attempt is due, `retry_in` from now. `before` is the state the attempt started from
+    /// (`None`: a first attempt, before any event). An outcome other than a delivery is
+    /// recorded only if no event came for its recipient meanwhile (an operator's cancel
+    /// during the attempt stays final rather than being undone by a deferral); a delivery
+    /// is a fact and always recorded. Returns the indexes of the outcomes not recorded.
     pub async fn record(
         &self,
         job: &DeliveryJob,
         attempt: u32,
         results: &[(u32, String, Outcome)],
         retry_in: Duration,
-    ) -> Result<(), BusError> {
+        before: Option<&Current>,
+    ) -> Result<Vec<u32>, BusError> {
         let now = SystemTime::now();
         let at = Some(prost_types::Timestamp::from(now));
         let next = Some(prost_types::Timestamp::from(now + retry_in));
-        let events: Vec<(String, String, Bytes)> = results
+        let events: Vec<Outgoing> = results
             .iter()
             .map(|(index, address, outcome)| {
                 let event = DeliveryEvent {
@@ -136,14 +143,42 @@ impl StatusBook {
                         .then_some(next)
                         .flatten(),
                 };
-                (
-                    names::event(&job.queue_id, *index),
-                    format!("{}.{index}.{attempt}", job.job_id),
-                    Bytes::from(event.encode_to_vec()),
-                )
+                Outgoing {
+                    subject: names::event(&job.queue_id, *index),
+                    msg_id: format!("{}.{index}.{attempt}", job.job_id),
+                    payload: Bytes::from(event.encode_to_vec()),
+                    after: (outcome.state != RecipientState::Delivered)
+                        .then(|| before.map_or(0, |c| c.after(*index))),
+                }
             })
             .collect();
-        self.bus.publish_all(events).await
+        let stored = self.bus.publish_guarded(events).await?;
+        Ok(results
+            .iter()
+            .zip(stored)
+            .filter(|(_, stored)| !stored)
+            .map(|((index, _, _), _)| *index)
+            .collect())
+    }
+}
+
+/// A message's state as read, and what a later event about each recipient must follow.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The record with each recipient's latest event applied.
+    pub status: MessageStatus,
+    /// For each recipient by index, the stream sequence of its latest event (0: none).
+    latest: Vec<u64>,
+}
+
+impl Current {
+    /// The sequence an event about recipient `index` must follow to be recorded.
+    pub fn after(&self, index: u32) -> u64 {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.latest.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 }
 

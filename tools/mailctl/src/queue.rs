@@ -116,7 +116,9 @@ pub enum QueueAction {
 /// A time argument: RFC 3339, or an age before now.
 fn when(text: &str, field: &str) -> anyhow::Result<prost_types::Timestamp> {
     let at = match humantime::parse_duration(text) {
-        Ok(age) => SystemTime::now() - age,
+        Ok(age) => SystemTime::now().checked_sub(age).with_context(|| {
+            format!("--{field}: {text:?} is further back than this clock reaches")
+        })?,
         Err(_) => humantime::parse_rfc3339_weak(text)
             .with_context(|| format!("--{field}: {text:?} is neither a time nor an age"))?,
     };
@@ -368,5 +370,23 @@ fn print_result(json: bool, value: serde_json::Value, text: &str) {
         println!("{value}");
     } else {
         println!("{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_are_given_as_an_age_or_a_date() {
+        let hour_ago = SystemTime::try_from(when("1h", "since").unwrap()).unwrap();
+        let age = SystemTime::now().duration_since(hour_ago).unwrap();
+        assert!(age >= Duration::from_secs(3600) && age < Duration::from_secs(3660));
+        let date = when("2026-01-02T03:04:05Z", "until").unwrap();
+        assert_eq!(date.seconds, 1_767_323_045);
+        let err = when("300000000000y", "since").unwrap_err().to_string();
+        assert!(err.contains("--since"), "{err}");
+        assert!(when("yesterday", "since").is_err());
     }
 }

@@ -124,6 +124,7 @@ pub fn split(
             transport,
             held: 0,
             message_id: String::new(),
+            requeued: 0,
         };
         jobs.push((names::mail_out(shard_of(&domain, shards)), job));
     }

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use mailflow_bus::{BusError, load_body, names};
+use mailflow_bus::{BusError, Outgoing, load_body, names};
 use mailflow_proto::v1::{
     CancelRequest, DeliveryEvent, DeliveryJob, RecipientState, RemoteReply, RetryRequest,
 };
@@ -13,6 +13,9 @@ use tonic::Status;
 
 use super::jobs::{self, Waiting};
 use super::{QueueService, invalid, pending, queue_id, unavailable};
+
+/// How many times a cancel reads a recipient again whose state changed under it.
+const CANCEL_ROUNDS: usize = 3;
 
 /// A destination domain argument, lower case, or `INVALID_ARGUMENT`.
 pub(super) fn domain(domain: &str) -> Result<String, Status> {
@@ -44,7 +47,7 @@ impl QueueService {
         let selector: Box<dyn Fn(&DeliveryJob) -> bool + Send + Sync> = if !req.queue_id.is_empty()
         {
             queue_id(&req.queue_id, "queue_id")?;
-            let status = self.current(&req.queue_id).await?;
+            let status = self.current(&req.queue_id).await?.status;
             if pending(&status).is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "message {} has no recipient left to deliver",
@@ -83,12 +86,14 @@ impl QueueService {
     /// bounced with a notice to the sender), and then its waiting jobs are taken out of the
     /// queues. In that order, an interruption never leaves a recipient without a final
     /// state and without a job; a job left behind finds its recipients final when it comes
-    /// round (and a second Cancel removes it). A job already in a delivery attempt may
-    /// still deliver.
+    /// round (and a second Cancel removes it). A cancel event is recorded only if nothing
+    /// happened to its recipient since its state was read (a delivery that finished
+    /// meanwhile stays a delivery; such a recipient is read again and, still pending, tried
+    /// again). A job already in a delivery attempt may still deliver; its other outcomes do
+    /// not undo the cancel.
     pub(super) async fn cancel_message(&self, req: CancelRequest) -> Result<u32, Status> {
         queue_id(&req.queue_id, "queue_id")?;
-        let status = self.current(&req.queue_id).await?;
-        let open = pending(&status);
+        let mut current = self.current(&req.queue_id).await?;
         let mut found: Vec<(async_nats::jetstream::stream::Stream, Waiting)> = Vec::new();
         for name in [names::MAIL_RETRY, names::MAIL_OUT] {
             let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;
@@ -100,7 +105,7 @@ impl QueueService {
                 found.push((stream.clone(), w));
             }
         }
-        if open.is_empty() && found.is_empty() {
+        if pending(&current.status).is_empty() && found.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "message {} has no recipient left to cancel",
                 req.queue_id
@@ -126,42 +131,57 @@ impl QueueService {
             )
         };
         let at = Some(SystemTime::now().into());
-        let events: Vec<(String, String, Bytes)> = open
-            .iter()
-            .map(|&i| {
-                let index = u32::try_from(i).unwrap_or(u32::MAX);
-                let event = DeliveryEvent {
-                    queue_id: req.queue_id.clone(),
-                    recipient: status.recipients[i].address.clone(),
-                    state: state as i32,
-                    reply: Some(reply.clone()),
-                    at,
-                    ..Default::default()
-                };
-                (
-                    names::event(&req.queue_id, index),
-                    format!("{}.{index}.cancel", req.queue_id),
-                    Bytes::from(event.encode_to_vec()),
-                )
-            })
-            .collect();
-        self.bus.publish_all(events).await.map_err(bus_error)?;
+        let mut cancelled: Vec<u32> = Vec::new();
+        for _ in 0..CANCEL_ROUNDS {
+            let open: Vec<u32> = pending(&current.status)
+                .into_iter()
+                .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+                .collect();
+            let events: Vec<Outgoing> = open
+                .iter()
+                .map(|&index| {
+                    let event = DeliveryEvent {
+                        queue_id: req.queue_id.clone(),
+                        recipient: current.status.recipients[index as usize].address.clone(),
+                        state: state as i32,
+                        reply: Some(reply.clone()),
+                        at,
+                        ..Default::default()
+                    };
+                    Outgoing {
+                        subject: names::event(&req.queue_id, index),
+                        msg_id: format!("{}.{index}.cancel", req.queue_id),
+                        payload: Bytes::from(event.encode_to_vec()),
+                        after: Some(current.after(index)),
+                    }
+                })
+                .collect();
+            let stored = self.bus.publish_guarded(events).await.map_err(bus_error)?;
+            let overtaken = stored.iter().filter(|s| !**s).count();
+            cancelled.extend(open.iter().zip(stored).filter(|(_, s)| *s).map(|(i, _)| *i));
+            if overtaken == 0 {
+                break;
+            }
+            current = self.current(&req.queue_id).await?;
+        }
         if req.bounce {
             let waiting: Vec<&Waiting> = found.iter().map(|(_, w)| w).collect();
-            self.notify_cancelled(&waiting, &reply).await?;
+            self.notify_cancelled(&waiting, &cancelled, &reply).await?;
         }
         for (stream, w) in &found {
             jobs::remove(stream, w).await.map_err(bus_error)?;
         }
-        tracing::info!(queue_id = %req.queue_id, recipients = open.len(), bounce = req.bounce, "cancelled");
-        Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
+        tracing::info!(queue_id = %req.queue_id, recipients = cancelled.len(), bounce = req.bounce, "cancelled");
+        Ok(u32::try_from(cancelled.len()).unwrap_or(u32::MAX))
     }
 
-    /// Tells the sender about recipients bounced by a cancel, one notice per job taken out
-    /// (its `Nats-Msg-Id` uses attempt 0, which no delivery attempt has).
+    /// Tells the sender about the recipients a cancel bounced (`cancelled`, by index), one
+    /// notice per job taken out (its `Nats-Msg-Id` uses attempt 0, which no delivery
+    /// attempt has).
     async fn notify_cancelled(
         &self,
         removed: &[&Waiting],
+        cancelled: &[u32],
         reply: &RemoteReply,
     ) -> Result<(), Status> {
         for w in removed {
@@ -169,6 +189,7 @@ impl QueueService {
                 .job
                 .recipients
                 .iter()
+                .filter(|r| cancelled.contains(&r.index))
                 .filter_map(|r| {
                     RecipientReport::owed(r.recipient.as_ref()?, Action::Failed, reply, "")
                 })

@@ -4,7 +4,7 @@
 //! stream allows no second consumer over the same subjects, so the messages are read by
 //! sequence; operators' commands are rare, and what waits there is little.
 
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, names};
 use mailflow_proto::v1::DeliveryJob;
@@ -44,9 +44,12 @@ pub async fn find<T: Message + Default>(
         return Ok(out);
     }
     for sequence in state.first_sequence..=state.last_sequence {
-        // Gaps (acknowledged or deleted jobs) are skipped.
-        let Ok(msg) = stream.get_raw_message(sequence).await else {
-            continue;
+        let msg = match stream.get_raw_message(sequence).await {
+            Ok(msg) => msg,
+            // Gaps (acknowledged or deleted jobs) are skipped; any other failure means the
+            // answer would be incomplete.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(storage("get", e)),
         };
         let Ok(job) = T::decode(msg.payload.clone()) else {
             continue;

@@ -24,7 +24,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::projection::{Filter, Projection, nanos, timestamp};
-use crate::status::{StatusBook, is_final};
+use crate::status::{Current, StatusBook, is_final};
 use crate::suspend::Suspensions;
 
 /// Pages are at most this long.
@@ -183,9 +183,9 @@ impl QueueService {
     }
 
     /// The current status of `id`, or `NOT_FOUND`.
-    async fn current(&self, id: &str) -> Result<MessageStatus, Status> {
+    async fn current(&self, id: &str) -> Result<Current, Status> {
         match self.status.get(id).await {
-            Ok(Some(status)) => Ok(status),
+            Ok(Some(current)) => Ok(current),
             Ok(None) => Err(Status::not_found(format!("no message with queue id {id}"))),
             Err(e) => Err(unavailable(e)),
         }
@@ -224,7 +224,7 @@ impl queue_server::Queue for QueueService {
             Err(e) if e.code() == tonic::Code::NotFound => {
                 self.accepted(Some(&id)).await?.pop().ok_or(e)?
             }
-            other => other?,
+            other => other?.status,
         };
         status.history = self.history(&id).await?;
         Ok(Response::new(status))
@@ -264,7 +264,7 @@ impl queue_server::Queue for QueueService {
     ) -> Result<Response<Updates>, Status> {
         let id = request.into_inner().queue_id;
         queue_id(&id, "queue_id")?;
-        let status = self.current(&id).await?;
+        let status = self.current(&id).await?.status;
         let consumer = self
             .events
             .create_consumer(OrderedConfig {
