@@ -43,7 +43,10 @@ pub fn section_len(message: &[u8]) -> usize {
 }
 
 /// The fields of the header section in order. A line that is neither a field nor a
-/// continuation (no colon) ends the section, as it would for most parsers.
+/// continuation (no colon, or a name that is not UTF-8) is skipped, as mail-parser (which
+/// the verification and attachment checks use) and lenient mail readers skip it: if it
+/// ended the section here, a forged or filtered field after it would escape the scan and
+/// still reach the reader.
 pub fn fields(message: &[u8]) -> Vec<Field<'_>> {
     let section = &message[..section_len(message)];
     let mut out = Vec::new();
@@ -55,17 +58,15 @@ pub fn fields(message: &[u8]) -> Vec<Field<'_>> {
         }
         let end = field_end(rest);
         let field = &rest[..end];
-        let Some(colon) = memchr::memchr(b':', field) else {
-            break;
-        };
-        let Ok(name) = std::str::from_utf8(&field[..colon]) else {
-            break;
-        };
-        out.push(Field {
-            name: name.trim_end(),
-            raw_value: &field[colon + 1..],
-            span: at..at + end,
-        });
+        let name = memchr::memchr(b':', field)
+            .and_then(|colon| Some((std::str::from_utf8(&field[..colon]).ok()?, colon)));
+        if let Some((name, colon)) = name {
+            out.push(Field {
+                name: name.trim_end(),
+                raw_value: &field[colon + 1..],
+                span: at..at + end,
+            });
+        }
         at += end;
     }
     out
@@ -191,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn edge_cases_end_the_section_safely() {
+    fn edge_cases_are_read_safely() {
         assert!(fields(b"").is_empty());
         assert!(fields(b"\r\nbody").is_empty());
         assert_eq!(section_len(b"\r\nbody"), 2);
@@ -199,8 +200,15 @@ mod tests {
         let f = fields(b"A: 1\r\nB: 2");
         assert_eq!(f.len(), 2);
         assert_eq!(f[1].value(), "2");
-        // A line without a colon ends the fields.
-        assert_eq!(fields(b"A: 1\r\ngarbage\r\nB: 2\r\n\r\n").len(), 1);
+        // A line without a colon, or with a name that is not UTF-8, is skipped: the fields
+        // after it are still found, and can be removed.
+        let junk = b"A: 1\r\ngarbage\r\n\xff: x\r\nAuthentication-Results: mx.test; dmarc=pass\r\n\r\nbody\r\n";
+        let names: Vec<&str> = fields(junk).iter().map(|f| f.name).collect();
+        assert_eq!(names, ["A", "Authentication-Results"]);
+        assert_eq!(
+            without(junk, |f| f.is("Authentication-Results")).unwrap(),
+            b"A: 1\r\ngarbage\r\n\xff: x\r\n\r\nbody\r\n"
+        );
         // Invalid UTF-8 in a value is replaced, not refused.
         assert_eq!(fields(b"A: \xff\r\n\r\n")[0].value(), "\u{fffd}");
         // A bare LF inside a value is not a line end (the ingress refuses it by default).

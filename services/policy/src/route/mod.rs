@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
-use mailflow_bus::{BodyStore, Bus, BusError, ConsumerSpec, consume, names};
+use mailflow_bus::{BodyStore, Bus, BusError, ConsumerSpec, consume, keep_alive, names};
 use mailflow_proto::v1::{AcceptedMessage, MessageStatus, RecipientState, RemoteReply, body};
 use mailflow_report::{Action, Original, RecipientReport, notice};
 use prost::Message;
@@ -32,6 +32,12 @@ use crate::scan::{Decision, Headline, Origin, Scanner, headline};
 
 /// Messages routed at once by one replica.
 const CONCURRENCY: usize = 64;
+
+/// Redelivery of a message after this long without an acknowledgement or progress report.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// The longest wait before a message whose routing failed is tried again.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// Why one message could not be routed (it is redelivered).
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +90,7 @@ impl RouteStage {
             stream: names::MAIL_IN,
             durable: names::ROUTE_CONSUMER.into(),
             filter: None,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: ACK_WAIT,
             max_ack_pending: 1024,
             concurrency: CONCURRENCY,
         };
@@ -102,17 +108,20 @@ impl RouteStage {
                 return;
             }
         };
-        match self.route(status, &accepted).await {
+        // Verification can wait on slow DNS for a while: keep the message ours meanwhile.
+        match keep_alive(&msg, ACK_WAIT, self.route(status, &accepted)).await {
             Ok(()) => {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(queue_id = %accepted.queue_id, error = %e, "ack failed; the message will be routed again");
                 }
             }
             Err(e) => {
-                tracing::warn!(queue_id = %accepted.queue_id, error = %e, "routing failed; will retry");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                // Retried after a delay that doubles with each failure, up to a minute, so
+                // that a message that keeps failing does not keep a handler busy.
+                let failures = msg.info().map_or(1, |i| i.delivered).clamp(1, 7) as u32;
+                let delay = Duration::from_secs(1 << (failures - 1)).min(MAX_RETRY_DELAY);
+                tracing::warn!(queue_id = %accepted.queue_id, error = %e, retry_in = ?delay, "routing failed; will retry");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }
         }
     }

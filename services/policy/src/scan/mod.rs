@@ -75,12 +75,31 @@ fn headline_of(fields: &[header::Field<'_>]) -> Headline {
             .map(|f| f.value())
             .unwrap_or_default()
     };
+    let message_id = value("Message-ID");
     Headline {
-        subject: value("Subject"),
-        message_id: value("Message-ID")
-            .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
-            .to_string(),
+        subject: bounded(value("Subject")),
+        message_id: bounded(
+            message_id
+                .trim_matches(|c: char| c == '<' || c == '>' || c.is_whitespace())
+                .to_string(),
+        ),
     }
+}
+
+/// The longest Subject or Message-ID kept for status records and the quarantine: a line's
+/// limit (RFC 5322 §2.1.1). A longer value is cut at a character boundary, so that a huge
+/// header field cannot make a record too large to store (NATS' maximum payload).
+const HEADLINE_MAX: usize = 998;
+
+fn bounded(mut value: String) -> String {
+    if value.len() > HEADLINE_MAX {
+        let mut end = HEADLINE_MAX;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
+    value
 }
 
 /// Where a message comes from, as far as authentication goes.
@@ -199,5 +218,27 @@ impl Scanner {
             rewritten,
             headline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headline_keeps_at_most_a_line_of_each_value() {
+        let long_id = format!("<{}@x.test>", "a".repeat(5000));
+        // 'é' is two octets: a cut must not split it.
+        let long_subject = format!("{}é{}", "s".repeat(997), "t".repeat(10));
+        let message = format!("Message-ID: {long_id}\r\nSubject: {long_subject}\r\n\r\nbody\r\n");
+        let h = headline(message.as_bytes());
+        assert_eq!(h.message_id.len(), HEADLINE_MAX);
+        assert!(h.message_id.starts_with("aaa"));
+        assert_eq!(h.subject, "s".repeat(997));
+        let short = headline(b"Message-ID: <id@x.test>\r\nSubject: hi\r\n\r\n");
+        assert_eq!(
+            (short.message_id.as_str(), short.subject.as_str()),
+            ("id@x.test", "hi")
+        );
     }
 }

@@ -43,6 +43,27 @@ pub struct Verified {
     pub dmarc_reject: Option<String>,
 }
 
+/// The DKIM signatures verified in one message, and the malformed ones reported: RFC 6376
+/// §6.1 lets a verifier limit the signatures it tries. Each costs a DNS lookup and a clause
+/// in `Authentication-Results`, so a message with thousands of them would otherwise hold
+/// a route handler for as long as the lookups take and grow a header field larger than a
+/// bus message may be.
+const MAX_DKIM_SIGNATURES: usize = 10;
+
+/// Keeps the first [`MAX_DKIM_SIGNATURES`] DKIM signatures of `parsed`, and as many of the
+/// malformed ones.
+fn limit_dkim(parsed: &mut AuthenticatedMessage<'_>) {
+    parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+    let mut malformed = 0;
+    parsed.errors.retain(|h| {
+        if !matches!(h.header, mail_auth::Error::Dkim(_)) {
+            return true;
+        }
+        malformed += 1;
+        malformed <= MAX_DKIM_SIGNATURES
+    });
+}
+
 /// The SPF result of the MAIL FROM identity (the EHLO identity for `<>`).
 pub async fn spf(
     authenticator: &MessageAuthenticator,
@@ -82,7 +103,7 @@ pub async fn verify(
         Ok(result) => SpfOutput::new(envelope.spf_domain().to_string()).with_result(result),
         Err(()) => spf(authenticator, hostname, envelope).await,
     };
-    let Some(parsed) = AuthenticatedMessage::parse(message) else {
+    let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
         // Not a message mail-auth can read (no header section): SPF is all there is.
         let header = AuthenticationResults::new(hostname)
             .with_spf_mailfrom_result(&spf_output, envelope.ip, envelope.mail_from, envelope.helo)
@@ -92,6 +113,7 @@ pub async fn verify(
             dmarc_reject: None,
         };
     };
+    limit_dkim(&mut parsed);
     let dkim = authenticator.verify_dkim(&parsed).await;
     let arc = authenticator.verify_arc(&parsed).await;
     let dmarc = authenticator
@@ -115,5 +137,40 @@ pub async fn verify(
     Verified {
         header,
         dmarc_reject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dkim_errors(parsed: &AuthenticatedMessage<'_>) -> usize {
+        parsed
+            .errors
+            .iter()
+            .filter(|h| matches!(h.header, mail_auth::Error::Dkim(_)))
+            .count()
+    }
+
+    #[test]
+    fn at_most_ten_dkim_signatures_and_ten_malformed_ones_are_looked_at() {
+        let mut message = Vec::new();
+        for i in 0..30 {
+            message.extend_from_slice(
+                format!("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==; d=d{i}.test; s=s; h=From:Subject; t=1\r\n")
+                    .as_bytes(),
+            );
+        }
+        // Signatures of a version mail-auth does not know: each would be reported neutral.
+        for _ in 0..30 {
+            message.extend_from_slice(b"DKIM-Signature: v=2; d=x.test; s=s\r\n");
+        }
+        message.extend_from_slice(b"From: a@b.test\r\nSubject: many\r\n\r\nbody\r\n");
+        let mut parsed = AuthenticatedMessage::parse(&message).unwrap();
+        assert_eq!(parsed.dkim_headers.len(), 30);
+        assert_eq!(dkim_errors(&parsed), 30);
+        limit_dkim(&mut parsed);
+        assert_eq!(parsed.dkim_headers.len(), MAX_DKIM_SIGNATURES);
+        assert_eq!(dkim_errors(&parsed), MAX_DKIM_SIGNATURES);
     }
 }
