@@ -39,6 +39,14 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait before a message whose routing failed is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
+/// How long a message waits after its `deliveries`-th routing failed: a delay that doubles
+/// with each failure from a second, up to [`MAX_RETRY_DELAY`], so that a message that keeps
+/// failing does not keep a handler busy.
+fn retry_delay(deliveries: i64) -> Duration {
+    let doublings = deliveries.clamp(1, 7) - 1;
+    Duration::from_secs(1 << doublings).min(MAX_RETRY_DELAY)
+}
+
 /// Why one message could not be routed (it is redelivered).
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -116,10 +124,7 @@ impl RouteStage {
                 }
             }
             Err(e) => {
-                // Retried after a delay that doubles with each failure, up to a minute, so
-                // that a message that keeps failing does not keep a handler busy.
-                let failures = msg.info().map_or(1, |i| i.delivered).clamp(1, 7) as u32;
-                let delay = Duration::from_secs(1 << (failures - 1)).min(MAX_RETRY_DELAY);
+                let delay = retry_delay(msg.info().map_or(1, |i| i.delivered));
                 tracing::warn!(queue_id = %accepted.queue_id, error = %e, retry_in = ?delay, "routing failed; will retry");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }
@@ -313,5 +318,16 @@ impl RouteStage {
             .await?;
         tracing::info!(queue_id = %msg.queue_id, notice = %queue_id, "failure report queued");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_routing_waits_longer_each_time_up_to_a_minute() {
+        let delays: Vec<u64> = (0..10).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 }
