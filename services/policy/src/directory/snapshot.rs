@@ -111,9 +111,19 @@ impl Snapshot {
         self.user(local, domain).is_some() || self.redirect(local, domain).is_some()
     }
 
+    /// True when `address` is in a local domain and mail for it has nowhere to go: no user,
+    /// no alias, no catch-all (Postfix: "User unknown in virtual mailbox table").
+    pub fn unknown_local(&self, address: &str) -> bool {
+        address::parse_mailbox(address).is_ok_and(|a| {
+            !a.is_address_literal()
+                && self.is_local(&a.domain)
+                && !self.exists(&a.plain_local(), &a.domain)
+        })
+    }
+
     /// The final addresses mail for `address` is delivered to, in order and without
     /// duplicates. Remote addresses and local ones that are not redirected stay as they are
-    /// (an unknown local user is the delivery's business to refuse).
+    /// (an unknown local user among them is refused by the caller: [`Self::unknown_local`]).
     pub fn expand(&self, address: &str) -> Result<Vec<String>, ExpandError> {
         let mut out = Found::default();
         self.expand_into(address, &mut Vec::new(), &mut out)?;

@@ -39,6 +39,18 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait before a message whose routing failed is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
+/// The decision for a redelivered message: held if the first pass held it (this scan's
+/// reason when it agrees), never held otherwise. A refusal needs no such care: the first
+/// pass's recipients, failures included, are routed again from its record.
+fn as_first_decided(decision: Decision, held_first: bool) -> Decision {
+    match decision {
+        Decision::Quarantine(reason) if held_first => Decision::Quarantine(reason),
+        _ if held_first => Decision::Quarantine("held when first routed".into()),
+        Decision::Quarantine(_) => Decision::Deliver,
+        other => other,
+    }
+}
+
 /// How long a message waits after its `deliveries`-th routing failed: a delay that doubles
 /// with each failure from a second, up to [`MAX_RETRY_DELAY`], so that a message that keeps
 /// failing does not keep a handler busy.
@@ -135,7 +147,7 @@ impl RouteStage {
         let mut msg = msg.clone();
         // A released message was scanned before it was held.
         let span = tracing::info_span!("scan", queue_id = %msg.queue_id);
-        let (decision, headline) = self.scan(&mut msg).instrument(span).await?;
+        let (mut decision, headline) = self.scan(&mut msg).instrument(span).await?;
         let mut recipients = self.directory.view(|d| expand(d, &msg.recipients)).await?;
         for failed in recipients
             .iter()
@@ -164,34 +176,17 @@ impl RouteStage {
         };
         let mut record = initial_status(&msg, &recipients, pending);
         record.message_id = headline.message_id.clone();
-        let record = Bytes::from(record.encode_to_vec());
-        // A released message replaces its quarantined record; any other keeps the first.
-        let written = if msg.released {
-            status
-                .put(&msg.queue_id, record)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            match status.create(&msg.queue_id, record).await {
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    // A redelivery: route to the recipients the first pass recorded.
-                    match status.get(&msg.queue_id).await {
-                        Ok(Some(first)) => {
-                            let first = MessageStatus::decode(first)
-                                .map_err(|e| RouteError::Status(e.to_string()))?;
-                            recipients = recorded(&msg.recipients, &first);
-                            Ok(())
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-                Ok(_) => Ok(()),
-            }
-        };
-        written.map_err(RouteError::Status)?;
+        if let Some(first) = self.write_record(status, &msg, record).await? {
+            // A redelivery: the first pass decided, and may have published some of its jobs.
+            // Its recipients and its verdict stand, whatever this scan or the directory say
+            // now (a DNS answer or a rule changed in between).
+            recipients = recorded(&msg.recipients, &first);
+            let held = first
+                .recipients
+                .iter()
+                .any(|r| r.state() == RecipientState::Quarantined);
+            decision = as_first_decided(decision, held);
+        }
         if let Decision::Quarantine(reason) = &decision {
             self.quarantine.hold(&msg, reason, headline.subject).await?;
             return Ok(());
@@ -235,6 +230,69 @@ impl RouteStage {
 }
 
 impl RouteStage {
+    /// Writes the status record of a message routed for the first time, or of a released
+    /// one whose record still shows it held; returns the record already there when this
+    /// is a redelivery of a message routed before (or released and routed before).
+    async fn write_record(
+        &self,
+        status: &kv::Store,
+        msg: &AcceptedMessage,
+        record: MessageStatus,
+    ) -> Result<Option<MessageStatus>, RouteError> {
+        let failed = |e: String| RouteError::Status(e);
+        let decode = |bytes: Bytes| MessageStatus::decode(bytes).map_err(|e| failed(e.to_string()));
+        let record = Bytes::from(record.encode_to_vec());
+        if msg.released {
+            // The release replaces the held record, once: compare-and-set on the revision
+            // read, so a redelivered release finds the record it wrote.
+            let entry = status
+                .entry(&msg.queue_id)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                let existing = decode(entry.value.clone())?;
+                let still_held = existing
+                    .recipients
+                    .iter()
+                    .any(|r| r.state() == RecipientState::Quarantined);
+                if !still_held {
+                    return Ok(Some(existing));
+                }
+                return match status.update(&msg.queue_id, record, entry.revision).await {
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        self.existing_record(status, &msg.queue_id).await
+                    }
+                    Err(e) => Err(failed(e.to_string())),
+                };
+            }
+        }
+        match status.create(&msg.queue_id, record).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                self.existing_record(status, &msg.queue_id).await
+            }
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    /// The status record of `queue_id`, known to exist.
+    async fn existing_record(
+        &self,
+        status: &kv::Store,
+        queue_id: &str,
+    ) -> Result<Option<MessageStatus>, RouteError> {
+        match status.get(queue_id).await {
+            Ok(Some(bytes)) => MessageStatus::decode(bytes)
+                .map(Some)
+                .map_err(|e| RouteError::Status(e.to_string())),
+            Ok(None) => Err(RouteError::Status(format!(
+                "status record of {queue_id} vanished"
+            ))),
+            Err(e) => Err(RouteError::Status(e.to_string())),
+        }
+    }
+
     /// Scans `msg` and stores what the scan changed in its body: added header fields in the
     /// prefix, a rewritten message inline or as a new object. Returns the decision and the
     /// message's headline. A released message (scanned before it was held) and one written
@@ -324,6 +382,23 @@ impl RouteStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redelivered_message_keeps_the_first_verdict() {
+        let held = || Decision::Quarantine("dmarc".into());
+        assert_eq!(as_first_decided(held(), true), held());
+        assert_eq!(
+            as_first_decided(Decision::Deliver, true),
+            Decision::Quarantine("held when first routed".into())
+        );
+        assert_eq!(as_first_decided(held(), false), Decision::Deliver);
+        assert_eq!(
+            as_first_decided(Decision::Deliver, false),
+            Decision::Deliver
+        );
+        let refused = Decision::Reject("rule".into());
+        assert_eq!(as_first_decided(refused.clone(), false), refused);
+    }
 
     #[test]
     fn failed_routing_waits_longer_each_time_up_to_a_minute() {

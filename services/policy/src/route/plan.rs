@@ -68,6 +68,11 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
             if changed && recipient.dsn_orcpt.is_empty() {
                 recipient.dsn_orcpt = format!("rfc822;{}", rcpt.address);
             }
+            // An alias or catch-all may name a local address that is no mailbox (a typo, a
+            // user removed since): refused, as the RCPT check refuses it from a client.
+            let failure = directory
+                .unknown_local(&address)
+                .then(|| unknown_user_reply(&address));
             recipient.address = address;
             out.push(Expanded {
                 recipient,
@@ -76,7 +81,7 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
                 } else {
                     String::new()
                 },
-                failure: None,
+                failure,
             });
         }
     }
@@ -133,6 +138,14 @@ pub fn split(
 
 /// The reply recorded for a recipient whose alias cannot be expanded (RFC 3463: X.4.6
 /// routing loop, X.2.4 mailing list expansion problem).
+fn unknown_user_reply(address: &str) -> RemoteReply {
+    RemoteReply {
+        code: 550,
+        enhanced: "5.1.1".into(),
+        text: format!("<{address}>: user unknown in local domain"),
+    }
+}
+
 fn expansion_reply(failure: &ExpandError) -> RemoteReply {
     let enhanced = match failure {
         ExpandError::Loop(_) | ExpandError::TooDeep => "5.4.6",
@@ -310,10 +323,55 @@ mod tests {
         );
     }
 
+    fn user(s: &mut Snapshot, address: &str) {
+        let (l, d) = address.split_once('@').unwrap();
+        s.users.insert((d.into(), l.into()), Default::default());
+    }
+
+    /// An alias naming a local address that is no mailbox bounces with 5.1.1, as that
+    /// address would at RCPT; one naming a user, or a remote address, goes.
+    #[test]
+    fn an_alias_to_no_local_mailbox_bounces() {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        user(&mut dir, "bob@x.test");
+        alias(
+            &mut dir,
+            "sales@x.test",
+            &["bob@x.test", "gone@x.test", "far@r.test"],
+        );
+        let msg = message(&["sales@x.test"]);
+        let expanded = expand(&dir, &msg.recipients);
+        let outcome: Vec<(&str, Option<&str>)> = expanded
+            .iter()
+            .map(|e| {
+                let failure = e.failure.as_ref().map(|f| f.enhanced.as_str());
+                (e.recipient.address.as_str(), failure)
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                ("bob@x.test", None),
+                ("gone@x.test", Some("5.1.1")),
+                ("far@r.test", None),
+            ]
+        );
+        assert!(
+            expanded[1]
+                .failure
+                .as_ref()
+                .unwrap()
+                .text
+                .contains("gone@x.test")
+        );
+    }
+
     #[test]
     fn aliases_are_expanded_deduplicated_and_loops_bounced() {
         let mut dir = Snapshot::default();
         dir.domains.insert("x.test".into());
+        user(&mut dir, "a@x.test");
         alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
         alias(&mut dir, "loop@x.test", &["loop2@x.test"]);
         alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
@@ -364,6 +422,7 @@ mod tests {
     fn only_local_addresses_merge_across_case() {
         let mut dir = Snapshot::default();
         dir.domains.insert("x.test".into());
+        user(&mut dir, "a@x.test");
         let msg = message(&["u@r.test", "U@r.test", "a@x.test", "A@X.test"]);
         let addresses: Vec<String> = expand(&dir, &msg.recipients)
             .into_iter()
@@ -378,6 +437,7 @@ mod tests {
     fn a_redelivery_routes_to_the_recorded_recipients() {
         let mut dir = Snapshot::default();
         dir.domains.insert("x.test".into());
+        user(&mut dir, "a@x.test");
         alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
         alias(&mut dir, "loop@x.test", &["loop@x.test", "loop2@x.test"]);
         alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
