@@ -64,11 +64,24 @@ pub fn check(
         return None;
     }
     let parsed = MessageParser::new().parse(message)?;
-    let name = blocked_attachment(&parsed, &config.blocked_extensions, 0)?;
+    let reason = match blocked_attachment(&parsed, &config.blocked_extensions, 0)? {
+        Blocked::Named(name) => format!("attachment {name:?} has a refused file type"),
+        Blocked::TooDeep => {
+            format!("attached messages nested more than {MAX_NESTING} deep cannot be checked")
+        }
+    };
     Some(Finding {
         action: config.content_action,
-        reason: format!("attachment {name:?} has a refused file type"),
+        reason,
     })
+}
+
+/// Why the attachment check refuses a message.
+enum Blocked {
+    /// A file of a refused type, by name.
+    Named(String),
+    /// Attached messages nested deeper than it looks.
+    TooDeep,
 }
 
 /// Whether the message can hold a named file: a multipart or `message/*` body, or a single
@@ -85,21 +98,24 @@ fn may_carry_files(fields: &[Field<'_>]) -> bool {
     })
 }
 
-/// The name of the first attachment (in attached messages too) whose extension is in
-/// `blocked`.
-fn blocked_attachment(message: &Message<'_>, blocked: &[String], depth: usize) -> Option<String> {
-    for part in message.attachments() {
+/// The first part (in attached messages too) named as a file whose extension is in
+/// `blocked`. Every part counts, whatever its type or disposition: a mail reader may offer
+/// a named text part as a file as readily as an attachment.
+fn blocked_attachment(message: &Message<'_>, blocked: &[String], depth: usize) -> Option<Blocked> {
+    for part in &message.parts {
         if let Some(name) = part.attachment_name()
             && let Some((_, ext)) = name.trim().trim_end_matches('.').rsplit_once('.')
             && blocked.iter().any(|b| b.eq_ignore_ascii_case(ext))
         {
-            return Some(name.to_string());
+            return Some(Blocked::Named(name.to_string()));
         }
-        if depth < MAX_NESTING
-            && let Some(inner) = part.message()
-            && let Some(name) = blocked_attachment(inner, blocked, depth + 1)
-        {
-            return Some(name);
+        if let Some(inner) = part.message() {
+            if depth >= MAX_NESTING {
+                return Some(Blocked::TooDeep);
+            }
+            if let Some(found) = blocked_attachment(inner, blocked, depth + 1) {
+                return Some(found);
+            }
         }
     }
     None
@@ -172,6 +188,38 @@ mod tests {
         );
         let finding = run(&outer, &ScanConfig::default()).unwrap();
         assert!(finding.reason.contains("tool.scr"));
+    }
+
+    /// A named part is checked whatever its type or disposition: inline text, an
+    /// alternative, or the only part of the message.
+    #[test]
+    fn named_text_parts_are_checked_too() {
+        let config = ScanConfig::default();
+        let alternative = "From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: text/html; name=\"run.hta\"\r\n\r\n<p>hi</p>\r\n--b--\r\n";
+        let finding = run(alternative, &config).unwrap();
+        assert!(finding.reason.contains("run.hta"), "{}", finding.reason);
+        let single = "From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; name=\"start.vbs\"\r\n\r\nMsgBox 1\r\n";
+        let finding = run(single, &config).unwrap();
+        assert!(finding.reason.contains("start.vbs"), "{}", finding.reason);
+        let harmless = "From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; name=\"notes.txt\"\r\n\r\nhello\r\n";
+        assert_eq!(run(harmless, &config), None);
+    }
+
+    /// Attached messages nested past the depth looked into are refused as unchecked.
+    #[test]
+    fn messages_nested_too_deep_are_not_let_through_unchecked() {
+        let nested = |levels: usize| {
+            let mut message = with_attachment("notes.txt");
+            for level in 0..levels {
+                message = format!(
+                    "From: b@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o{level}\"\r\n\r\n--o{level}\r\nContent-Type: message/rfc822\r\n\r\n{message}\r\n--o{level}--\r\n"
+                );
+            }
+            message
+        };
+        assert_eq!(run(&nested(MAX_NESTING), &ScanConfig::default()), None);
+        let finding = run(&nested(MAX_NESTING + 1), &ScanConfig::default()).unwrap();
+        assert!(finding.reason.contains("nested"), "{}", finding.reason);
     }
 
     #[test]
