@@ -14,6 +14,9 @@ use tonic::Status;
 use super::jobs::{self, Waiting};
 use super::{QueueService, invalid, pending, queue_id, unavailable};
 
+/// Jobs moved at once by a retry-now.
+const RETRY_BATCH: usize = 256;
+
 /// How many times a cancel reads a recipient again whose state changed under it.
 const CANCEL_ROUNDS: usize = 3;
 
@@ -68,14 +71,25 @@ impl QueueService {
             .get_stream(names::MAIL_RETRY)
             .await
             .map_err(unavailable)?;
-        let waiting = jobs::find(&mut retry, selector).await.map_err(bus_error)?;
-        let mut moved = 0;
-        for w in &waiting {
-            if jobs::move_now(&self.bus, &retry, w)
+        // In batches: a retry of everything after an outage may find many jobs, each with
+        // its body.
+        let (mut moved, mut from) = (0, 0);
+        loop {
+            let pick = |w: Waiting| selector(&w.job).then_some(w);
+            let (waiting, next) = jobs::find(&mut retry, from, RETRY_BATCH, pick)
                 .await
-                .map_err(bus_error)?
-            {
-                moved += 1;
+                .map_err(bus_error)?;
+            for w in &waiting {
+                if jobs::move_now(&self.bus, &retry, w)
+                    .await
+                    .map_err(bus_error)?
+                {
+                    moved += 1;
+                }
+            }
+            match next {
+                Some(next) => from = next,
+                None => break,
             }
         }
         tracing::info!(jobs = moved, queue_id = %req.queue_id, domain = %req.domain, all = req.all, "retry now");
@@ -98,10 +112,8 @@ impl QueueService {
         for name in [names::MAIL_RETRY, names::MAIL_OUT] {
             let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;
             let id = req.queue_id.clone();
-            for w in jobs::find(&mut stream, move |job: &DeliveryJob| job.queue_id == id)
-                .await
-                .map_err(bus_error)?
-            {
+            let pick = move |w: Waiting| (w.job.queue_id == id).then_some(w);
+            for w in jobs::find_all(&mut stream, pick).await.map_err(bus_error)? {
                 found.push((stream.clone(), w));
             }
         }

@@ -2,7 +2,7 @@
 //! (`MAIL_RETRY`, or `MAIL_OUT` before their attempt), to move them on (retry now) or take
 //! them out (cancel), and the accepted messages not routed yet (`MAIL_IN`). A work-queue
 //! stream allows no second consumer over the same subjects, so the messages are read by
-//! sequence; operators' commands are rare, and what waits there is little.
+//! sequence; operators' commands are rare, and their scans keep only what they need.
 
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
@@ -28,11 +28,16 @@ fn storage(op: &'static str, e: impl std::fmt::Display) -> BusError {
     }
 }
 
-/// The messages waiting in `stream` that `wanted` selects.
-pub async fn find<T: Message + Default>(
+/// The messages waiting in `stream` from sequence `from` on, as `pick` makes them (it drops
+/// the ones it returns `None` for), at most `limit` of them; and the sequence to go on from
+/// when there may be more. Each message is read and decoded in turn, so what is kept is
+/// only what `pick` keeps (a listing keeps no bodies).
+pub async fn find<T: Message + Default, U>(
     stream: &mut Stream,
-    wanted: impl Fn(&T) -> bool,
-) -> Result<Vec<Waiting<T>>, BusError> {
+    from: u64,
+    limit: usize,
+    pick: impl Fn(Waiting<T>) -> Option<U>,
+) -> Result<(Vec<U>, Option<u64>), BusError> {
     let state = stream
         .info()
         .await
@@ -41,9 +46,12 @@ pub async fn find<T: Message + Default>(
         .clone();
     let mut out = Vec::new();
     if state.messages == 0 {
-        return Ok(out);
+        return Ok((out, None));
     }
-    for sequence in state.first_sequence..=state.last_sequence {
+    for sequence in from.max(state.first_sequence)..=state.last_sequence {
+        if out.len() == limit {
+            return Ok((out, Some(sequence)));
+        }
         let msg = match stream.get_raw_message(sequence).await {
             Ok(msg) => msg,
             // Gaps (acknowledged or deleted jobs) are skipped; any other failure means the
@@ -54,15 +62,21 @@ pub async fn find<T: Message + Default>(
         let Ok(job) = T::decode(msg.payload.clone()) else {
             continue;
         };
-        if wanted(&job) {
-            out.push(Waiting {
-                sequence,
-                subject: msg.subject.to_string(),
-                job,
-            });
-        }
+        out.extend(pick(Waiting {
+            sequence,
+            subject: msg.subject.to_string(),
+            job,
+        }));
     }
-    Ok(out)
+    Ok((out, None))
+}
+
+/// Every message waiting in `stream` that `pick` keeps (see [`find`]).
+pub async fn find_all<T: Message + Default, U>(
+    stream: &mut Stream,
+    pick: impl Fn(Waiting<T>) -> Option<U>,
+) -> Result<Vec<U>, BusError> {
+    find(stream, 0, usize::MAX, pick).await.map(|(all, _)| all)
 }
 
 /// Takes a waiting job out of `stream`; false when it was already gone (delivered or

@@ -200,12 +200,12 @@ impl QueueService {
             .get_stream(names::MAIL_IN)
             .await
             .map_err(unavailable)?;
-        let found = jobs::find::<AcceptedMessage>(&mut stream, |m| {
-            queue_id.is_none_or(|id| m.queue_id == id)
-        })
-        .await
-        .map_err(unavailable)?;
-        Ok(found.into_iter().map(|w| accepted_status(w.job)).collect())
+        let pick = |w: jobs::Waiting<AcceptedMessage>| {
+            queue_id
+                .is_none_or(|id| w.job.queue_id == id)
+                .then(|| accepted_status(w.job))
+        };
+        jobs::find_all(&mut stream, pick).await.map_err(unavailable)
     }
 }
 
