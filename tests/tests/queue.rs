@@ -258,6 +258,19 @@ async fn suspend_holds_a_domain_and_resume_releases_it() {
     let w = World::start().await;
     let held = ok(&w.stack, &["queue", "suspend", "remote-a.test"]).await;
     assert!(held.contains("suspended"), "{held}");
+    // Listed while nothing waits for it, so that it is not forgotten.
+    let out = ok(&w.stack, &["--json", "queue", "summary"]).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let idle = json["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "remote-a.test")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        (&idle["suspended"], &idle["queued"]),
+        (&true.into(), &0.into())
+    );
     let waiting = send(&w, "carol@remote-a.test", "waiting", None).await;
     let other = send(&w, "bob@remote-b.test", "other", None).await;
     w.stack.wait_state(&other, RecipientState::Delivered).await;
@@ -273,7 +286,7 @@ async fn suspend_holds_a_domain_and_resume_releases_it() {
                 .iter()
                 .find(|d| d["domain"] == "remote-a.test")?
                 .clone();
-            (a["suspended"] == true).then_some(a)
+            (a["suspended"] == true && a["queued"] == 1).then_some(a)
         },
     )
     .await;

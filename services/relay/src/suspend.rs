@@ -79,6 +79,12 @@ impl Suspensions {
             .contains(&domain.to_ascii_lowercase())
     }
 
+    /// Every suspended domain, as this replica last saw them.
+    pub fn all(&self) -> Vec<String> {
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        domains.iter().cloned().collect()
+    }
+
     /// Suspends or releases `domain` for every replica (this one at once).
     pub async fn set(&self, domain: &str, suspended: bool) -> Result<(), String> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();

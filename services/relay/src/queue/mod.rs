@@ -347,6 +347,16 @@ impl queue_server::Queue for QueueService {
                 oldest: Some(timestamp(d.oldest)),
             })
             .collect();
+        // A suspended domain with nothing waiting is listed too, so that it is not forgotten.
+        for domain in self.suspensions.all() {
+            if !domains.iter().any(|d| d.domain == domain) {
+                domains.push(DomainSummary {
+                    domain,
+                    suspended: true,
+                    ..Default::default()
+                });
+            }
+        }
         domains.sort_by(|a, b| {
             (b.queued + b.deferred)
                 .cmp(&(a.queued + a.deferred))
