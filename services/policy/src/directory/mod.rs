@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use keys::Key;
-pub use snapshot::{ExpandError, Snapshot};
+pub use snapshot::{ExpandError, MAX_EXPANSION, Snapshot};
 
 /// Errors of directory operations.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use mailflow_proto::v1::{
     RecipientState, RecipientStatus, RemoteReply, RemoteRoute, Route, route,
 };
 
-use crate::directory::{ExpandError, Snapshot};
+use crate::directory::{ExpandError, MAX_EXPANSION, Snapshot};
 
 /// The domain part of an address, lower-cased.
 pub fn domain_of(address: &str) -> String {
@@ -48,6 +48,12 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
     let mut reached: HashSet<String> = HashSet::new();
     for rcpt in recipients {
         let finals = match directory.expand(&rcpt.address) {
+            // The cap holds for the whole message too: its status record and jobs must fit
+            // in a bus message, however many recipients each reach many addresses.
+            Ok(finals) if out.len() + finals.len() > MAX_EXPANSION => Err(ExpandError::TooMany),
+            other => other,
+        };
+        let finals = match finals {
             Ok(finals) => finals,
             Err(failure) => {
                 out.push(Expanded {
@@ -365,6 +371,24 @@ mod tests {
                 .text
                 .contains("gone@x.test")
         );
+    }
+
+    /// Many recipients each reaching many addresses: once the message has reached
+    /// `MAX_EXPANSION` addresses, a recipient that would go past it fails with 5.2.4.
+    #[test]
+    fn the_expansion_cap_holds_for_the_whole_message() {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        let targets: Vec<String> = (0..600).map(|i| format!("t{i}@r.test")).collect();
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        alias(&mut dir, "one@x.test", &targets);
+        alias(&mut dir, "two@x.test", &targets);
+        let expanded = expand(&dir, &message(&["one@x.test", "two@x.test"]).recipients);
+        assert_eq!(expanded.len(), 601);
+        assert!(expanded[..600].iter().all(|e| e.failure.is_none()));
+        let failed = &expanded[600];
+        assert_eq!(failed.recipient.address, "two@x.test");
+        assert_eq!(failed.failure.as_ref().unwrap().enhanced, "5.2.4");
     }
 
     #[test]
