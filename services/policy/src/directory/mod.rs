@@ -19,9 +19,7 @@ use async_nats::jetstream::kv::{Entry, Operation, Store};
 use bytes::Bytes;
 use futures::StreamExt;
 use mailflow_bus::compare_and_set;
-use mailflow_proto::v1::{
-    AliasInfo, DkimAlgorithm, DkimKeyInfo, DomainInfo, StoredDkimKey, StoredUser,
-};
+use mailflow_proto::v1::{AliasInfo, DkimAlgorithm, DkimKeyInfo, DomainInfo, StoredUser};
 use mailflow_runtime::config::Transport;
 use mailflow_smtp::address;
 use prost::Message;
@@ -485,12 +483,6 @@ impl Directory {
             return Err(DirectoryError::NotFound(format!("DKIM key of {domain}")));
         }
         self.delete(Key::Dkim(domain)).await
-    }
-
-    /// The signing key of `domain`, if it has one.
-    pub async fn dkim_key(&self, domain: &str) -> Result<Option<StoredDkimKey>, DirectoryError> {
-        let domain = domain.to_lowercase();
-        self.view(|s| s.dkim.get(&domain).cloned()).await
     }
 }
 

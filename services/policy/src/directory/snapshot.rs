@@ -185,6 +185,29 @@ impl Snapshot {
         normal(address, self)
     }
 
+    /// The DKIM key that signs our own mail: the From header's domain's when we hold one
+    /// and the sender may write that From (an authenticated `identity` that owns the
+    /// address, or, without one, a client of a trusted network, as OpenDKIM signs for its
+    /// internal hosts), so that DKIM aligns with From for DMARC (RFC 7489 §3.1.1);
+    /// otherwise the envelope sender's domain's, as before a From header is looked at.
+    pub fn signing_key(
+        &self,
+        identity: &str,
+        mail_from: &str,
+        header_from: Option<&str>,
+    ) -> Option<&StoredDkimKey> {
+        let domain = |address: &str| {
+            address
+                .rsplit_once('@')
+                .map(|(_, d)| d.trim_end_matches('.').to_lowercase())
+        };
+        let from_key = header_from
+            .filter(|from| identity.is_empty() || self.owns(identity, from))
+            .and_then(domain)
+            .and_then(|d| self.dkim.get(&d));
+        from_key.or_else(|| domain(mail_from).and_then(|d| self.dkim.get(&d)))
+    }
+
     /// True when the authenticated user `identity` may use `sender` as its reverse path:
     /// its own address, or one whose mail reaches it through aliases (including a
     /// catch-all that names it).
@@ -256,6 +279,40 @@ fn update<K: Ord, T: Message + Default>(map: &mut BTreeMap<K, T>, key: K, value:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Own mail is signed for its From domain when the sender may write that From, so that
+    /// DKIM aligns for DMARC; else for its envelope domain; else not at all.
+    #[test]
+    fn the_signing_key_follows_the_from_header_when_it_may() {
+        let mut s = snapshot(&["ann@x.test"], &[]);
+        for domain in ["x.test", "bounces.y.test"] {
+            s.dkim.insert(
+                domain.into(),
+                StoredDkimKey {
+                    domain: domain.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let signer = |identity: &str, mail_from: &str, from: Option<&str>| {
+            s.signing_key(identity, mail_from, from)
+                .map(|k| k.domain.clone())
+        };
+        // A trusted network's client: the From domain, when there is a key for it.
+        let newsletter = signer("", "list@bounces.y.test", Some("news@x.test"));
+        assert_eq!(newsletter.as_deref(), Some("x.test"));
+        // An authenticated user writing its own From.
+        let own = signer("ann@x.test", "ann@bounces.y.test", Some("Ann@X.test"));
+        assert_eq!(own.as_deref(), Some("x.test"));
+        // ... but not someone else's: the envelope domain's key instead.
+        let other = signer("ann@x.test", "ann@bounces.y.test", Some("boss@x.test"));
+        assert_eq!(other.as_deref(), Some("bounces.y.test"));
+        // No key for the From domain, or no single From: the envelope domain's.
+        let elsewhere = signer("", "a@bounces.y.test", Some("a@z.test"));
+        assert_eq!(elsewhere.as_deref(), Some("bounces.y.test"));
+        assert_eq!(signer("", "a@x.test", None).as_deref(), Some("x.test"));
+        assert_eq!(signer("", "a@z.test", Some("b@w.test")), None);
+    }
 
     /// A directory with `x.test` local, the given users and aliases (`"@x.test"` for the
     /// catch-all).

@@ -51,6 +51,17 @@ fn as_first_decided(decision: Decision, held_first: bool) -> Decision {
     }
 }
 
+/// The address of the From header field, when it names exactly one mailbox (RFC 5322
+/// §3.6.2 allows a list; DMARC then has no single domain to align with).
+fn header_from(message: &[u8]) -> Option<String> {
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let from = parsed.from()?;
+    match from.iter().collect::<Vec<_>>().as_slice() {
+        [one] => one.address().map(str::to_string),
+        _ => None,
+    }
+}
+
 /// How long a message waits after its `deliveries`-th routing failed: a delay that doubles
 /// with each failure from a second, up to [`MAX_RETRY_DELAY`], so that a message that keeps
 /// failing does not keep a handler busy.
@@ -312,7 +323,13 @@ impl RouteStage {
         let key = match origin {
             Origin::Own => {
                 let sender = msg.mail_from.as_ref().map_or("", |m| m.address.as_str());
-                self.directory.dkim_key(&domain_of(sender)).await?
+                let from = header_from(&content);
+                self.directory
+                    .view(|d| {
+                        d.signing_key(&msg.auth_identity, sender, from.as_deref())
+                            .cloned()
+                    })
+                    .await?
             }
             Origin::Outside(_) | Origin::Internal => None,
         };
