@@ -477,6 +477,17 @@ async fn a_message_not_routed_yet_is_found_as_accepted() {
         ..Default::default()
     };
     assert_eq!(listed(&mut q, accepted, 1).await, vec![waiting.clone()]);
+    // Nothing to cancel or retry yet: said so, rather than "no such message".
+    let early = q
+        .cancel(CancelRequest {
+            queue_id: waiting.clone(),
+            bounce: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert!(early.message().contains("not routed yet"), "{early:?}");
+    mailctl::refused(&stack, &["queue", "retry", &waiting], "FailedPrecondition").await;
     stack.start_service(mailflow_tests::stack::POLICY).await;
     let status = stack.wait_final(&waiting, Duration::from_secs(30)).await;
     assert_eq!(status.recipients[0].state(), RecipientState::Delivered);

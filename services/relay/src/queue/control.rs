@@ -50,7 +50,7 @@ impl QueueService {
         let selector: Box<dyn Fn(&DeliveryJob) -> bool + Send + Sync> = if !req.queue_id.is_empty()
         {
             queue_id(&req.queue_id, "queue_id")?;
-            let status = self.current(&req.queue_id).await?.status;
+            let status = self.routed(&req.queue_id).await?.status;
             if pending(&status).is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "message {} has no recipient left to deliver",
@@ -107,7 +107,7 @@ impl QueueService {
     /// not undo the cancel.
     pub(super) async fn cancel_message(&self, req: CancelRequest) -> Result<u32, Status> {
         queue_id(&req.queue_id, "queue_id")?;
-        let mut current = self.current(&req.queue_id).await?;
+        let mut current = self.routed(&req.queue_id).await?;
         let mut found: Vec<(async_nats::jetstream::stream::Stream, Waiting)> = Vec::new();
         for name in [names::MAIL_RETRY, names::MAIL_OUT] {
             let mut stream = self.bus.js.get_stream(name).await.map_err(unavailable)?;

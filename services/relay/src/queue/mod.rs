@@ -191,6 +191,24 @@ impl QueueService {
         }
     }
 
+    /// The current status of `id` for an operator's action on it: `FAILED_PRECONDITION` while
+    /// it waits in `MAIL_IN` to be routed (it has no jobs yet to act on), `NOT_FOUND` when it
+    /// is nowhere.
+    async fn routed(&self, id: &str) -> Result<Current, Status> {
+        match self.current(id).await {
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                if self.accepted(Some(id)).await?.is_empty() {
+                    Err(e)
+                } else {
+                    Err(Status::failed_precondition(format!(
+                        "message {id} is accepted and not routed yet; try again in a moment"
+                    )))
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Messages the ingress accepted that are not routed yet (in `MAIL_IN`), as status
     /// records whose recipients are `accepted`; only `queue_id`'s when given.
     async fn accepted(&self, queue_id: Option<&str>) -> Result<Vec<MessageStatus>, Status> {
