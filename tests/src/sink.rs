@@ -262,7 +262,7 @@ impl Sink {
     }
 
     /// Answers the messages held now with `reply` (a refusal such as `451 4.3.0 ...`)
-    /// instead of accepting them, and future ones at once.
+    /// instead of accepting them, and accepts later ones at once.
     pub fn release_with(&self, reply: &str) {
         *self.held_reply.lock().unwrap() = Some(format!("{reply}\r\n"));
         self.release();

@@ -150,10 +150,15 @@ impl Consumer {
     /// but never loses the job. The copy is marked `requeued`: an operator's cancel may
     /// have missed it while it was on its way, so its attempt reads the recipients' state.
     async fn requeue(&self, msg: &jetstream::Message, job: &DeliveryJob) {
-        let sequence = msg.info().map_or(0, |i| i.stream_sequence);
+        let (sequence, delivered) = msg
+            .info()
+            .map_or((0, 1), |i| (i.stream_sequence, i.delivered));
         let id = format!("{}.wait.{sequence}", job.job_id);
         let mut copy = job.clone();
         copy.requeued += 1;
+        // Attempts this copy made before (a redelivery after a failed one) keep counting:
+        // the copy's attempt numbers, which name its events, do not start again.
+        copy.attempts_before += u32::try_from(delivered - 1).unwrap_or(0);
         let published = self
             .bus
             .publish(msg.subject.to_string(), &id, copy.encode_to_vec().into())

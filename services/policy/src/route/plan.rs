@@ -48,12 +48,6 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
     let mut reached: HashSet<String> = HashSet::new();
     for rcpt in recipients {
         let finals = match directory.expand(&rcpt.address) {
-            // The cap holds for the whole message too: its status record and jobs must fit
-            // in a bus message, however many recipients each reach many addresses.
-            Ok(finals) if out.len() + finals.len() > MAX_EXPANSION => Err(ExpandError::TooMany),
-            other => other,
-        };
-        let finals = match finals {
             Ok(finals) => finals,
             Err(failure) => {
                 out.push(Expanded {
@@ -64,6 +58,25 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
                 continue;
             }
         };
+        // The cap holds for the whole message too: its status record and jobs must fit in
+        // a bus message, however many recipients each reach many mailboxes. Mailboxes
+        // already reached add nothing.
+        let new = finals
+            .iter()
+            .filter(|a| !reached.contains(&directory.mailbox_key(a)))
+            .count();
+        if reached.len() + new > MAX_EXPANSION {
+            out.push(Expanded {
+                recipient: rcpt.clone(),
+                original: String::new(),
+                failure: Some(RemoteReply {
+                    code: 550,
+                    enhanced: "5.2.4".into(),
+                    text: format!("the message would reach more than {MAX_EXPANSION} mailboxes"),
+                }),
+            });
+            continue;
+        }
         for address in finals {
             // Two recipients that reach the same mailbox get one copy, as in Postfix.
             if !reached.insert(directory.mailbox_key(&address)) {
@@ -373,22 +386,48 @@ mod tests {
         );
     }
 
-    /// Many recipients each reaching many addresses: once the message has reached
-    /// `MAX_EXPANSION` addresses, a recipient that would go past it fails with 5.2.4.
+    /// Many recipients each reaching many mailboxes: once the message has reached
+    /// `MAX_EXPANSION` of them, a recipient that would go past it fails with 5.2.4;
+    /// mailboxes reached twice count once.
     #[test]
     fn the_expansion_cap_holds_for_the_whole_message() {
         let mut dir = Snapshot::default();
         dir.domains.insert("x.test".into());
-        let targets: Vec<String> = (0..600).map(|i| format!("t{i}@r.test")).collect();
-        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-        alias(&mut dir, "one@x.test", &targets);
-        alias(&mut dir, "two@x.test", &targets);
-        let expanded = expand(&dir, &message(&["one@x.test", "two@x.test"]).recipients);
+        let list = |prefix: &str| -> Vec<String> {
+            (0..600).map(|i| format!("{prefix}{i}@r.test")).collect()
+        };
+        let (first, second) = (list("a"), list("b"));
+        alias(
+            &mut dir,
+            "one@x.test",
+            &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        alias(
+            &mut dir,
+            "two@x.test",
+            &second.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        alias(
+            &mut dir,
+            "again@x.test",
+            &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let expanded = expand(
+            &dir,
+            &message(&["one@x.test", "again@x.test", "two@x.test"]).recipients,
+        );
+        // `again` reaches only mailboxes `one` reached: nothing new, no failure.
         assert_eq!(expanded.len(), 601);
         assert!(expanded[..600].iter().all(|e| e.failure.is_none()));
         let failed = &expanded[600];
         assert_eq!(failed.recipient.address, "two@x.test");
-        assert_eq!(failed.failure.as_ref().unwrap().enhanced, "5.2.4");
+        let reply = failed.failure.as_ref().unwrap();
+        assert_eq!(reply.enhanced, "5.2.4");
+        assert!(
+            reply.text.contains("more than 1000 mailboxes"),
+            "{}",
+            reply.text
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use mailflow_bus::{BusError, Outgoing, load_body, names};
 use mailflow_proto::v1::{
-    CancelRequest, DeliveryEvent, DeliveryJob, RecipientState, RemoteReply, RetryRequest,
+    CancelRequest, DeliveryEvent, DeliveryJob, MessageStatus, RecipientState, RemoteReply,
+    RetryRequest,
 };
 use mailflow_report::{Action, RecipientReport};
 use prost::Message;
@@ -13,6 +14,20 @@ use tonic::Status;
 
 use super::jobs::{self, Waiting};
 use super::{QueueService, invalid, pending, queue_id, unavailable};
+
+/// The recipients of `status` an operator's cancel bounced (their latest event carries the
+/// cancel's `reply`).
+fn bounced_by_cancel(status: &MessageStatus, reply: &RemoteReply) -> Vec<u32> {
+    status
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.state() == RecipientState::Bounced && r.last_reply.as_ref() == Some(reply)
+        })
+        .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect()
+}
 
 /// Jobs moved at once by a retry-now.
 const RETRY_BATCH: usize = 256;
@@ -72,11 +87,13 @@ impl QueueService {
             .await
             .map_err(unavailable)?;
         // In batches: a retry of everything after an outage may find many jobs, each with
-        // its body.
+        // its body. Only the jobs waiting now: one moved here may be parked again before
+        // the scan ends.
+        let until = jobs::last_sequence(&mut retry).await.map_err(bus_error)?;
         let (mut moved, mut from) = (0, 0);
         loop {
             let pick = |w: Waiting| selector(&w.job).then_some(w);
-            let (waiting, next) = jobs::find(&mut retry, from, RETRY_BATCH, pick)
+            let (waiting, next) = jobs::find(&mut retry, from..=until, RETRY_BATCH, pick)
                 .await
                 .map_err(bus_error)?;
             for w in &waiting {
@@ -103,8 +120,10 @@ impl QueueService {
     /// round (and a second Cancel removes it). A cancel event is recorded only if nothing
     /// happened to its recipient since its state was read (a delivery that finished
     /// meanwhile stays a delivery; such a recipient is read again and, still pending, tried
-    /// again). A job already in a delivery attempt may still deliver; its other outcomes do
-    /// not undo the cancel.
+    /// again; one still changing after [`CANCEL_ROUNDS`] reads ends the call with `ABORTED`
+    /// before any job is taken out). A job already in a delivery attempt may still deliver;
+    /// its other outcomes do not undo the cancel. A cancel with bounce repeated after a
+    /// failure sends the notices the first one could not.
     pub(super) async fn cancel_message(&self, req: CancelRequest) -> Result<u32, Status> {
         queue_id(&req.queue_id, "queue_id")?;
         let mut current = self.routed(&req.queue_id).await?;
@@ -142,8 +161,15 @@ impl QueueService {
                 },
             )
         };
+        // Recipients an earlier cancel with bounce made final: its notice may not have gone
+        // out (it failed, and the operator cancels again), and notices are deduplicated.
+        let mut cancelled: Vec<u32> = if req.bounce {
+            bounced_by_cancel(&current.status, &reply)
+        } else {
+            Vec::new()
+        };
         let at = Some(SystemTime::now().into());
-        let mut cancelled: Vec<u32> = Vec::new();
+        let mut overtaken = 0;
         for _ in 0..CANCEL_ROUNDS {
             let open: Vec<u32> = pending(&current.status)
                 .into_iter()
@@ -169,12 +195,20 @@ impl QueueService {
                 })
                 .collect();
             let stored = self.bus.publish_guarded(events).await.map_err(bus_error)?;
-            let overtaken = stored.iter().filter(|s| !**s).count();
+            overtaken = stored.iter().filter(|s| !**s).count();
             cancelled.extend(open.iter().zip(stored).filter(|(_, s)| *s).map(|(i, _)| *i));
             if overtaken == 0 {
                 break;
             }
             current = self.current(&req.queue_id).await?;
+        }
+        if overtaken > 0 {
+            // Their jobs stay: taken out, those recipients would have no job and no final
+            // state. The ones cancelled are final; a second Cancel finishes the work.
+            return Err(Status::aborted(format!(
+                "message {}: {overtaken} recipient(s) kept changing during the cancel; try again",
+                req.queue_id
+            )));
         }
         if req.bounce {
             let waiting: Vec<&Waiting> = found.iter().map(|(_, w)| w).collect();

@@ -4,6 +4,8 @@
 //! stream allows no second consumer over the same subjects, so the messages are read by
 //! sequence; operators' commands are rare, and their scans keep only what they need.
 
+use std::ops::RangeInclusive;
+
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use bytes::Bytes;
 use mailflow_bus::{Bus, BusError, names};
@@ -28,13 +30,20 @@ fn storage(op: &'static str, e: impl std::fmt::Display) -> BusError {
     }
 }
 
-/// The messages waiting in `stream` from sequence `from` on, as `pick` makes them (it drops
-/// the ones it returns `None` for), at most `limit` of them; and the sequence to go on from
-/// when there may be more. Each message is read and decoded in turn, so what is kept is
-/// only what `pick` keeps (a listing keeps no bodies).
+/// The last sequence of `stream` now: the end of a scan that must not chase messages
+/// published while it runs (a job moved by retry-now and parked again).
+pub async fn last_sequence(stream: &mut Stream) -> Result<u64, BusError> {
+    let info = stream.info().await.map_err(|e| storage("info", e))?;
+    Ok(info.state.last_sequence)
+}
+
+/// The messages waiting in `stream` with sequences in `range`, as `pick` makes them (it
+/// drops the ones it returns `None` for), at most `limit` of them; and the sequence to go
+/// on from when there may be more. Each message is read and decoded in turn, so what is
+/// kept is only what `pick` keeps (a listing keeps no bodies).
 pub async fn find<T: Message + Default, U>(
     stream: &mut Stream,
-    from: u64,
+    range: RangeInclusive<u64>,
     limit: usize,
     pick: impl Fn(Waiting<T>) -> Option<U>,
 ) -> Result<(Vec<U>, Option<u64>), BusError> {
@@ -48,7 +57,8 @@ pub async fn find<T: Message + Default, U>(
     if state.messages == 0 {
         return Ok((out, None));
     }
-    for sequence in from.max(state.first_sequence)..=state.last_sequence {
+    let (from, until) = range.into_inner();
+    for sequence in from.max(state.first_sequence)..=until.min(state.last_sequence) {
         if out.len() == limit {
             return Ok((out, Some(sequence)));
         }
@@ -76,7 +86,9 @@ pub async fn find_all<T: Message + Default, U>(
     stream: &mut Stream,
     pick: impl Fn(Waiting<T>) -> Option<U>,
 ) -> Result<Vec<U>, BusError> {
-    find(stream, 0, usize::MAX, pick).await.map(|(all, _)| all)
+    find(stream, 0..=u64::MAX, usize::MAX, pick)
+        .await
+        .map(|(all, _)| all)
 }
 
 /// Takes a waiting job out of `stream`; false when it was already gone (delivered or
