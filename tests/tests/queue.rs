@@ -28,6 +28,16 @@ async fn client(addr: SocketAddr) -> QueueClient<Channel> {
 }
 
 /// Sends one message from `sender@client.test` with a Message-ID and, when given, an ENVID.
+/// The refusal of a cancel (without bounce) of `id`.
+async fn cancel_refused(q: &mut QueueClient<Channel>, id: &str) -> tonic::Status {
+    q.cancel(CancelRequest {
+        queue_id: id.to_string(),
+        bounce: false,
+    })
+    .await
+    .unwrap_err()
+}
+
 async fn send(w: &World, rcpt: &str, marker: &str, envid: Option<&str>) -> String {
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
@@ -359,13 +369,7 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
             .text
             .contains("cancelled")
     );
-    let again = q
-        .cancel(CancelRequest {
-            queue_id: id.clone(),
-            bounce: false,
-        })
-        .await
-        .unwrap_err();
+    let again = cancel_refused(&mut q, &id).await;
     assert_eq!(again.code(), Code::FailedPrecondition);
 }
 
@@ -478,13 +482,7 @@ async fn a_message_not_routed_yet_is_found_as_accepted() {
     };
     assert_eq!(listed(&mut q, accepted, 1).await, vec![waiting.clone()]);
     // Nothing to cancel or retry yet: said so, rather than "no such message".
-    let early = q
-        .cancel(CancelRequest {
-            queue_id: waiting.clone(),
-            bounce: false,
-        })
-        .await
-        .unwrap_err();
+    let early = cancel_refused(&mut q, &waiting).await;
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
     assert!(early.message().contains("not routed yet"), "{early:?}");
     mailctl::refused(&stack, &["queue", "retry", &waiting], "FailedPrecondition").await;
