@@ -323,9 +323,13 @@ impl RouteStage {
         let key = match origin {
             Origin::Own => {
                 let sender = msg.mail_from.as_ref().map_or("", |m| m.address.as_str());
-                let from = header_from(&content);
+                // The From header is read only when there is a key it could choose.
                 self.directory
                     .view(|d| {
+                        if d.dkim.is_empty() {
+                            return None;
+                        }
+                        let from = header_from(&content);
                         d.signing_key(&msg.auth_identity, sender, from.as_deref())
                             .cloned()
                     })
