@@ -27,7 +27,6 @@ async fn client(addr: SocketAddr) -> QueueClient<Channel> {
         .unwrap()
 }
 
-/// Sends one message from `sender@client.test` with a Message-ID and, when given, an ENVID.
 /// The refusal of a cancel (without bounce) of `id`.
 async fn cancel_refused(q: &mut QueueClient<Channel>, id: &str) -> tonic::Status {
     q.cancel(CancelRequest {
@@ -38,6 +37,7 @@ async fn cancel_refused(q: &mut QueueClient<Channel>, id: &str) -> tonic::Status
     .unwrap_err()
 }
 
+/// Sends one message from `sender@client.test` with a Message-ID and, when given, an ENVID.
 async fn send(w: &World, rcpt: &str, marker: &str, envid: Option<&str>) -> String {
     let mut c = SmtpClient::connect(w.stack.smtp).await;
     c.command("EHLO client.test", 250).await;
@@ -371,6 +371,49 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
     );
     let again = cancel_refused(&mut q, &id).await;
     assert_eq!(again.code(), Code::FailedPrecondition);
+}
+
+/// Retry-now moves more jobs than one batch holds, each once: the jobs it moved come back
+/// deferred and parked again meanwhile, and are not moved a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_now_moves_every_waiting_job_once_in_batches() {
+    const JOBS: usize = 300;
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    for i in 0..JOBS {
+        let content = format!("Subject: batch {i}\r\n\r\nx\r\n");
+        c.send_mail("sender@client.test", &["tempfail@remote-b.test"], &content)
+            .await;
+    }
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let parked = || async {
+        let mut retry = js.get_stream("MAIL_RETRY").await.ok()?;
+        Some(retry.info().await.ok()?.state.messages as usize)
+    };
+    wait::until("every job parked", Duration::from_secs(60), || async {
+        (parked().await? == JOBS).then_some(())
+    })
+    .await;
+    let out = ok(&w.stack, &["queue", "retry", "--domain", "remote-b.test"]).await;
+    assert!(out.contains(&format!("{JOBS} job(s)")), "{out}");
+    wait::until(
+        "every job parked again",
+        Duration::from_secs(60),
+        || async { (parked().await? == JOBS).then_some(()) },
+    )
+    .await;
+    let mut q = client(w.stack.queue).await;
+    let all = ListMessagesRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    let ids = listed(&mut q, all, JOBS).await;
+    for id in ids.iter().step_by(37) {
+        let status = w.stack.wait_state(id, RecipientState::Deferred).await;
+        assert_eq!(status.recipients[0].attempts, 2, "{id}: moved once");
+    }
 }
 
 /// A cancel made while an attempt is under way stays final: the attempt's deferral, which
