@@ -199,7 +199,7 @@ impl Snapshot {
         let domain = |address: &str| {
             address
                 .rsplit_once('@')
-                .map(|(_, d)| d.trim_end_matches('.').to_lowercase())
+                .map(|(_, d)| super::normal_domain(d))
         };
         let from_key = header_from
             .filter(|from| identity.is_empty() || self.owns(identity, from))

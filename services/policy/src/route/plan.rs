@@ -47,39 +47,23 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
     // The mailboxes already given a copy.
     let mut reached: HashSet<String> = HashSet::new();
     for rcpt in recipients {
-        let finals = match directory.expand(&rcpt.address) {
+        let finals = directory
+            .expand(&rcpt.address)
+            .map_err(|failure| expansion_reply(&failure))
+            .and_then(|finals| new_mailboxes(directory, &reached, finals));
+        let finals = match finals {
             Ok(finals) => finals,
-            Err(failure) => {
+            Err(reply) => {
                 out.push(Expanded {
                     recipient: rcpt.clone(),
                     original: String::new(),
-                    failure: Some(expansion_reply(&failure)),
+                    failure: Some(reply),
                 });
                 continue;
             }
         };
-        // The cap holds for the whole message too: its status record and jobs must fit in
-        // a bus message, however many recipients each reach many mailboxes. Mailboxes
-        // already reached add nothing.
-        let new = finals
-            .iter()
-            .filter(|a| !reached.contains(&directory.mailbox_key(a)))
-            .count();
-        if reached.len() + new > MAX_EXPANSION {
-            out.push(Expanded {
-                recipient: rcpt.clone(),
-                original: String::new(),
-                failure: Some(RemoteReply {
-                    code: 550,
-                    enhanced: "5.2.4".into(),
-                    text: format!("the message would reach more than {MAX_EXPANSION} mailboxes"),
-                }),
-            });
-            continue;
-        }
-        for address in finals {
-            // Two recipients that reach the same mailbox get one copy, as in Postfix.
-            if !reached.insert(directory.mailbox_key(&address)) {
+        for (address, key) in finals {
+            if !reached.insert(key) {
                 continue;
             }
             let changed = address != rcpt.address;
@@ -105,6 +89,34 @@ pub fn expand(directory: &Snapshot, recipients: &[Recipient]) -> Vec<Expanded> {
         }
     }
     out
+}
+
+/// The addresses of `finals` whose mailboxes no earlier recipient reached (two recipients
+/// that reach the same mailbox get one copy, as in Postfix), each with its mailbox key; or
+/// the refusal when they would take the message past the cap, which holds for the whole
+/// message too: its status record and jobs must fit in a bus message, however many
+/// recipients each reach many mailboxes.
+fn new_mailboxes(
+    directory: &Snapshot,
+    reached: &HashSet<String>,
+    finals: Vec<String>,
+) -> Result<Vec<(String, String)>, RemoteReply> {
+    let new: Vec<(String, String)> = finals
+        .into_iter()
+        .map(|address| {
+            let key = directory.mailbox_key(&address);
+            (address, key)
+        })
+        .filter(|(_, key)| !reached.contains(key))
+        .collect();
+    if reached.len() + new.len() > MAX_EXPANSION {
+        return Err(RemoteReply {
+            code: 550,
+            enhanced: "5.2.4".into(),
+            text: format!("the message would reach more than {MAX_EXPANSION} mailboxes"),
+        });
+    }
+    Ok(new)
 }
 
 /// Splits the deliverable recipients into jobs (subject, job), one per destination domain,
@@ -347,6 +359,16 @@ mod tests {
         s.users.insert((d.into(), l.into()), Default::default());
     }
 
+    /// Local `x.test` with the user `a@x.test` and the alias `sales@x.test` for it and
+    /// `far@r.test`.
+    fn sales_directory() -> Snapshot {
+        let mut dir = Snapshot::default();
+        dir.domains.insert("x.test".into());
+        user(&mut dir, "a@x.test");
+        alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
+        dir
+    }
+
     /// An alias naming a local address that is no mailbox bounces with 5.1.1, as that
     /// address would at RCPT; one naming a user, or a remote address, goes.
     #[test]
@@ -432,10 +454,7 @@ mod tests {
 
     #[test]
     fn aliases_are_expanded_deduplicated_and_loops_bounced() {
-        let mut dir = Snapshot::default();
-        dir.domains.insert("x.test".into());
-        user(&mut dir, "a@x.test");
-        alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
+        let mut dir = sales_directory();
         alias(&mut dir, "loop@x.test", &["loop2@x.test"]);
         alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
         let mut msg = message(&["sales@x.test", "A@x.test", "loop@x.test"]);
@@ -498,10 +517,7 @@ mod tests {
     /// even after the alias changed in between.
     #[test]
     fn a_redelivery_routes_to_the_recorded_recipients() {
-        let mut dir = Snapshot::default();
-        dir.domains.insert("x.test".into());
-        user(&mut dir, "a@x.test");
-        alias(&mut dir, "sales@x.test", &["a@x.test", "far@r.test"]);
+        let mut dir = sales_directory();
         alias(&mut dir, "loop@x.test", &["loop@x.test", "loop2@x.test"]);
         alias(&mut dir, "loop2@x.test", &["loop@x.test"]);
         let mut msg = message(&["sales@x.test", "b@y.test", "loop2@x.test"]);
