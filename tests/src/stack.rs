@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mailflow_proto::v1::{
     AddAliasRequest, AddDomainRequest, AddUserRequest, GetMessageRequest, MessageStatus,
-    RecipientState, directory_client::DirectoryClient, queue_client::QueueClient,
+    RecipientState, RemoteReply, directory_client::DirectoryClient, queue_client::QueueClient,
 };
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -455,6 +455,14 @@ command_timeout = "10s"
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The reply recorded for recipient `index` of `status` (a test fails when there is none).
+pub fn last_reply(status: &MessageStatus, index: usize) -> &RemoteReply {
+    status.recipients[index]
+        .last_reply
+        .as_ref()
+        .unwrap_or_else(|| panic!("no reply recorded for recipient {index}: {status:?}"))
 }
 
 /// A stack for tests of local mail only: no relaying, and a DNS server (returned so that it

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::dns::Signing;
 use mailflow_tests::pki::TestCa;
+use mailflow_tests::stack::last_reply;
 use mailflow_tests::world::World;
 use mailflow_tests::{peer, wait};
 
@@ -42,7 +43,7 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     // Sink B offers no STARTTLS: deferred, never sent in plaintext.
     let held = w.send("bob@remote-b.test", "dane").await;
     let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
-    let reply = status.recipients[0].last_reply.clone().unwrap();
+    let reply = last_reply(&status, 0);
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
         (451, "4.7.5"),
@@ -65,7 +66,7 @@ async fn a_zone_failing_validation_is_deferred_and_an_unsigned_one_is_not() {
 
     let held = w.send("bob@remote-b.test", "bogus").await;
     let status = w.deferred_with(&held, 2, "DNSSEC validation").await;
-    let reply = status.recipients[0].last_reply.clone().unwrap();
+    let reply = last_reply(&status, 0);
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
         (451, "4.7.5"),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::SmtpClient;
 use mailflow_tests::sink::BlackHole;
+use mailflow_tests::stack::last_reply;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -202,7 +203,7 @@ async fn an_unwelcoming_server_defers_and_does_not_make_its_destination_dead() {
 
     let single = w.send("bob@remote-b.test", "unwelcome").await;
     let status = w.deferred_with(&single, 1, "refused to talk to us").await;
-    let reply = status.recipients[0].last_reply.clone().unwrap();
+    let reply = last_reply(&status, 0);
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
         (451, "4.4.0"),

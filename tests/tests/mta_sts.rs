@@ -9,6 +9,7 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::https::HttpsServer;
 use mailflow_tests::pki::TestCa;
+use mailflow_tests::stack::last_reply;
 use mailflow_tests::world::World;
 
 const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx.remote-a.test\r\nmx: *.remote-b.test\r\nmax_age: 86400\r\n";
@@ -45,7 +46,7 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     // B offers no STARTTLS: deferred with 4.7.5, never sent in plaintext.
     let held = w.send("bob@remote-b.test", "sts").await;
     let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
-    let reply = status.recipients[0].last_reply.clone().unwrap();
+    let reply = last_reply(&status, 0);
     assert_eq!(
         (reply.code, reply.enhanced.as_str()),
         (451, "4.7.5"),
@@ -95,10 +96,7 @@ async fn a_policy_host_is_asked_at_each_of_its_addresses() {
     let held = w.send("bob@remote-b.test", "second address").await;
     let status = w.deferred_with(&held, 1, "does not offer STARTTLS").await;
     assert!(
-        status.recipients[0]
-            .last_reply
-            .as_ref()
-            .unwrap()
+        last_reply(&status, 0)
             .text
             .contains("MTA-STS policy of remote-b.test")
     );

@@ -15,7 +15,7 @@ use mailflow_proto::v1::{
 };
 use mailflow_tests::client::SmtpClient;
 use mailflow_tests::mailctl::{self, ok};
-use mailflow_tests::stack::RELAY;
+use mailflow_tests::stack::{RELAY, last_reply};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 use tonic::Code;
@@ -361,14 +361,7 @@ async fn retry_now_and_cancel_by_drop_or_bounce() {
     .await;
     assert_eq!(bounced.into_inner().recipients, 1);
     let status = w.stack.wait_state(&id, RecipientState::Bounced).await;
-    assert!(
-        status.recipients[0]
-            .last_reply
-            .as_ref()
-            .unwrap()
-            .text
-            .contains("cancelled")
-    );
+    assert!(last_reply(&status, 0).text.contains("cancelled"));
     let again = cancel_refused(&mut q, &id).await;
     assert_eq!(again.code(), Code::FailedPrecondition);
 }

@@ -12,7 +12,7 @@ use mailflow_tests::client::SmtpClient;
 use mailflow_tests::dns::{DnsServer, mx_zone};
 use mailflow_tests::mailctl::{self, ok};
 use mailflow_tests::peer;
-use mailflow_tests::stack::{Stack, local_with_zones};
+use mailflow_tests::stack::{Stack, last_reply, local_with_zones};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -171,10 +171,7 @@ async fn loops_and_executables_are_held_forged_results_removed_and_deletion_disc
         .wait_state(&executable, RecipientState::Discarded)
         .await;
     assert!(
-        status.recipients[0]
-            .last_reply
-            .as_ref()
-            .unwrap()
+        last_reply(&status, 0)
             .text
             .contains("deleted from quarantine")
     );
