@@ -39,6 +39,19 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait before a message whose routing failed is tried again.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
+/// A status record read back from KV `mail-status`.
+fn decode_record(bytes: Bytes) -> Result<MessageStatus, RouteError> {
+    MessageStatus::decode(bytes).map_err(|e| RouteError::Status(e.to_string()))
+}
+
+/// True when the record shows the message held in the quarantine.
+fn is_held(record: &MessageStatus) -> bool {
+    record
+        .recipients
+        .iter()
+        .any(|r| r.state() == RecipientState::Quarantined)
+}
+
 /// The decision for a redelivered message: held if the first pass held it (this scan's
 /// reason when it agrees), never held otherwise. A refusal needs no such care: the first
 /// pass's recipients, failures included, are routed again from its record.
@@ -192,11 +205,7 @@ impl RouteStage {
             // Its recipients and its verdict stand, whatever this scan or the directory say
             // now (a DNS answer or a rule changed in between).
             recipients = recorded(&msg.recipients, &first);
-            let held = first
-                .recipients
-                .iter()
-                .any(|r| r.state() == RecipientState::Quarantined);
-            decision = as_first_decided(decision, held);
+            decision = as_first_decided(decision, is_held(&first));
         }
         if let Decision::Quarantine(reason) = &decision {
             self.quarantine.hold(&msg, reason, headline.subject).await?;
@@ -251,7 +260,6 @@ impl RouteStage {
         record: MessageStatus,
     ) -> Result<Option<MessageStatus>, RouteError> {
         let failed = |e: String| RouteError::Status(e);
-        let decode = |bytes: Bytes| MessageStatus::decode(bytes).map_err(|e| failed(e.to_string()));
         let record = Bytes::from(record.encode_to_vec());
         if msg.released {
             // The release replaces the held record, once: compare-and-set on the revision
@@ -261,12 +269,8 @@ impl RouteStage {
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
-                let existing = decode(entry.value.clone())?;
-                let still_held = existing
-                    .recipients
-                    .iter()
-                    .any(|r| r.state() == RecipientState::Quarantined);
-                if !still_held {
+                let existing = decode_record(entry.value.clone())?;
+                if !is_held(&existing) {
                     return Ok(Some(existing));
                 }
                 return match status.update(&msg.queue_id, record, entry.revision).await {
@@ -294,9 +298,7 @@ impl RouteStage {
         queue_id: &str,
     ) -> Result<Option<MessageStatus>, RouteError> {
         match status.get(queue_id).await {
-            Ok(Some(bytes)) => MessageStatus::decode(bytes)
-                .map(Some)
-                .map_err(|e| RouteError::Status(e.to_string())),
+            Ok(Some(bytes)) => decode_record(bytes).map(Some),
             Ok(None) => Err(RouteError::Status(format!(
                 "status record of {queue_id} vanished"
             ))),
