@@ -28,6 +28,8 @@ pub struct Options {
     pub relay_extra: String,
     /// More `[policy]` settings, TOML lines.
     pub policy_extra: String,
+    /// More `[nats]` settings, TOML lines.
+    pub nats_extra: String,
     /// Further sections (TOML), such as `[trace]`.
     pub sections: String,
 }
@@ -94,6 +96,7 @@ impl Stack {
             r#"[nats]
 url = "{nats}"
 publish_timeout = "2s"
+{nats_extra}
 
 [log]
 level = "info,async_nats=warn"
@@ -134,6 +137,7 @@ command_timeout = "10s"
 "#,
             policy_extra = opts.policy_extra,
             sections = opts.sections,
+            nats_extra = opts.nats_extra,
             // Quick retries and recovery unless the test sets its own.
             relay_extra = [("retry_delays", "[\"1s\"]"), ("ack_wait", "\"2s\"")]
                 .iter()
@@ -496,6 +500,7 @@ pub async fn local_with_zones(
         relay_networks: vec![],
         relay_extra: format!("dnssec_trust_anchor = \"{}\"\n", dns.anchor().display()),
         policy_extra: policy_extra.into(),
+        nats_extra: String::new(),
         sections: String::new(),
     })
     .await;

@@ -59,13 +59,18 @@ impl World {
         records: &[(&str, &str)],
         signed: &[(&str, Signing)],
     ) -> World {
-        Self::build(relay_extra, records, signed, String::new()).await
+        Self::build(relay_extra, records, signed, String::new(), "").await
     }
 
     /// [`World::start`] with every service exporting its spans to `collector`.
     pub async fn start_traced(collector: &crate::otlp::Collector) -> World {
         let trace = format!("[trace]\notlp_endpoint = \"{}\"\n", collector.endpoint());
-        Self::build("", &[], &[], trace).await
+        Self::build("", &[], &[], trace, "").await
+    }
+
+    /// [`World::start`] with more `[nats]` settings (TOML lines).
+    pub async fn start_with_nats(nats_extra: &str) -> World {
+        Self::build("", &[], &[], String::new(), nats_extra).await
     }
 
     async fn build(
@@ -73,6 +78,7 @@ impl World {
         records: &[(&str, &str)],
         signed: &[(&str, Signing)],
         sections: String,
+        nats_extra: &str,
     ) -> World {
         let (a, b) = Sink::pair(A, B).await;
         // Like most exchangers today, A offers STARTTLS; B speaks plaintext only.
@@ -106,6 +112,7 @@ impl World {
             relay_networks: vec!["127.0.0.1/32".into()],
             relay_extra,
             policy_extra: String::new(),
+            nats_extra: nats_extra.into(),
             sections,
         })
         .await;

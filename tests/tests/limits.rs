@@ -177,6 +177,38 @@ async fn a_40_mb_message_is_delivered_byte_identical() {
     );
 }
 
+/// `inline_body_limit` set above nats-server's max_payload (1 MB here): a 1.2 MB message
+/// would not fit one bus message inline, and was refused with 451 at the end of DATA on
+/// every try. Half of max_payload is the most a body travels inline; this one goes
+/// through the object store and is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_half_of_max_payload_never_travels_inline() {
+    let w = World::start_with_nats("inline_body_limit = 4194304").await;
+    let line = format!("{}\r\n", "y".repeat(98));
+    let body = format!("Subject: over max_payload\r\n\r\n{}", line.repeat(12_000));
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let id = c
+        .send_mail("sender@client.test", &["big@remote-b.test"], &body)
+        .await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(60)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    let got = wait::until(
+        "the message at the sink",
+        Duration::from_secs(10),
+        || async { w.b.received().into_iter().next() },
+    )
+    .await;
+    assert!(got.data.ends_with(body.as_bytes()), "content differs");
+    let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
+    let mut bodies = async_nats::jetstream::new(nats)
+        .get_stream("OBJ_mail-bodies")
+        .await
+        .unwrap();
+    let stored = bodies.info().await.unwrap().state.bytes;
+    assert!(stored > 1_000_000, "{stored} octets in mail-bodies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10_mb_line_is_refused_and_other_clients_are_served_meanwhile() {
     let w = World::start().await;

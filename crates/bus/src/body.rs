@@ -24,11 +24,29 @@ pub struct BodyStore {
 const PIPE_BUFFER: usize = 256 * 1024;
 
 impl BodyStore {
-    /// A store that keeps bodies up to `inline_limit` octets inline.
-    pub fn new(store: ObjectStore, inline_limit: usize) -> Self {
+    /// A store that keeps bodies up to `inline_limit` octets inline, but never more than
+    /// half of nats-server's `max_payload` (when known, that is not 0): the other half is
+    /// room for the envelope of the bus message carrying the body (recipients, added header
+    /// fields), so that every message and delivery job fits in one. A larger body inline
+    /// would be refused by nats-server on every try: the ingress could not accept the
+    /// message, the route stage could not publish its jobs.
+    pub fn new(store: ObjectStore, inline_limit: usize, max_payload: usize) -> Self {
+        let most = if max_payload == 0 {
+            inline_limit
+        } else {
+            max_payload / 2
+        };
+        if inline_limit > most {
+            tracing::warn!(
+                inline_body_limit = inline_limit,
+                max_payload,
+                used = most,
+                "nats.inline_body_limit is over half of nats-server's max_payload; using half"
+            );
+        }
         Self {
             store,
-            inline_limit,
+            inline_limit: inline_limit.min(most),
         }
     }
 

@@ -100,6 +100,12 @@ impl Bus {
         })
     }
 
+    /// The largest message nats-server takes (its `max_payload`, learnt when connecting; 0
+    /// before the first connection).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// How many replicas new streams and buckets get.
     pub fn replicas(&self) -> usize {
         self.replicas
