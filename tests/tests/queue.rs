@@ -522,7 +522,39 @@ async fn a_message_not_routed_yet_is_found_as_accepted() {
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
     assert!(early.message().contains("not routed yet"), "{early:?}");
     mailctl::refused(&stack, &["queue", "retry", &waiting], "FailedPrecondition").await;
+    // A watch starts with what was accepted, and follows the message once it is routed.
+    let mut updates = q
+        .watch_message(WatchMessageRequest {
+            queue_id: waiting.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), updates.message())
+            .await
+            .expect("an update in time")
+            .unwrap()
+            .map(|u| u.update.unwrap())
+    };
+    let Some(watch_update::Update::Status(accepted)) = next().await else {
+        panic!("the watch starts with the accepted status");
+    };
+    assert_eq!(accepted.recipients[0].state(), RecipientState::Accepted);
     stack.start_service(mailflow_tests::stack::POLICY).await;
+    let Some(watch_update::Update::Status(routed)) = next().await else {
+        panic!("then the routed status");
+    };
+    assert_eq!(routed.queue_id, waiting);
+    assert_ne!(routed.recipients[0].state(), RecipientState::Accepted);
+    let mut last = routed.recipients[0].state();
+    while let Some(update) = next().await {
+        let watch_update::Update::Event(event) = update else {
+            panic!("events after the routed status: {update:?}");
+        };
+        last = event.state();
+    }
+    assert_eq!(last, RecipientState::Delivered);
     let status = stack.wait_final(&waiting, Duration::from_secs(30)).await;
     assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
 }

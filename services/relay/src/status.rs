@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{kv, stream};
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::try_join_all;
 use mailflow_bus::{Bus, BusError, Outgoing, names};
 use mailflow_proto::v1::{
@@ -86,6 +87,27 @@ impl StatusBook {
             }
         }
         Ok(Some(Current { status, latest }))
+    }
+
+    /// Waits until `queue_id` has a status record (the route stage writes it when it
+    /// routes the message), then reads it as [`StatusBook::get`] does.
+    pub async fn wait_routed(&self, queue_id: &str) -> Result<Current, BusError> {
+        let bucket = || format!("{}/{queue_id}", names::STATUS_BUCKET);
+        // With history: a record written since the caller looked is seen at once.
+        let mut updates = self
+            .kv
+            .watch_with_history(queue_id)
+            .await
+            .map_err(|e| storage("watch", &bucket(), e))?;
+        while let Some(entry) = updates.next().await {
+            let entry = entry.map_err(|e| storage("watch", &bucket(), e))?;
+            if entry.operation == kv::Operation::Put
+                && let Some(current) = self.get(queue_id).await?
+            {
+                return Ok(current);
+            }
+        }
+        Err(storage("watch", &bucket(), "the watch ended"))
     }
 
     /// The latest event of recipient `index` and its stream sequence, if any.

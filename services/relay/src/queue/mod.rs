@@ -230,6 +230,68 @@ impl QueueService {
 /// The stream `WatchMessage` answers with.
 type Updates = Pin<Box<dyn Stream<Item = Result<WatchUpdate, Status>> + Send>>;
 
+/// `status`, then the events of message `id` from `events` as they come, until every
+/// recipient is final.
+async fn follow(
+    events: stream::Stream,
+    id: String,
+    status: MessageStatus,
+) -> Result<Updates, Status> {
+    let consumer = events
+        .create_consumer(OrderedConfig {
+            filter_subject: format!("mail.events.{id}.>"),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let messages = consumer.messages().await.map_err(unavailable)?;
+    // Final states by recipient index: the watch ends when all are final.
+    let open: Vec<bool> = status
+        .recipients
+        .iter()
+        .map(|r| !is_final(r.state()))
+        .collect();
+    let first = WatchUpdate {
+        update: Some(watch_update::Update::Status(status)),
+    };
+    // The stream ends right after the event that makes every recipient final (or at
+    // once when they already are), without waiting for a message that never comes.
+    let done = !open.iter().any(|o| *o);
+    let events = futures::stream::unfold(
+        (messages, open, done),
+        |(mut messages, mut open, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match messages.next().await? {
+                Err(e) => Err(unavailable(e)),
+                Ok(msg) => {
+                    let index = msg
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok());
+                    DeliveryEvent::decode(msg.payload.clone())
+                        .map_err(unavailable)
+                        .inspect(|event| {
+                            if let Some(slot) = index.and_then(|i| open.get_mut(i)) {
+                                *slot = !is_final(event.state());
+                            }
+                        })
+                }
+            };
+            let done = item.is_err() || !open.iter().any(|o| *o);
+            let update = item.map(|event| WatchUpdate {
+                update: Some(watch_update::Update::Event(event)),
+            });
+            Some((update, (messages, open, done)))
+        },
+    );
+    let stream = futures::stream::once(async move { Ok(first) }).chain(events);
+    Ok(Box::pin(stream))
+}
+
 #[tonic::async_trait]
 impl queue_server::Queue for QueueService {
     async fn get_message(
@@ -282,61 +344,29 @@ impl queue_server::Queue for QueueService {
     ) -> Result<Response<Updates>, Status> {
         let id = request.into_inner().queue_id;
         queue_id(&id, "queue_id")?;
-        let status = self.current(&id).await?.status;
-        let consumer = self
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: format!("mail.events.{id}.>"),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let messages = consumer.messages().await.map_err(unavailable)?;
-        // Final states by recipient index: the watch ends when all are final.
-        let open: Vec<bool> = status
-            .recipients
-            .iter()
-            .map(|r| !is_final(r.state()))
-            .collect();
-        let first = WatchUpdate {
-            update: Some(watch_update::Update::Status(status)),
-        };
-        // The stream ends right after the event that makes every recipient final (or at
-        // once when they already are), without waiting for a message that never comes.
-        let done = !open.iter().any(|o| *o);
-        let events = futures::stream::unfold(
-            (messages, open, done),
-            |(mut messages, mut open, done)| async move {
-                if done {
-                    return None;
-                }
-                let item = match messages.next().await? {
-                    Err(e) => Err(unavailable(e)),
-                    Ok(msg) => {
-                        let index = msg
-                            .subject
-                            .rsplit('.')
-                            .next()
-                            .and_then(|i| i.parse::<usize>().ok());
-                        DeliveryEvent::decode(msg.payload.clone())
-                            .map_err(unavailable)
-                            .inspect(|event| {
-                                if let Some(slot) = index.and_then(|i| open.get_mut(i)) {
-                                    *slot = !is_final(event.state());
-                                }
-                            })
-                    }
-                };
-                let done = item.is_err() || !open.iter().any(|o| *o);
-                let update = item.map(|event| WatchUpdate {
-                    update: Some(watch_update::Update::Event(event)),
+        let updates = match self.current(&id).await {
+            Ok(current) => follow(self.events.clone(), id, current.status).await?,
+            // Not routed yet: what the ingress accepted first, then, once the route stage
+            // has routed it, the routed status and its events (as `GetMessage` finds it).
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                let accepted = self.accepted(Some(&id)).await?.pop().ok_or(e)?;
+                let (book, events) = (self.status.clone(), self.events.clone());
+                let routed = futures::stream::once(async move {
+                    let current = book.wait_routed(&id).await.map_err(unavailable)?;
+                    follow(events, id, current.status).await
+                })
+                .flat_map(|followed| match followed {
+                    Ok(updates) => updates,
+                    Err(e) => Box::pin(futures::stream::once(async { Err(e) })) as Updates,
                 });
-                Some((update, (messages, open, done)))
-            },
-        );
-        let stream = futures::stream::once(async move { Ok(first) }).chain(events);
-        Ok(Response::new(Box::pin(stream)))
+                let first = WatchUpdate {
+                    update: Some(watch_update::Update::Status(accepted)),
+                };
+                Box::pin(futures::stream::once(async { Ok(first) }).chain(routed))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Response::new(updates))
     }
 
     async fn queue_summary(
