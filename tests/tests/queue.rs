@@ -583,3 +583,33 @@ async fn jobs_in_a_tier_no_longer_configured_come_round() {
     .await;
     assert!(attempts >= 3);
 }
+
+/// A replica that has not seen a `Resume` yet (its view of the suspensions is stale) reads
+/// the bucket before holding a job: the domain is resumed for it at once, and the job that
+/// `Resume` sent round is delivered instead of being held for another retry delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_view_of_a_suspension_is_read_again_before_holding() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = mailflow_tests::nats::Nats::start(dir.path()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: mailflow_relay::suspend::BUCKET.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // No follower: this replica's view changes only through its own calls.
+    let stopped = tokio_util::sync::CancellationToken::new();
+    stopped.cancel();
+    let view = mailflow_relay::suspend::Suspensions::open(kv.clone(), stopped);
+    view.set("remote-a.test", true).await.unwrap();
+    assert!(view.still_suspended("remote-a.test").await);
+    // Another replica resumes the domain.
+    kv.purge(mailflow_bus::key_token("remote-a.test"))
+        .await
+        .unwrap();
+    assert!(view.contains("remote-a.test"), "the view is stale");
+    assert!(!view.still_suspended("remote-a.test").await);
+    assert!(!view.contains("remote-a.test"));
+}

@@ -71,7 +71,9 @@ impl Consumer {
                 return;
             }
         };
-        if self.suspensions.contains(&job.domain) {
+        if self.suspensions.contains(&job.domain)
+            && self.suspensions.still_suspended(&job.domain).await
+        {
             let ack = match retry::hold(&self.bus, &job, &msg.subject).await {
                 Ok(()) => msg.ack().await,
                 Err(e) => {

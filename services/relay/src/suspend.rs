@@ -1,7 +1,8 @@
 //! Destination domains an operator suspended (`Queue.Suspend`): KV `suspended` (key = the
 //! domain's key token), shared by every relay replica. Each replica follows the bucket and
 //! keeps the set in memory; the consumer holds a suspended domain's jobs instead of
-//! delivering them.
+//! delivering them, after reading the bucket once more: a replica that has not yet seen a
+//! `Resume` would otherwise hold the jobs `Resume` just sent round, for another retry delay.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -19,6 +20,26 @@ pub const BUCKET: &str = "suspended";
 /// A domain as a KV key.
 fn key(domain: &str) -> String {
     key_token(domain.trim_end_matches('.'))
+}
+
+/// Why the suspension bucket could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SuspendError {
+    /// A suspension could not be stored.
+    #[error("cannot store the suspension: {0}")]
+    Put(#[from] kv::PutError),
+    /// A suspension could not be lifted.
+    #[error("cannot lift the suspension: {0}")]
+    Purge(#[from] kv::PurgeError),
+    /// The bucket could not be followed.
+    #[error("cannot follow the suspensions: {0}")]
+    Watch(#[from] kv::WatchError),
+    /// Following the bucket failed or ended.
+    #[error("the suspension watch stopped: {0}")]
+    Watcher(#[from] kv::WatcherError),
+    /// The watch ended without an error.
+    #[error("the suspension watch ended")]
+    Ended,
 }
 
 /// The suspended domains.
@@ -52,14 +73,10 @@ impl Suspensions {
         this
     }
 
-    async fn follow(&self) -> Result<(), String> {
-        let mut entries = self
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn follow(&self) -> Result<(), SuspendError> {
+        let mut entries = self.kv.watch_with_history(">").await?;
         while let Some(entry) = entries.next().await {
-            let entry = entry.map_err(|e| e.to_string())?;
+            let entry = entry?;
             let domain = String::from_utf8_lossy(&entry.value).to_string();
             let mut domains = self.domains.write().unwrap_or_else(|p| p.into_inner());
             if entry.operation == Operation::Put {
@@ -68,7 +85,7 @@ impl Suspensions {
                 domains.retain(|d| key(d) != entry.key);
             }
         }
-        Err("watch ended".into())
+        Err(SuspendError::Ended)
     }
 
     /// True when delivery to `domain` is suspended.
@@ -79,6 +96,27 @@ impl Suspensions {
             .contains(&domain.to_ascii_lowercase())
     }
 
+    /// True when the bucket itself still says `domain` (which this replica sees as
+    /// suspended) is; a domain found resumed is dropped from this replica's view at once.
+    /// When the bucket cannot be read, this replica's view stands.
+    pub async fn still_suspended(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        match self.kv.get(key(&domain)).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                self.domains
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&domain);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "cannot read the suspension; holding the job");
+                true
+            }
+        }
+    }
+
     /// Every suspended domain, as this replica last saw them.
     pub fn all(&self) -> Vec<String> {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
@@ -86,22 +124,18 @@ impl Suspensions {
     }
 
     /// Suspends or releases `domain` for every replica (this one at once).
-    pub async fn set(&self, domain: &str, suspended: bool) -> Result<(), String> {
+    pub async fn set(&self, domain: &str, suspended: bool) -> Result<(), SuspendError> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if suspended {
             self.kv
                 .put(key(&domain), Bytes::from(domain.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.domains
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(domain);
         } else {
-            self.kv
-                .purge(key(&domain))
-                .await
-                .map_err(|e| e.to_string())?;
+            self.kv.purge(key(&domain)).await?;
             self.domains
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
