@@ -80,6 +80,8 @@ pub struct Sink {
     requiretls: Arc<AtomicBool>,
     /// A refusal to greet new connections with (and close them), instead of `220`.
     refuse_greeting: Arc<Mutex<Option<String>>>,
+    /// The host name it gives in its greeting and EHLO reply.
+    name: Arc<Mutex<String>>,
     /// Transactions whose MAIL FROM arrived together with the commands after it.
     pipelined: Arc<AtomicUsize>,
     /// STARTTLS is offered, and how it goes.
@@ -136,6 +138,7 @@ impl Sink {
             dsn: Arc::default(),
             requiretls: Arc::default(),
             refuse_greeting: Arc::default(),
+            name: Arc::new(Mutex::new("sink.test".into())),
             pipelined: Arc::default(),
             starttls: Arc::default(),
             auth: Arc::default(),
@@ -220,6 +223,12 @@ impl Sink {
         *self.refuse_greeting.lock().unwrap() = Some(line.to_string());
     }
 
+    /// Calls itself `name` (instead of `sink.test`) in its greeting and EHLO reply, from
+    /// the next connection on.
+    pub fn set_name(&self, name: &str) {
+        *self.name.lock().unwrap() = name.to_string();
+    }
+
     /// Advertises DSN (RFC 3461) or not (the default), from the next EHLO on.
     pub fn set_dsn(&self, on: bool) {
         self.dsn.store(on, Ordering::SeqCst);
@@ -279,7 +288,8 @@ impl Sink {
                 say(&mut r, format!("{line}\r\n").as_bytes()).await?;
                 return Ok(());
             }
-            say(&mut r, b"220 sink.test ESMTP test sink\r\n").await?;
+            let greeting = format!("220 {} ESMTP test sink\r\n", self.name.lock().unwrap());
+            say(&mut r, greeting.as_bytes()).await?;
         }
         let mut from = String::new();
         let mut mail_params = String::new();
@@ -344,8 +354,9 @@ impl Sink {
                 } else {
                     ""
                 };
+                let name = self.name.lock().unwrap().clone();
                 format!(
-                    "250-sink.test\r\n{pipelining}{starttls}{auth}{eight_bit}{dsn}{requiretls}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    "250-{name}\r\n{pipelining}{starttls}{auth}{eight_bit}{dsn}{requiretls}250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n"
                 )
             } else if upper.starts_with("AUTH PLAIN ") && tls && wanted.is_some() {
                 use base64::Engine as _;

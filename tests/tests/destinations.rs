@@ -182,6 +182,31 @@ async fn fetched_jobs_waiting_for_a_slot_are_not_handed_out_again() {
     assert_eq!(subjects.len(), 6, "a message arrived twice");
 }
 
+/// A mail exchanger that calls itself by our ingress' name is ourselves (an MX pointing at
+/// us): the mail is returned at once with 5.4.6, as Postfix's "loops back to myself",
+/// instead of going round until the hop count stops it. Nothing is delivered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_for_a_destination_that_loops_back_to_us_is_returned() {
+    let w = World::start().await;
+    w.b.set_name("mx.example.test");
+    let id = w.send("bob@remote-b.test", "looping").await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Bounced);
+    let reply = last_reply(&status, 0);
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (554, "5.4.6"),
+        "{reply:?}"
+    );
+    assert!(reply.text.contains("loops back"), "{reply:?}");
+    assert!(w.b.received().is_empty());
+    // The same exchanger under its own name takes mail again.
+    w.b.set_name("sink.test");
+    let id = w.send("bob@remote-b.test", "not looping").await;
+    let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+}
+
 /// A server that greets with a permanent refusal is skipped and the mail deferred, not
 /// bounced (Postfix's smtp_skip_5xx_greeting); and a destination one of whose servers
 /// answered is not taken for down because another one never did: its next message is

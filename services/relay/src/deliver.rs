@@ -141,6 +141,9 @@ pub fn needs_smtputf8(sender: &str, rcpts: &[Pending], content: &[u8]) -> bool {
 pub struct Deliverer {
     /// Our EHLO name and the Maildir file names' host part.
     pub hostname: String,
+    /// Host names that are ours (this relay's and the ingress'): a mail exchanger greeting
+    /// with one of them is ourselves, and the mail would loop.
+    pub own_names: Vec<String>,
     /// Root of local Maildirs.
     pub maildir_root: PathBuf,
     /// MX lookups.
@@ -430,6 +433,7 @@ impl Deliverer {
             },
             lmtp,
             verified: enforced.then_some(&self.verified_tls),
+            own_names: &self.own_names,
         };
         let mut last_failure = None;
         // Whether some server answered: only when none did is the destination down.
@@ -519,6 +523,12 @@ impl Deliverer {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),
                 ..Outcome::new(RecipientState::Deferred, 451, "4.4.0", failure.to_string())
+            },
+            // Postfix: "mail for ... loops back to myself", returned at once.
+            Some((host, failure @ HostFailure::Loop { addr, .. }, _)) => Outcome {
+                remote_host: host,
+                remote_ip: addr.ip().to_string(),
+                ..Outcome::new(RecipientState::Bounced, 554, "5.4.6", failure.to_string())
             },
             Some((host, HostFailure::NoSmtpUtf8 { addr }, _)) => Outcome {
                 remote_host: host,

@@ -97,8 +97,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
             relay.connect_timeout + relay.command_timeout,
         ))
     });
+    let mut own_names = vec![relay.hostname.clone(), config.ingress.hostname.clone()];
+    own_names.dedup();
     let deliverer = deliver::Deliverer {
         hostname: relay.hostname.clone(),
+        own_names,
         maildir_root: relay.maildir_root.clone(),
         resolver,
         smarthost: relay.smarthost.clone().filter(|s| !s.is_empty()),

@@ -143,8 +143,14 @@ impl Conn {
         }
     }
 
-    /// EHLO (HELO when refused), or LHLO; returns the extension keywords, upper case.
-    async fn hello(&mut self, helo: &str, lmtp: bool) -> Result<Vec<String>, HostFailure> {
+    /// EHLO (HELO when refused), or LHLO; returns the extension keywords, upper case. A
+    /// server answering with one of `own_names` is ourselves.
+    async fn hello(
+        &mut self,
+        helo: &str,
+        lmtp: bool,
+        own_names: &[String],
+    ) -> Result<Vec<String>, HostFailure> {
         let (verb, stage) = if lmtp {
             ("LHLO", Stage::Lhlo)
         } else {
@@ -152,6 +158,7 @@ impl Conn {
         };
         let ehlo = self.command(&format!("{verb} {helo}"), stage).await?;
         if ehlo.is_success() {
+            self.not_ourselves(&ehlo, own_names).await?;
             return Ok(ehlo
                 .lines
                 .iter()
@@ -168,8 +175,47 @@ impl Conn {
             self.quit().await;
             return Err(self.refused(reply));
         }
+        self.not_ourselves(&reply, own_names).await?;
         Ok(Vec::new())
     }
+
+    /// Fails with [`HostFailure::Loop`] (after QUIT) when `reply` names the server with
+    /// one of `own_names`.
+    async fn not_ourselves(
+        &mut self,
+        reply: &ServerReply,
+        own_names: &[String],
+    ) -> Result<(), HostFailure> {
+        match own_name(reply, own_names) {
+            Some(name) => {
+                self.quit().await;
+                Err(HostFailure::Loop {
+                    addr: self.addr,
+                    name,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The host name `reply` (a greeting or an EHLO reply) gives, the first word of its first
+/// line, when it is one of `own_names` (case and a final dot ignored). Names without a dot,
+/// such as `localhost` (the default host name), are never taken for ours: many servers
+/// call themselves that, and it says nothing about which host answered. Postfix compares
+/// with `myhostname` alone.
+fn own_name(reply: &ServerReply, own_names: &[String]) -> Option<String> {
+    let name = reply
+        .lines
+        .first()?
+        .split_ascii_whitespace()
+        .next()?
+        .trim_end_matches('.');
+    own_names
+        .iter()
+        .map(|own| own.trim_end_matches('.'))
+        .any(|own| own.contains('.') && own.eq_ignore_ascii_case(name))
+        .then(|| name.to_string())
 }
 
 /// A connection that has been greeted and has said EHLO, ready for a transaction.
@@ -245,7 +291,15 @@ pub(super) async fn open(
         }
         return Err(conn.refused(greeting));
     }
-    let mut extensions = conn.hello(config.helo, config.lmtp).await?;
+    // Loop detection is for SMTP only: an LMTP server is a mailbox store, often on this
+    // very host under this very name.
+    let own_names = if config.lmtp {
+        &[][..]
+    } else {
+        config.own_names
+    };
+    conn.not_ourselves(&greeting, own_names).await?;
+    let mut extensions = conn.hello(config.helo, config.lmtp, own_names).await?;
     let mut session = None;
     if config.verified.is_some() && !has(&extensions, "STARTTLS") {
         conn.quit().await;
@@ -263,7 +317,7 @@ pub(super) async fn open(
             conn = upgraded;
             session = Some(info);
             // RFC 3207 §4.2: forget what was learnt before TLS.
-            extensions = conn.hello(config.helo, config.lmtp).await?;
+            extensions = conn.hello(config.helo, config.lmtp, own_names).await?;
         }
     }
     if let Some(credentials) = config.auth {
@@ -357,6 +411,40 @@ mod tests {
     use tokio::net::TcpSocket;
 
     use super::*;
+
+    fn reply(code: u16, first: &str) -> ServerReply {
+        ServerReply {
+            code,
+            enhanced: None,
+            lines: vec![first.to_string(), "PIPELINING".into()],
+        }
+    }
+
+    #[test]
+    fn a_server_giving_our_own_name_is_ourselves() {
+        let ours = [
+            "relay.example.test".to_string(),
+            "MX.example.test.".to_string(),
+        ];
+        for (first, found) in [
+            ("mx.example.test ESMTP mailflow", Some("mx.example.test")),
+            ("Mx.Example.Test. ESMTP", Some("Mx.Example.Test")),
+            ("relay.example.test", Some("relay.example.test")),
+            ("mx.example.test.evil ESMTP", None),
+            ("mail.other.test ESMTP", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                own_name(&reply(220, first), &ours).as_deref(),
+                found,
+                "{first:?}"
+            );
+        }
+        // A name without a dot is no evidence: many servers call themselves localhost.
+        let local = ["localhost".to_string()];
+        assert_eq!(own_name(&reply(220, "localhost ESMTP"), &local), None);
+        assert_eq!(own_name(&reply(220, "mx.example.test"), &[]), None);
+    }
 
     /// A TLS connection over loopback whose sockets take little at a time, and the server's
     /// end of it.

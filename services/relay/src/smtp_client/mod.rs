@@ -71,6 +71,9 @@ pub struct ClientConfig<'a> {
     /// failed handshake or a certificate that does not match the host fails the host,
     /// never falling back to plaintext.
     pub verified: Option<&'a TlsConnector>,
+    /// Host names that are ours: an SMTP server greeting or answering EHLO with one of them
+    /// is ourselves (not checked over LMTP, as with Postfix).
+    pub own_names: &'a [String],
 }
 
 /// A user name and password for AUTH PLAIN (RFC 4954, RFC 4616).
@@ -119,6 +122,17 @@ pub enum HostFailure {
         addr: SocketAddr,
         /// The greeting.
         reply: ServerReply,
+    },
+    /// The server gave our own host name: the session is with ourselves, and the mail
+    /// would come back here (an MX or transport pointing at us).
+    #[error(
+        "{addr} greeted us as {name}, our own name: mail for this destination loops back to us"
+    )]
+    Loop {
+        /// The address.
+        addr: SocketAddr,
+        /// The name it gave.
+        name: String,
     },
     /// The server refused the session or the sender.
     #[error("{addr} said: {} {}", reply.code, reply.text())]
