@@ -183,12 +183,31 @@ async fn fetched_jobs_waiting_for_a_slot_are_not_handed_out_again() {
 }
 
 /// A mail exchanger that calls itself by our ingress' name is ourselves (an MX pointing at
-/// us): the mail is returned at once with 5.4.6, as Postfix's "loops back to myself",
-/// instead of going round until the hop count stops it. Nothing is delivered there.
+/// us): as Postfix's "loops back to myself", the mail is returned at once with 5.4.6 when
+/// that is the best MX, instead of going round until the hop count stops it, and deferred
+/// with 4.4.6 when a better MX (down for now) may still take it. Nothing is delivered there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_for_a_destination_that_loops_back_to_us_is_returned() {
-    let w = World::start().await;
+    // backup.remote-b.test: an address where nothing listens first, then sink B.
+    let w = World::start_with(
+        "",
+        &[(
+            "remote-b.test",
+            "backup IN MX 10 mx.none\nbackup IN MX 20 mx\nmx.none IN A 127.0.0.7\n",
+        )],
+        &[],
+    )
+    .await;
     w.b.set_name("mx.example.test");
+    let id = w.send("ann@backup.remote-b.test", "looping behind").await;
+    let status = w.stack.wait_state(&id, RecipientState::Deferred).await;
+    let reply = last_reply(&status, 0);
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (451, "4.4.6"),
+        "{reply:?}"
+    );
+
     let id = w.send("bob@remote-b.test", "looping").await;
     let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
     assert_eq!(status.recipients[0].state(), RecipientState::Bounced);

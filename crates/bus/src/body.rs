@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::connect::BusError;
+use crate::connect::{Bus, BusError};
+use crate::topology::Topology;
 
 /// The `mail-bodies` object store, and the size up to which a body travels inline instead.
 #[derive(Clone)]
@@ -24,14 +25,17 @@ pub struct BodyStore {
 const PIPE_BUFFER: usize = 256 * 1024;
 
 impl BodyStore {
-    /// A store that keeps bodies up to `inline_limit` octets inline, but never more than
-    /// half of nats-server's `max_payload` (when known, that is not 0): the other half is
-    /// room for the envelope of the bus message carrying the body (recipients, added header
-    /// fields), so that every message and delivery job fits in one. A larger body inline
-    /// would be refused by nats-server on every try: the ingress could not accept the
-    /// message, the route stage could not publish its jobs.
-    pub fn new(store: ObjectStore, inline_limit: usize, max_payload: usize) -> Self {
+    /// The bodies of `topology` (made only once nats-server answered, so that its
+    /// `max_payload` is known), keeping those up to `inline_limit` octets inline, but never
+    /// more than half of `max_payload`: the other half is room for the envelope of the bus
+    /// message carrying the body (recipients, added header fields), so that every message
+    /// and delivery job fits in one. A larger body inline would be refused by nats-server on
+    /// every try: the ingress could not accept the message, the route stage could not
+    /// publish its jobs. The value is read once: a server with a smaller one needs a restart.
+    pub fn new(bus: &Bus, topology: &Topology, inline_limit: usize) -> Self {
+        let max_payload = bus.max_payload();
         let most = if max_payload == 0 {
+            tracing::warn!("nats-server's max_payload is not known; inline bodies are not capped");
             inline_limit
         } else {
             max_payload / 2
@@ -45,7 +49,7 @@ impl BodyStore {
             );
         }
         Self {
-            store,
+            store: topology.bodies.clone(),
             inline_limit: inline_limit.min(most),
         }
     }

@@ -17,6 +17,9 @@ pub struct Target {
     pub host: String,
     /// Its addresses with the SMTP port.
     pub addrs: Vec<SocketAddr>,
+    /// Its MX preference (0 for the domain itself when it has no MX, and for a fixed
+    /// server): the lowest is the best MX.
+    pub preference: u16,
 }
 
 /// Why no target could be found.
@@ -69,9 +72,9 @@ pub fn reversed(ip: IpAddr) -> String {
 
 /// RFC 5321 §5.1: the lowest preference first, and hosts of equal preference in random
 /// order (`random` decides), so that senders spread their load over them.
-pub fn by_preference(mut mx: Vec<(u16, String)>, random: &impl BuildHasher) -> Vec<String> {
+pub fn by_preference(mut mx: Vec<(u16, String)>, random: &impl BuildHasher) -> Vec<(u16, String)> {
     mx.sort_by_cached_key(|(preference, host)| (*preference, random.hash_one(host)));
-    mx.into_iter().map(|(_, host)| host).collect()
+    mx
 }
 
 /// Resolves destinations with hickory.
@@ -228,12 +231,12 @@ impl MxResolver {
                 return Err(ResolveError::NoSuchDomain(domain.to_string()));
             }
             // No MX records: the domain itself is the implicit MX (RFC 5321 §5.1).
-            Err(e) if e.is_no_records_found() => vec![fqdn.clone()],
+            Err(e) if e.is_no_records_found() => vec![(0, fqdn.clone())],
             Err(e) => return Err(temporary(&e)),
         };
         let mut targets = Vec::new();
         let mut last_error = None;
-        for host in hosts {
+        for (preference, host) in hosts {
             match self.resolver.lookup_ip(host.as_str()).await {
                 Ok(ips) => {
                     let addrs: Vec<SocketAddr> = ips
@@ -243,6 +246,7 @@ impl MxResolver {
                     targets.push(Target {
                         host: host.trim_end_matches('.').to_string(),
                         addrs,
+                        preference,
                     });
                 }
                 Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
@@ -283,8 +287,8 @@ mod tests {
         let mut firsts = std::collections::HashSet::new();
         for _ in 0..64 {
             let order = by_preference(mx(), &RandomState::new());
-            assert_eq!(order[2], "backup.test.");
-            firsts.insert(order[0].clone());
+            assert_eq!(order[2], (20, "backup.test.".to_string()));
+            firsts.insert(order[0].1.clone());
         }
         assert_eq!(
             firsts.len(),

@@ -227,7 +227,15 @@ fn status_part(out: &mut String, r: &Report<'_>) {
             let _ = write!(out, "Remote-MTA: dns; {}\r\n", x.remote_mta);
         }
         if !x.diagnostic.is_empty() {
-            let _ = write!(out, "Diagnostic-Code: smtp; {}\r\n", x.diagnostic);
+            // A reply of the remote MTA is an `smtp` diagnostic (RFC 3464 §2.3.6); one decided
+            // here, with no remote MTA (an alias loop, a content rule, a mail loop), goes
+            // under our own type, as Postfix's `X-Postfix`.
+            let kind = if x.remote_mta.is_empty() {
+                "X-mailflow"
+            } else {
+                "smtp"
+            };
+            let _ = write!(out, "Diagnostic-Code: {kind}; {}\r\n", x.diagnostic);
         }
     }
 }
@@ -278,6 +286,37 @@ mod tests {
             ret,
             unique: "U1",
         })
+    }
+
+    #[test]
+    fn a_failure_decided_here_has_no_remote_mta_and_our_diagnostic_type() {
+        let mut r = Report {
+            reporting_mta: "mx.example.test",
+            queue_id: "01QUEUE",
+            envid: "",
+            arrival: UNIX_EPOCH,
+            now: UNIX_EPOCH,
+            to: "sender@example.test",
+            recipients: vec![RecipientReport {
+                final_recipient: "bob@remote.test".into(),
+                original_recipient: String::new(),
+                action: Action::Failed,
+                status: "5.4.6".into(),
+                remote_mta: String::new(),
+                diagnostic: "554 5.4.6 mail for remote.test loops back to myself".into(),
+            }],
+            original: b"Subject: hi\r\n\r\nbody\r\n",
+            ret: ReturnContent::Headers,
+            unique: "U2",
+        };
+        let text = String::from_utf8(render(&r)).unwrap();
+        assert!(!text.contains("Remote-MTA"), "{text}");
+        assert!(text.contains(
+            "Status: 5.4.6\r\nDiagnostic-Code: X-mailflow; 554 5.4.6 mail for remote.test loops back to myself\r\n"
+        ), "{text}");
+        r.recipients[0].remote_mta = "mx.remote.test".into();
+        let text = String::from_utf8(render(&r)).unwrap();
+        assert!(text.contains("Diagnostic-Code: smtp; 554"), "{text}");
     }
 
     #[test]

@@ -93,11 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Ingr
 
     let bus = Bus::connect(&config.nats, "mailflow-ingress", &shutdown).await?;
     let topology = Topology::ensure(&bus, &shutdown).await?;
-    let bodies = BodyStore::new(
-        topology.bodies,
-        config.nats.inline_body_limit,
-        bus.max_payload(),
-    );
+    let bodies = BodyStore::new(&bus, &topology, config.nats.inline_body_limit);
     let services = Services::new(ingress, bus, bodies)?;
 
     let mut listeners = Vec::new();

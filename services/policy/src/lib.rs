@@ -63,11 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Poli
 
     let router_stage = route::RouteStage {
         bus: bus.clone(),
-        bodies: BodyStore::new(
-            topology.bodies.clone(),
-            config.nats.inline_body_limit,
-            bus.max_payload(),
-        ),
+        bodies: BodyStore::new(&bus, &topology, config.nats.inline_body_limit),
         hostname: hostname.clone(),
         directory: directory.clone(),
         shards: config.policy.out_shards,

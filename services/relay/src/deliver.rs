@@ -172,6 +172,19 @@ pub struct Deliverer {
     pub smarthost_auth: Option<Credentials>,
 }
 
+/// The outcome of a delivery that found ourselves at an MX host (Postfix's "mail for ...
+/// loops back to myself", decided here, not by a remote server): returned (`5.4.6`) when
+/// that host is the best MX, since every other is worse; deferred (`4.4.6`) otherwise, as
+/// the better ones may answer later.
+fn looped(domain: &str, best: bool) -> Outcome {
+    let text = format!("mail for {domain} loops back to myself");
+    if best {
+        Outcome::new(RecipientState::Bounced, 554, "5.4.6", text)
+    } else {
+        Outcome::new(RecipientState::Deferred, 451, "4.4.6", text)
+    }
+}
+
 /// What an unreachable destination is remembered by: the fixed server of a transport, or
 /// the domain whose MX hosts are tried.
 fn unreachable_key(transport: &Transport, domain: &str) -> String {
@@ -313,7 +326,11 @@ impl Deliverer {
                 .map_or(endpoint.as_str(), |(h, _)| h)
                 .trim_matches(['[', ']'])
                 .to_string();
-            return Ok(vec![Target { host, addrs }]);
+            return Ok(vec![Target {
+                host,
+                addrs,
+                preference: 0,
+            }]);
         }
         self.resolver.targets(domain).await.map_err(|e| {
             let (state, code, enh) = match &e {
@@ -433,8 +450,16 @@ impl Deliverer {
             },
             lmtp,
             verified: enforced.then_some(&self.verified_tls),
-            own_names: &self.own_names,
+            // Mail loops through an MX record pointing at us. Postfix checks sessions on
+            // port 25 only; our MX port is configurable, so MX delivery is what counts: a
+            // smarthost, an `smtp:` transport (a content filter) or LMTP may well be a
+            // server on this host under this name.
+            own_names: match transport {
+                Transport::Mx => &self.own_names,
+                _ => &[],
+            },
         };
+        let best = targets.iter().map(|t| t.preference).min().unwrap_or(0);
         let mut last_failure = None;
         // Whether some server answered: only when none did is the destination down.
         let mut answered = false;
@@ -503,6 +528,13 @@ impl Deliverer {
                             })
                             .collect();
                     }
+                    // Hosts no better than ourselves are not tried (they would send the
+                    // mail back here, as Postfix never tries them).
+                    Err(failure @ HostFailure::Loop { .. }) => {
+                        tracing::warn!(host = %target.host, %addr, error = %failure, "mail loop");
+                        let outcome = looped(&job.domain, target.preference == best);
+                        return vec![outcome; pending.len()];
+                    }
                     Err(failure) => {
                         tracing::info!(host = %target.host, %addr, error = %failure, "mail exchanger failed; trying the next");
                         answered |= !failure.silent();
@@ -523,12 +555,6 @@ impl Deliverer {
                 remote_host: host,
                 remote_ip: addr.ip().to_string(),
                 ..Outcome::new(RecipientState::Deferred, 451, "4.4.0", failure.to_string())
-            },
-            // Postfix: "mail for ... loops back to myself", returned at once.
-            Some((host, failure @ HostFailure::Loop { addr, .. }, _)) => Outcome {
-                remote_host: host,
-                remote_ip: addr.ip().to_string(),
-                ..Outcome::new(RecipientState::Bounced, 554, "5.4.6", failure.to_string())
             },
             Some((host, HostFailure::NoSmtpUtf8 { addr }, _)) => Outcome {
                 remote_host: host,

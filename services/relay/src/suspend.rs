@@ -97,19 +97,14 @@ impl Suspensions {
     }
 
     /// True when the bucket itself still says `domain` (which this replica sees as
-    /// suspended) is; a domain found resumed is dropped from this replica's view at once.
-    /// When the bucket cannot be read, this replica's view stands.
+    /// suspended) is. The view is left to the follower: changed here, a suspension stored
+    /// again between this read and the change would be lost from it. When the bucket
+    /// cannot be read, this replica's view stands.
     pub async fn still_suspended(&self, domain: &str) -> bool {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         match self.kv.get(key(&domain)).await {
             Ok(Some(_)) => true,
-            Ok(None) => {
-                self.domains
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&domain);
-                false
-            }
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(%domain, error = %e, "cannot read the suspension; holding the job");
                 true

@@ -191,21 +191,31 @@ impl QueueService {
         }
     }
 
+    /// Where message `id` is: routed (its record, with the latest events applied), or
+    /// waiting in `MAIL_IN` to be routed; `NOT_FOUND` when it is nowhere. The record is read
+    /// once more when `MAIL_IN` has no such message: one routed between the first two reads
+    /// has a record by then (it is written before the message leaves `MAIL_IN`).
+    async fn locate(&self, id: &str) -> Result<Located, Status> {
+        match self.current(id).await {
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                match self.accepted(Some(id)).await?.pop() {
+                    Some(accepted) => Ok(Located::Accepted(accepted)),
+                    None => self.current(id).await.map(Located::Routed),
+                }
+            }
+            other => other.map(Located::Routed),
+        }
+    }
+
     /// The current status of `id` for an operator's action on it: `FAILED_PRECONDITION` while
     /// it waits in `MAIL_IN` to be routed (it has no jobs yet to act on), `NOT_FOUND` when it
     /// is nowhere.
     async fn routed(&self, id: &str) -> Result<Current, Status> {
-        match self.current(id).await {
-            Err(e) if e.code() == tonic::Code::NotFound => {
-                if self.accepted(Some(id)).await?.is_empty() {
-                    Err(e)
-                } else {
-                    Err(Status::failed_precondition(format!(
-                        "message {id} is accepted and not routed yet; try again in a moment"
-                    )))
-                }
-            }
-            other => other,
+        match self.locate(id).await? {
+            Located::Routed(current) => Ok(current),
+            Located::Accepted(_) => Err(Status::failed_precondition(format!(
+                "message {id} is accepted and not routed yet; try again in a moment"
+            ))),
         }
     }
 
@@ -225,6 +235,14 @@ impl QueueService {
         };
         jobs::find_all(&mut stream, pick).await.map_err(unavailable)
     }
+}
+
+/// Where a message is ([`QueueService::locate`]).
+enum Located {
+    /// Routed: its record, with the latest events applied.
+    Routed(Current),
+    /// Waiting in `MAIL_IN` to be routed: its status as accepted.
+    Accepted(MessageStatus),
 }
 
 /// The stream `WatchMessage` answers with.
@@ -299,12 +317,9 @@ impl queue_server::Queue for QueueService {
         request: Request<GetMessageRequest>,
     ) -> Result<Response<MessageStatus>, Status> {
         let id = self.resolve(&request.into_inner())?;
-        let mut status = match self.current(&id).await {
-            // Not routed yet: it may still be waiting in MAIL_IN.
-            Err(e) if e.code() == tonic::Code::NotFound => {
-                self.accepted(Some(&id)).await?.pop().ok_or(e)?
-            }
-            other => other?.status,
+        let mut status = match self.locate(&id).await? {
+            Located::Routed(current) => current.status,
+            Located::Accepted(accepted) => accepted,
         };
         status.history = self.history(&id).await?;
         Ok(Response::new(status))
@@ -344,12 +359,13 @@ impl queue_server::Queue for QueueService {
     ) -> Result<Response<Updates>, Status> {
         let id = request.into_inner().queue_id;
         queue_id(&id, "queue_id")?;
-        let updates = match self.current(&id).await {
-            Ok(current) => follow(self.events.clone(), id, current.status).await?,
+        let updates = match self.locate(&id).await? {
+            Located::Routed(current) => follow(self.events.clone(), id, current.status).await?,
             // Not routed yet: what the ingress accepted first, then, once the route stage
-            // has routed it, the routed status and its events (as `GetMessage` finds it).
-            Err(e) if e.code() == tonic::Code::NotFound => {
-                let accepted = self.accepted(Some(&id)).await?.pop().ok_or(e)?;
+            // has routed it, the routed status and its events. The wait has no end of its
+            // own: while the policy service is down, the watch stays open (the caller may
+            // end it).
+            Located::Accepted(accepted) => {
                 let (book, events) = (self.status.clone(), self.events.clone());
                 let routed = futures::stream::once(async move {
                     let current = book.wait_routed(&id).await.map_err(unavailable)?;
@@ -364,7 +380,6 @@ impl queue_server::Queue for QueueService {
                 };
                 Box::pin(futures::stream::once(async { Ok(first) }).chain(routed))
             }
-            Err(e) => return Err(e),
         };
         Ok(Response::new(updates))
     }
