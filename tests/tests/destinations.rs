@@ -182,6 +182,52 @@ async fn fetched_jobs_waiting_for_a_slot_are_not_handed_out_again() {
     assert_eq!(subjects.len(), 6, "a message arrived twice");
 }
 
+/// The bodies deliveries hold at once stay within `body_memory`: with room for one 700 KB
+/// body, a second delivery waits (counted in `mailflow_relay_body_memory_waiting`) while
+/// the first is held at the exchanger, and goes once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_wait_for_room_in_the_body_memory_budget() {
+    let w = World::start_with_relay("body_memory = 1048576").await;
+    w.a.hold();
+    let line = format!("{}\r\n", "z".repeat(98));
+    let content = |n: u32| format!("Subject: big {n}\r\n\r\n{}", line.repeat(7_000));
+    let mut c = SmtpClient::connect(w.stack.smtp).await;
+    c.command("EHLO client.test", 250).await;
+    let first = c
+        .send_mail("sender@client.test", &["ann@remote-a.test"], &content(1))
+        .await;
+    wait::until(
+        "the first delivery held",
+        Duration::from_secs(30),
+        || async { (w.a.arrived() == 1).then_some(()) },
+    )
+    .await;
+    let second = c
+        .send_mail("sender@client.test", &["bea@remote-a.test"], &content(2))
+        .await;
+    let stack = &w.stack;
+    wait::until(
+        "the second delivery waiting",
+        Duration::from_secs(30),
+        || async {
+            let metrics = stack.scrape(mailflow_tests::stack::RELAY).await;
+            (metrics.get("mailflow_relay_body_memory_waiting") == Some(&1.0)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(w.a.arrived(), 1, "the second body did not wait for room");
+    w.a.release();
+    for id in [first, second] {
+        let status = w.stack.wait_final(&id, Duration::from_secs(30)).await;
+        assert_eq!(status.recipients[0].state(), RecipientState::Delivered);
+    }
+    let metrics = w.stack.scrape(mailflow_tests::stack::RELAY).await;
+    assert_eq!(
+        metrics.get("mailflow_relay_body_memory_waiting"),
+        Some(&0.0)
+    );
+}
+
 /// A mail exchanger that calls itself by our ingress' name is ourselves (an MX pointing at
 /// us): as Postfix's "loops back to myself", the mail is returned at once with 5.4.6 when
 /// that is the best MX, instead of going round until the hop count stops it, and deferred

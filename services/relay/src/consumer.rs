@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::budget::BodyBudget;
 use crate::deliver::{Deliverer, Pending};
 use crate::destination::{self, Destinations};
 use crate::lifetime::Lifetime;
@@ -46,6 +47,8 @@ pub struct Consumer {
     pub destinations: Destinations,
     /// Domains whose delivery an operator suspended.
     pub suspensions: Suspensions,
+    /// The octets of bodies the deliveries under way may hold together.
+    pub memory: BodyBudget,
 }
 
 impl Consumer {
@@ -219,6 +222,8 @@ impl Consumer {
             return Ok(false);
         }
         let body = job.body.clone().unwrap_or_default();
+        // Held until the attempt is over (its notices need the content too).
+        let _memory = self.memory.reserve(body.size).await;
         let content = load_body(&self.bodies, &body).await?;
         let outcomes = self
             .deliverer

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod consumer;
 pub mod dane;
 pub mod deliver;
@@ -175,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         bodies: topology.bodies.clone(),
         deliverer,
         concurrency: relay.concurrency.max(1),
+        memory: budget::BodyBudget::new(relay.body_memory),
         ack_wait: relay.ack_wait,
         retry_delays,
         lifetime: lifetime::Lifetime {

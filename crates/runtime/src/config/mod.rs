@@ -389,6 +389,10 @@ pub struct RelayConfig {
     pub smarthost_password_file: Option<PathBuf>,
     /// Delivery jobs handled at once by one relay process.
     pub concurrency: usize,
+    /// Octets of message bodies one relay process holds at once for deliveries: a job
+    /// whose body does not fit waits for others to finish (one larger than the whole
+    /// budget goes alone), so memory stays bounded whatever size of mail arrives.
+    pub body_memory: usize,
     /// Look up and honour destinations' MTA-STS policies (RFC 8461).
     pub mta_sts: bool,
     /// Honour DANE (RFC 7672): DNSSEC-validated TLSA records of MX hosts make TLS with a
@@ -454,6 +458,7 @@ impl Default for RelayConfig {
             smarthost_username: None,
             smarthost_password_file: None,
             concurrency: 64,
+            body_memory: 256 * 1024 * 1024,
             dane: true,
             dnssec_trust_anchor: None,
             mta_sts: true,

@@ -1,0 +1,90 @@
+//! The relay's budget of body memory. A delivery holds its message's body whole (encoded
+//! for DATA, and kept for the notices the attempt may owe), so what one process holds is
+//! bounded by counting those octets: `concurrency` deliveries of messages near
+//! `max_message_size` would otherwise hold gigabytes.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Octets are counted in KiB: a semaphore takes at most `u32::MAX` permits at once.
+const UNIT: u64 = 1024;
+
+/// The octets of bodies the deliveries under way may hold together.
+#[derive(Clone)]
+pub struct BodyBudget {
+    /// One permit per KiB of the budget.
+    permits: Arc<Semaphore>,
+    /// The whole budget, in KiB: a body larger than it takes all of it and goes alone.
+    total: u32,
+}
+
+impl BodyBudget {
+    /// A budget of `octets` (at least 1 KiB).
+    pub fn new(octets: usize) -> Self {
+        let total = u32::try_from(octets as u64 / UNIT)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until a body of `size` octets fits in what the others leave; the budget gets
+    /// it back when the permit is dropped. Deliveries waiting are counted in the gauge
+    /// `mailflow_relay_body_memory_waiting`.
+    pub async fn reserve(&self, size: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(size.div_ceil(UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        if let Ok(permit) = self.permits.clone().try_acquire_many_owned(kib) {
+            return Some(permit);
+        }
+        let _waiting = Waiting::start();
+        // The semaphore is never closed: `None` cannot happen.
+        self.permits.clone().acquire_many_owned(kib).await.ok()
+    }
+}
+
+/// One delivery counted as waiting for body memory while this lives (also when the wait
+/// is abandoned).
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Self {
+        metrics::gauge!("mailflow_relay_body_memory_waiting").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("mailflow_relay_body_memory_waiting").decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_wait_for_room_and_a_huge_one_goes_alone() {
+        let budget = BodyBudget::new(10 * 1024);
+        let first = budget.reserve(6 * 1024).await;
+        let second = budget.reserve(4 * 1024).await;
+        // Full: the next waits until one is given back.
+        let third = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1)).await;
+        assert!(third.is_err(), "room was found in a full budget");
+        drop(second);
+        let small = budget.reserve(100).await;
+        drop((first, small));
+        // Larger than the whole budget: it takes all of it, and nothing else fits meanwhile.
+        let huge = budget.reserve(1 << 30).await;
+        let other = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1)).await;
+        assert!(other.is_err());
+        drop(huge);
+        assert!(budget.reserve(10 * 1024).await.is_some());
+    }
+}
