@@ -44,6 +44,10 @@ pub struct Outcome {
     pub tls: Option<TlsInfo>,
     /// Where an accepted message went, which decides what a success notice says.
     pub handoff: Handoff,
+    /// The reply is the remote host's own; otherwise it was decided here (a refused
+    /// connection, a missing extension, a mail loop), with the host only tried, and a
+    /// notice names no remote MTA for it (RFC 3464 §2.3.6).
+    pub by_remote: bool,
 }
 
 /// Where an accepted message went (RFC 3461 §5.2): a success notice says `delivered` for a
@@ -74,6 +78,7 @@ impl Outcome {
             remote_ip: String::new(),
             tls: None,
             handoff: Handoff::Mailbox,
+            by_remote: false,
         }
     }
 
@@ -101,6 +106,7 @@ impl Outcome {
             remote_ip: addr.ip().to_string(),
             tls: tls.cloned(),
             handoff: Handoff::Mailbox,
+            by_remote: true,
         }
     }
 }

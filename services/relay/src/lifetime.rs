@@ -76,6 +76,7 @@ mod tests {
             remote_ip: String::new(),
             tls: None,
             handoff: Default::default(),
+            by_remote: true,
         }
     }
 

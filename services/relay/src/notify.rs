@@ -43,11 +43,16 @@ pub fn owed(
                 (RecipientState::Deferred, _) if delayed.contains(index) => Action::Delayed,
                 _ => return None,
             };
+            let remote_mta = if outcome.by_remote {
+                outcome.remote_host.as_str()
+            } else {
+                ""
+            };
             RecipientReport::owed(
                 recipient_of(job, *index)?,
                 action,
                 &outcome.reply,
-                &outcome.remote_host,
+                remote_mta,
             )
         })
         .collect()
@@ -121,6 +126,7 @@ mod tests {
                 remote_ip: "192.0.2.1".into(),
                 tls: None,
                 handoff: Handoff::Relayed,
+                by_remote: true,
             },
         )]
     }
@@ -138,6 +144,12 @@ mod tests {
         assert_eq!(owed[0].original_recipient, "rfc822;bob@remote.test");
         assert_eq!(owed[0].diagnostic, "550 5.1.1 said so");
         assert_eq!(owed[0].remote_mta, "mx.remote.test");
+        // A failure decided here (the host was only tried) names no remote MTA.
+        let mut ours = outcome(RecipientState::Bounced, 554, "5.4.6");
+        ours[0].2.by_remote = false;
+        let owed = super::owed(&job("a@x.test", vec![]), &ours, &[]);
+        assert_eq!(owed[0].remote_mta, "");
+        assert_eq!(owed[0].diagnostic, "554 5.4.6 said so");
     }
 
     #[test]
