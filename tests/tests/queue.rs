@@ -589,7 +589,7 @@ async fn jobs_in_a_tier_no_longer_configured_come_round() {
 /// holding a job (so that a job `Resume` sent round is delivered, not held for another
 /// retry delay), and a suspension stored again is found again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_view_of_a_suspension_is_read_again_before_holding() {
+async fn a_stale_view_of_a_suspension_is_corrected_by_reading_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let nats = mailflow_tests::nats::Nats::start(dir.path()).await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());

@@ -10,7 +10,7 @@ use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 
-/// One host to try, with its addresses.
+/// One host to try, with its addresses (none when they could not be looked up for now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The host name (the MX exchange, or the domain itself).
@@ -250,14 +250,23 @@ impl MxResolver {
                     });
                 }
                 Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
-                Err(e) => last_error = Some(temporary(&e)),
+                // Kept without addresses: it is still an MX host of the domain, one that
+                // may answer later, and it outranks the hosts after it (a host that turns
+                // out to be ourselves is the best MX only when no better one exists).
+                Err(e) => {
+                    last_error = Some(temporary(&e));
+                    targets.push(Target {
+                        host: host.trim_end_matches('.').to_string(),
+                        addrs: Vec::new(),
+                        preference,
+                    });
+                }
             }
         }
-        match (targets.is_empty(), last_error) {
-            (false, _) => Ok(targets),
-            (true, Some(e)) => Err(e),
-            (true, None) => Err(ResolveError::NoAddress(domain.to_string())),
+        if targets.iter().any(|t| !t.addrs.is_empty()) {
+            return Ok(targets);
         }
+        Err(last_error.unwrap_or_else(|| ResolveError::NoAddress(domain.to_string())))
     }
 }
 

@@ -1,7 +1,8 @@
-//! The relay's budget of body memory. A delivery holds its message's body whole (encoded
-//! for DATA, and kept for the notices the attempt may owe), so what one process holds is
-//! bounded by counting those octets: `concurrency` deliveries of messages near
-//! `max_message_size` would otherwise hold gigabytes.
+//! The relay's budget of body memory. A delivery holds its message's body whole, twice
+//! while it sends it (the content, kept for the notices the attempt may owe, and its
+//! encoding for DATA), so what one process holds is bounded by counting twice the body's
+//! octets: `concurrency` deliveries of messages near `max_message_size` would otherwise
+//! hold gigabytes.
 
 use std::sync::Arc;
 
@@ -31,11 +32,11 @@ impl BodyBudget {
         }
     }
 
-    /// Waits until a body of `size` octets fits in what the others leave; the budget gets
-    /// it back when the permit is dropped. Deliveries waiting are counted in the gauge
-    /// `mailflow_relay_body_memory_waiting`.
+    /// Waits until a body of `size` octets (counted twice, with its encoding) fits in what
+    /// the others leave; the budget gets it back when the permit is dropped. Deliveries
+    /// waiting are counted in the gauge `mailflow_relay_body_memory_waiting`.
     pub async fn reserve(&self, size: u64) -> Option<OwnedSemaphorePermit> {
-        let kib = u32::try_from(size.div_ceil(UNIT))
+        let kib = u32::try_from(size.saturating_mul(2).div_ceil(UNIT))
             .unwrap_or(u32::MAX)
             .clamp(1, self.total);
         if let Ok(permit) = self.permits.clone().try_acquire_many_owned(kib) {
@@ -71,9 +72,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bodies_wait_for_room_and_a_huge_one_goes_alone() {
+        // Each body counts twice: 3 KiB and 2 KiB fill 10 KiB.
         let budget = BodyBudget::new(10 * 1024);
-        let first = budget.reserve(6 * 1024).await;
-        let second = budget.reserve(4 * 1024).await;
+        let first = budget.reserve(3 * 1024).await;
+        let second = budget.reserve(2 * 1024).await;
         // Full: the next waits until one is given back.
         let third = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1)).await;
         assert!(third.is_err(), "room was found in a full budget");
@@ -85,6 +87,6 @@ mod tests {
         let other = tokio::time::timeout(Duration::from_secs(1), budget.reserve(1)).await;
         assert!(other.is_err());
         drop(huge);
-        assert!(budget.reserve(10 * 1024).await.is_some());
+        assert!(budget.reserve(5 * 1024).await.is_some());
     }
 }

@@ -90,6 +90,13 @@ impl Consumer {
             }
             return;
         }
+        // Room for the body first (it waits as long as it must), and only then a delivery
+        // slot of the destination (waited for at most `destination::WAIT`): a job waiting
+        // for memory never holds one of the destination's slots idle.
+        let memory = self
+            .memory
+            .reserve(job.body.as_ref().map_or(0, |b| b.size))
+            .await;
         // A destination at its limit: the job goes to the back of the queue rather than
         // hold a delivery slot (mail for other destinations keeps flowing). Local Maildir
         // delivery opens no connection and is not limited.
@@ -115,7 +122,7 @@ impl Consumer {
         // extra task per job).
         let span = tracing::info_span!("delivery", queue_id = %job.queue_id, domain = %job.domain, attempt);
         let work = self
-            .work(&job, &transport, attempt, permit)
+            .work(&job, &transport, attempt, permit, memory)
             .instrument(span);
         let result = keep_alive(&msg, self.ack_wait, work).await;
         let ack = match result {
@@ -189,7 +196,11 @@ impl Consumer {
         transport: &Transport,
         attempt: u32,
         permit: Option<OwnedSemaphorePermit>,
+        memory: Option<OwnedSemaphorePermit>,
     ) -> Result<bool, BusError> {
+        // Room for the body, given back when the attempt is over (its notices need the
+        // content too).
+        let _memory = memory;
         // On a first attempt no recipient can be final yet: skip the read. Later attempts
         // (a retry, or a redelivery after a crash) and jobs held for a suspended domain or
         // sent round for a busy one (which an operator may have cancelled meanwhile) skip
@@ -222,8 +233,6 @@ impl Consumer {
             return Ok(false);
         }
         let body = job.body.clone().unwrap_or_default();
-        // Held until the attempt is over (its notices need the content too).
-        let _memory = self.memory.reserve(body.size).await;
         let content = load_body(&self.bodies, &body).await?;
         let outcomes = self
             .deliverer

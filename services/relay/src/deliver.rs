@@ -400,6 +400,9 @@ impl Deliverer {
             Ok(t) => t,
             Err(outcome) => return vec![outcome; pending.len()],
         };
+        // The best MX of the records, before an MTA-STS policy leaves some out: a host that
+        // turns out to be ourselves is the best only when no better one exists at all.
+        let best = targets.iter().map(|t| t.preference).min().unwrap_or(0);
         let enforced = match self
             .mta_sts_enforced(transport, &job.domain, &mut targets)
             .await
@@ -465,11 +468,12 @@ impl Deliverer {
                 _ => &[],
             },
         };
-        let best = targets.iter().map(|t| t.preference).min().unwrap_or(0);
         let mut last_failure = None;
         // Whether some server answered: only when none did is the destination down.
         let mut answered = false;
-        for target in &targets {
+        // Hosts whose addresses could not be looked up for now are not tried (when none had
+        // any, the lookup failed and the mail was deferred already).
+        for target in targets.iter().filter(|t| !t.addrs.is_empty()) {
             // DANE (RFC 7672) for this MX host takes precedence over MTA-STS (RFC 8461 §2).
             let host_dane = match (&self.dane, transport) {
                 (Some(dane), Transport::Mx) => dane.host(&job.domain, &target.host).await,
@@ -538,7 +542,13 @@ impl Deliverer {
                     // mail back here, as Postfix never tries them).
                     Err(failure @ HostFailure::Loop { .. }) => {
                         tracing::warn!(host = %target.host, %addr, error = %failure, "mail loop");
-                        let outcome = looped(&job.domain, target.preference == best);
+                        // The host stays in the log and the status; a notice names no
+                        // remote MTA for it (`by_remote` is false).
+                        let outcome = Outcome {
+                            remote_host: target.host.clone(),
+                            remote_ip: addr.ip().to_string(),
+                            ..looped(&job.domain, target.preference == best)
+                        };
                         return vec![outcome; pending.len()];
                     }
                     Err(failure) => {

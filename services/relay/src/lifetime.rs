@@ -27,6 +27,8 @@ impl Lifetime {
             return false;
         }
         outcome.state = RecipientState::Bounced;
+        // The text below is ours, with the last reply in it: decided here.
+        outcome.by_remote = false;
         if outcome.reply.enhanced.is_empty() {
             outcome.reply.enhanced = "4.4.7".into();
         }

@@ -298,6 +298,9 @@ pub(super) async fn open(
     } else {
         config.own_names
     };
+    // Postfix only warns of a greeting with its own name and fails on the EHLO reply; a
+    // name with a dot that is ours says as much in the banner, and ends the session before
+    // anything is sent.
     conn.not_ourselves(&greeting, own_names).await?;
     let mut extensions = conn.hello(config.helo, config.lmtp, own_names).await?;
     let mut session = None;
