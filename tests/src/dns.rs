@@ -13,11 +13,14 @@ use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::proto::dnssec::crypto::Ed25519SigningKey;
 use hickory_server::proto::dnssec::rdata::{DNSKEY, DS};
 use hickory_server::proto::dnssec::{DigestType, DnssecSigner, SigningKey};
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::{LowerName, Name, RecordType};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
+};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// A DNS server on 127.0.0.1 (UDP and TCP on the same port) serving a DNSSEC tree as the
@@ -25,7 +28,8 @@ use tokio::net::{TcpListener, UdpSocket};
 /// parent, with a DS record there when it is signed and a signed proof that there is none
 /// when it is not. A validating resolver that trusts [`DnsServer::anchor`] therefore finds
 /// unsigned zones insecure, signed ones secure, and a zone whose DS does not match its key
-/// bogus.
+/// bogus. A name whose first label is `servfail` gets SERVFAIL, as from a server that
+/// cannot answer for now (a temporary failure to look it up).
 pub struct DnsServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -209,6 +213,19 @@ impl RequestHandler for Tree {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
+        let failing = request.request_info().ok().is_some_and(|info| {
+            info.query
+                .name()
+                .iter()
+                .next()
+                .is_some_and(|label| label.eq_ignore_ascii_case(b"servfail"))
+        });
+        if failing {
+            let response = MessageResponseBuilder::new(&request.queries, None)
+                .error_msg(&request.metadata, ResponseCode::ServFail);
+            let mut handle = response_handle;
+            return handle.send_response(response).await.expect("SERVFAIL sent");
+        }
         let parent = request.request_info().ok().and_then(|info| {
             (info.query.query_type() == RecordType::DS)
                 .then(|| self.parents.get(info.query.name()))

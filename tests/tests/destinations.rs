@@ -239,7 +239,8 @@ async fn mail_for_a_destination_that_loops_back_to_us_is_returned() {
         "",
         &[(
             "remote-b.test",
-            "backup IN MX 10 mx.none\nbackup IN MX 20 mx\nmx.none IN A 127.0.0.7\n",
+            "backup IN MX 10 mx.none\nbackup IN MX 20 mx\nmx.none IN A 127.0.0.7\n\
+             dnsfail IN MX 10 servfail\ndnsfail IN MX 20 mx\n",
         )],
         &[],
     )
@@ -265,6 +266,18 @@ async fn mail_for_a_destination_that_loops_back_to_us_is_returned() {
     );
     assert!(reply.text.contains("loops back"), "{reply:?}");
     assert!(w.b.received().is_empty());
+    // The best MX cannot be looked up for now (SERVFAIL): it still outranks us, so a
+    // backup that is ourselves defers the mail rather than return it.
+    let hiccup = w
+        .send("cid@dnsfail.remote-b.test", "looping behind a DNS hiccup")
+        .await;
+    let status = w.stack.wait_state(&hiccup, RecipientState::Deferred).await;
+    let reply = last_reply(&status, 0);
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (451, "4.4.6"),
+        "{reply:?}"
+    );
     // The same exchanger under its own name takes mail again.
     w.b.set_name("sink.test");
     let id = w.send("bob@remote-b.test", "not looping").await;
