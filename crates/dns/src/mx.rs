@@ -237,31 +237,25 @@ impl MxResolver {
         let mut targets = Vec::new();
         let mut last_error = None;
         for (preference, host) in hosts {
-            match self.resolver.lookup_ip(host.as_str()).await {
-                Ok(ips) => {
-                    let addrs: Vec<SocketAddr> = ips
-                        .iter()
-                        .map(|ip: IpAddr| SocketAddr::new(ip, self.port))
-                        .collect();
-                    targets.push(Target {
-                        host: host.trim_end_matches('.').to_string(),
-                        addrs,
-                        preference,
-                    });
-                }
-                Err(e) if e.is_nx_domain() || e.is_no_records_found() => {}
+            let addrs = match self.resolver.lookup_ip(host.as_str()).await {
+                Ok(ips) => ips
+                    .iter()
+                    .map(|ip: IpAddr| SocketAddr::new(ip, self.port))
+                    .collect(),
+                Err(e) if e.is_nx_domain() || e.is_no_records_found() => continue,
                 // Kept without addresses: it is still an MX host of the domain, one that
                 // may answer later, and it outranks the hosts after it (a host that turns
                 // out to be ourselves is the best MX only when no better one exists).
                 Err(e) => {
                     last_error = Some(temporary(&e));
-                    targets.push(Target {
-                        host: host.trim_end_matches('.').to_string(),
-                        addrs: Vec::new(),
-                        preference,
-                    });
+                    Vec::new()
                 }
-            }
+            };
+            targets.push(Target {
+                host: host.trim_end_matches('.').to_string(),
+                addrs,
+                preference,
+            });
         }
         if targets.iter().any(|t| !t.addrs.is_empty()) {
             return Ok(targets);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use mailflow_bus::{Bus, names};
 use mailflow_proto::v1::{
     AcceptedMessage, CancelRequest, CancelResponse, DeliveryEvent, DomainRequest, DomainResponse,
@@ -371,10 +371,7 @@ impl queue_server::Queue for QueueService {
                     let current = book.wait_routed(&id).await.map_err(unavailable)?;
                     follow(events, id, current.status).await
                 })
-                .flat_map(|followed| match followed {
-                    Ok(updates) => updates,
-                    Err(e) => Box::pin(futures::stream::once(async { Err(e) })) as Updates,
-                });
+                .try_flatten();
                 let first = WatchUpdate {
                     update: Some(watch_update::Update::Status(accepted)),
                 };
