@@ -148,11 +148,33 @@ impl ResolvesServerCert for ReloadingCert {
 
 /// An acceptor for TLS 1.2 and 1.3 using `cert`.
 pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
-    let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let mut provider = ring::default_provider();
+    // A stable sort: AES-128-GCM first in each TLS version, the rest in rustls' order.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !aes_128_gcm(s.suite()));
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(cert);
+    // Postfix follows the client's order (`tls_preempt_cipherlist = no`); we choose, for
+    // cost: clients list AES-256-GCM with SHA-384 first, whose key schedule hashes with
+    // SHA-512 (no CPU instructions for it) where SHA-256 has them, and whose 256-bit key
+    // adds nothing over a key exchange (X25519, P-256) of 128-bit strength. Measured with
+    // `bench/e2e` (STARTTLS, a handshake per message): see ARCHITECTURE.md.
+    config.ignore_client_order = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether a cipher suite is AES-128-GCM (in TLS 1.3, with SHA-256).
+fn aes_128_gcm(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 #[cfg(test)]
@@ -168,6 +190,63 @@ mod tests {
         std::fs::write(&cert, generated.cert.pem()).unwrap();
         std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
         (cert, key)
+    }
+
+    /// The suite negotiated over an in-memory pipe with a client that offers rustls' suites
+    /// in its order (AES-256-GCM first) and only `version`.
+    async fn negotiated(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Option<rustls::CipherSuite> {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "server");
+        let acceptor = acceptor(Arc::new(ReloadingCert::new(cert.clone(), key).unwrap())).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (server, client) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        let (server, client) = (server.unwrap(), client.unwrap());
+        let chosen = server
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite());
+        assert_eq!(
+            chosen,
+            client
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .map(|s| s.suite())
+        );
+        chosen
+    }
+
+    /// Clients list AES-256-GCM first; the server chooses AES-128-GCM (SHA-256 in TLS 1.3).
+    #[tokio::test]
+    async fn the_server_chooses_aes_128_gcm_whatever_the_clients_order() {
+        assert_eq!(
+            ring::default_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            "the client's first choice"
+        );
+        assert_eq!(
+            negotiated(&rustls::version::TLS13).await,
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        assert_eq!(
+            negotiated(&rustls::version::TLS12).await,
+            Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+        );
     }
 
     /// A certificate with another certificate's key would fail every handshake: refused.
