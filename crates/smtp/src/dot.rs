@@ -7,10 +7,61 @@
 /// The body is copied in runs between the places that need a change, not line by line.
 pub fn encode(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
-    if body.first() == Some(&b'.') {
+    encode_piece(
+        Piece {
+            octets: body,
+            starts_line: true,
+        },
+        out,
+    );
+    end(body, out);
+}
+
+/// A piece of a body, encoded on its own by [`encode_piece`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece<'a> {
+    /// Its octets.
+    pub octets: &'a [u8],
+    /// Whether it starts a line (the body's start, or just after a line ending), where a
+    /// `.` is doubled.
+    pub starts_line: bool,
+}
+
+/// The body in pieces of `size` octets (one more where a cut would part a CRLF pair; the
+/// last is what is left; an empty body is one empty piece), so that a large body is
+/// encoded and sent a piece at a time instead of whole: [`encode_piece`] of each in turn,
+/// then [`end`], gives what [`encode`] gives.
+pub fn pieces(body: &[u8], size: usize) -> impl Iterator<Item = Piece<'_>> {
+    let size = size.max(1);
+    let (mut start, mut first) = (0, true);
+    std::iter::from_fn(move || {
+        if start >= body.len() && !first {
+            return None;
+        }
+        first = false;
+        let mut cut = (start + size).min(body.len());
+        // A CR and its LF stay together: apart, each would look bare.
+        if cut > start && body[cut - 1] == b'\r' && body.get(cut) == Some(&b'\n') {
+            cut += 1;
+        }
+        let starts_line = start == 0 || matches!(body[start - 1], b'\r' | b'\n');
+        let piece = Piece {
+            octets: &body[start..cut],
+            starts_line,
+        };
+        start = cut;
+        Some(piece)
+    })
+}
+
+/// Appends one piece of a body to `out`, line endings made CRLF and dots stuffed (no end
+/// marker: that is [`end`]).
+pub fn encode_piece(piece: Piece<'_>, out: &mut Vec<u8>) {
+    let body = piece.octets;
+    if piece.starts_line && body.first() == Some(&b'.') {
         out.push(b'.');
     }
-    // The start of the body not copied yet, and where to look for the next line ending.
+    // The start of the piece not copied yet, and where to look for the next line ending.
     let (mut run, mut scan) = (0, 0);
     while let Some(found) = memchr::memchr2(b'\r', b'\n', &body[scan..]) {
         let at = scan + found;
@@ -30,6 +81,11 @@ pub fn encode(body: &[u8], out: &mut Vec<u8>) {
         scan = next;
     }
     out.extend_from_slice(&body[run..]);
+}
+
+/// Appends the end of data after a body's encoded pieces: a line ending if the body does
+/// not end with one, and `.<CRLF>`.
+pub fn end(body: &[u8], out: &mut Vec<u8>) {
     if !matches!(body.last(), None | Some(b'\r' | b'\n')) {
         out.extend_from_slice(b"\r\n");
     }
@@ -104,6 +160,44 @@ mod tests {
             expected.extend_from_slice(b".\r\n");
             assert_eq!(enc(&body), expected, "{body:?}");
         }
+    }
+
+    /// Pieces of every size, encoded one after the other, give the whole body's encoding,
+    /// also where a cut falls between a CR and its LF, before a dot or inside a line.
+    #[test]
+    fn pieces_encode_as_the_whole_body() {
+        let bodies: [&[u8]; 6] = [
+            b"",
+            b"a\r\n.b\r\n..c\r\n.\r\nd",
+            b"\r\n\r\n\r\n.",
+            b"x\ry\nz\r\r\n\n.\r.\n.",
+            b".",
+            b"no line ending at all",
+        ];
+        for body in bodies {
+            for size in 1..=body.len() + 2 {
+                let mut out = Vec::new();
+                let mut joined = Vec::new();
+                for piece in pieces(body, size) {
+                    assert!(piece.octets.len() >= size.min(body.len() - joined.len()));
+                    joined.extend_from_slice(piece.octets);
+                    encode_piece(piece, &mut out);
+                }
+                assert_eq!(joined, body, "the pieces are the body, in order");
+                end(body, &mut out);
+                assert_eq!(out, enc(body), "{body:?} in pieces of {size}");
+            }
+        }
+        let empty: Vec<_> = pieces(b"", 4).collect();
+        assert_eq!(
+            empty,
+            [Piece {
+                octets: b"",
+                starts_line: true
+            }]
+        );
+        let cut: Vec<_> = pieces(b"ab\r\ncd", 3).map(|p| p.octets).collect();
+        assert_eq!(cut, [&b"ab\r\n"[..], b"cd"], "a CRLF pair is never parted");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use mailflow_smtp::params::{DsnReturn, Notify};
 use tokio_rustls::TlsConnector;
 
 pub use stage::Stage;
+pub(crate) use transaction::BODY_PIECE;
 
 use conn::{Ready, open};
 use transaction::transaction;

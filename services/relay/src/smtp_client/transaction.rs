@@ -103,9 +103,7 @@ pub(super) async fn transaction(
         }
         None => unreachable!("both exchanges send DATA once MAIL and a recipient are accepted"),
     }
-    let mut encoded = Vec::new();
-    dot::encode(env.body, &mut encoded);
-    conn.send(&encoded, Stage::Body).await?;
+    send_body(conn, env.body).await?;
     if ready.lmtp {
         let mut out = Vec::with_capacity(replies.len());
         for r in replies {
@@ -122,6 +120,25 @@ pub(super) async fn transaction(
         .into_iter()
         .map(|r| if r.is_success() { fin.clone() } else { r })
         .collect())
+}
+
+/// Octets of a body encoded and sent at a time: a delivery holds the body and at most
+/// one encoded piece (about this much), not a second copy of the whole body.
+pub(crate) const BODY_PIECE: usize = 64 * 1024;
+
+/// Sends a body after `354`, encoded a piece at a time, and the end of data with the last.
+async fn send_body(conn: &mut Conn, body: &[u8]) -> Result<(), HostFailure> {
+    let mut wire = Vec::with_capacity(BODY_PIECE + BODY_PIECE / 64 + 8);
+    let mut pieces = dot::pieces(body, BODY_PIECE).peekable();
+    while let Some(piece) = pieces.next() {
+        wire.clear();
+        dot::encode_piece(piece, &mut wire);
+        if pieces.peek().is_none() {
+            dot::end(body, &mut wire);
+        }
+        conn.send(&wire, Stage::Body).await?;
+    }
+    Ok(())
 }
 
 /// ` ORCPT=type;xtext` for an ORCPT value as given (`rfc822;addr`), or nothing when there
