@@ -75,8 +75,9 @@ start_dns() {
     wait_port "$DNS_PORT"
 }
 
-# start_mailflow EXTRA_INGRESS_TOML: nats-server and the three release binaries; sets
-# SMTP_PORT and MAILFLOW_PIDS. Remote mail goes to the smtp-sink.
+# start_mailflow EXTRA_INGRESS_TOML: nats-server and the three release binaries (from
+# MAILFLOW_BIN when set, to measure another build); sets SMTP_PORT and MAILFLOW_PIDS.
+# Remote mail goes to the smtp-sink.
 #
 # Everything shares two cores with the load generator and the sink, so each process gets
 # one scheduler thread: nats-server GOMAXPROCS=1, each service worker_threads = 1 (the
@@ -119,7 +120,7 @@ TOML
     export MAILFLOW_CONFIG="$WORK/mailflow.toml"
     MAILFLOW_PIDS=("$NATS_PID")
     for svc in policy relay ingress; do
-        "$ROOT/target/release/mailflow-$svc" 2>>"$WORK/$svc.log" &
+        "${MAILFLOW_BIN:-$ROOT/target/release}/mailflow-$svc" 2>>"$WORK/$svc.log" &
         pids+=($!); MAILFLOW_PIDS+=($!)
         [ "$svc" = ingress ] && INGRESS_PID=$!
     done
