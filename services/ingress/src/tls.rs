@@ -148,33 +148,17 @@ impl ResolvesServerCert for ReloadingCert {
 
 /// An acceptor for TLS 1.2 and 1.3 using `cert`.
 pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
-    let mut provider = ring::default_provider();
-    // A stable sort: AES-128-GCM first in each TLS version, the rest in rustls' order.
-    provider
-        .cipher_suites
-        .sort_by_key(|s| !aes_128_gcm(s.suite()));
+    let provider = mailflow_runtime::tls::provider();
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    // Postfix follows the client's order (`tls_preempt_cipherlist = no`); we choose, for
-    // cost: clients list AES-256-GCM with SHA-384 first, whose key schedule hashes with
-    // SHA-512 (no CPU instructions for it) where SHA-256 has them, and whose 256-bit key
-    // adds nothing over a key exchange (X25519, P-256) of 128-bit strength. Measured with
-    // `bench/e2e` (STARTTLS, a handshake per message): see ARCHITECTURE.md.
+    // Postfix follows the client's order (`tls_preempt_cipherlist = no`); we choose by
+    // ours, for cost: clients list AES-256-GCM with SHA-384 first (see
+    // `mailflow_runtime::tls::provider`). Measured with `bench/e2e` (STARTTLS, a handshake
+    // per message): see ARCHITECTURE.md.
     config.ignore_client_order = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Whether a cipher suite is AES-128-GCM (in TLS 1.3, with SHA-256).
-fn aes_128_gcm(suite: rustls::CipherSuite) -> bool {
-    use rustls::CipherSuite as S;
-    matches!(
-        suite,
-        S::TLS13_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-    )
 }
 
 #[cfg(test)]

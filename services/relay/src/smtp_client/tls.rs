@@ -105,7 +105,7 @@ pub fn opportunistic() -> TlsConnector {
 /// one of `records`; with none (no usable record), any certificate is accepted, but TLS is
 /// still required by the caller.
 pub fn dane(records: Vec<Tlsa>) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(mailflow_runtime::tls::provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map(|b| {
@@ -149,7 +149,7 @@ pub fn verified(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, CaErr
             roots.add(cert).map_err(|e| error(e.to_string()))?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(mailflow_runtime::tls::provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth());
