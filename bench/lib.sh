@@ -42,6 +42,20 @@ cpu_ticks() {
     echo "$total"
 }
 
+# machine_ticks: "busy idle" clock ticks of the whole machine so far (/proc/stat: user,
+# nice and system are busy; iowait counts as idle).
+machine_ticks() {
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6; exit }' /proc/stat
+}
+
+# machine_cost N BEFORE AFTER: milliseconds of the whole machine's CPU per message between
+# two machine_ticks readings, and the share of the time it was busy ("0.412 ms, 96% busy").
+machine_cost() {
+    local n=$1 b0 i0 b1 i1
+    read -r b0 i0 <<<"$2"; read -r b1 i1 <<<"$3"
+    python3 -c "print(f'{($b1 - $b0) / $HZ * 1000 / $n:.3f} ms, {100 * ($b1 - $b0) / max(1, $b1 - $b0 + $i1 - $i0):.0f}% busy')"
+}
+
 # wait_idle PID...: waits (at most 120 s) until the processes stop using CPU, so that one
 # system's delivery backlog does not slow the next system's measurement.
 wait_idle() {
