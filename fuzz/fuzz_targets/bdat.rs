@@ -11,7 +11,9 @@ use mailflow_smtp::LineEndings;
 use mailflow_smtp::bdat::{self, BdatBody};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     if let Ok(text) = std::str::from_utf8(input) {
         let _ = bdat::parse_args(text);

@@ -6,8 +6,14 @@ use mailflow_smtp::{Command, ForwardPath, Path, address};
 
 fuzz_target!(|data: &[u8]| {
     match Command::parse(data) {
-        Ok(Command::Mail { from: Path::Mailbox(m), .. })
-        | Ok(Command::Rcpt { to: ForwardPath::Mailbox(m), .. }) => {
+        Ok(Command::Mail {
+            from: Path::Mailbox(m),
+            ..
+        })
+        | Ok(Command::Rcpt {
+            to: ForwardPath::Mailbox(m),
+            ..
+        }) => {
             let text = m.to_string();
             let again = address::parse_mailbox(&text).expect("a parsed mailbox parses again");
             assert_eq!(again.to_string(), text);

@@ -12,7 +12,11 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 use mailflow_smtp::{DataDecoder, DataEvent, LineEndings, dot};
 
-fn decode_whole(input: &[u8], chunk: usize, endings: LineEndings) -> Option<Result<BytesMut, mailflow_smtp::DataProblem>> {
+fn decode_whole(
+    input: &[u8],
+    chunk: usize,
+    endings: LineEndings,
+) -> Option<Result<BytesMut, mailflow_smtp::DataProblem>> {
     let mut dec = DataDecoder::new(1 << 20, endings);
     let mut buf = BytesMut::new();
     let mut taken = BytesMut::new();
@@ -42,7 +46,9 @@ fn encode_in_pieces(body: &[u8], size: usize) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut whole = Vec::new();
     dot::encode(input, &mut whole);

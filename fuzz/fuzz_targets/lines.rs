@@ -8,7 +8,9 @@ use mailflow_smtp::{LineDecoder, LineEvent};
 const MAX: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, input)) = data.split_first() else { return };
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut dec = LineDecoder::new(MAX);
     let mut buf = BytesMut::new();

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = Mechanism::parse(&text);
     let decoded = sasl::decode_response(&text);
-    for message in [decoded.ok(), Some(text.into_owned())].into_iter().flatten() {
+    for message in [decoded.ok(), Some(text.into_owned())]
+        .into_iter()
+        .flatten()
+    {
         if let Ok(c) = sasl::parse_plain(&message) {
             assert!(!c.username.is_empty() && !c.password.is_empty());
             assert!(!c.username.contains('\0') && !c.password.contains('\0'));
