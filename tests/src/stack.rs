@@ -469,6 +469,24 @@ pub fn last_reply(status: &MessageStatus, index: usize) -> &RemoteReply {
         .unwrap_or_else(|| panic!("no reply recorded for recipient {index}: {status:?}"))
 }
 
+/// [`last_reply`], checked to carry `code` and enhanced status code `enhanced` (a test fails
+/// otherwise).
+#[track_caller]
+pub fn reply_with<'a>(
+    status: &'a MessageStatus,
+    index: usize,
+    code: u32,
+    enhanced: &str,
+) -> &'a RemoteReply {
+    let reply = last_reply(status, index);
+    assert_eq!(
+        (reply.code, reply.enhanced.as_str()),
+        (code, enhanced),
+        "{reply:?}"
+    );
+    reply
+}
+
 /// A stack for tests of local mail only: no relaying, and a DNS server (returned so that it
 /// lives as long as the stack) that knows the clients' domain `client.test` and the DNS
 /// blocklist `bl.test`, which lists 127.0.0.6.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::dns::Signing;
 use mailflow_tests::pki::TestCa;
-use mailflow_tests::stack::last_reply;
+use mailflow_tests::stack::reply_with;
 use mailflow_tests::world::World;
 use mailflow_tests::{peer, wait};
 
@@ -43,12 +43,7 @@ async fn validated_tlsa_records_make_matching_tls_mandatory() {
     // Sink B offers no STARTTLS: deferred, never sent in plaintext.
     let held = w.send("bob@remote-b.test", "dane").await;
     let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
-    let reply = last_reply(&status, 0);
-    assert_eq!(
-        (reply.code, reply.enhanced.as_str()),
-        (451, "4.7.5"),
-        "{reply:?}"
-    );
+    let reply = reply_with(&status, 0, 451, "4.7.5");
     assert!(reply.text.starts_with("DANE of remote-b.test"), "{reply:?}");
     // With STARTTLS but a key the TLSA record does not name: still deferred.
     w.b.offer_starttls();
@@ -66,12 +61,7 @@ async fn a_zone_failing_validation_is_deferred_and_an_unsigned_one_is_not() {
 
     let held = w.send("bob@remote-b.test", "bogus").await;
     let status = w.deferred_with(&held, 2, "DNSSEC validation").await;
-    let reply = last_reply(&status, 0);
-    assert_eq!(
-        (reply.code, reply.enhanced.as_str()),
-        (451, "4.7.5"),
-        "{reply:?}"
-    );
+    let reply = reply_with(&status, 0, 451, "4.7.5");
     assert!(reply.text.contains("remote-b.test"), "{reply:?}");
     assert_eq!(
         w.b.arrived(),

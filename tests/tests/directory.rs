@@ -12,6 +12,7 @@ use mailflow_proto::v1::{
 use mailflow_tests::client::SmtpClient;
 use mailflow_tests::mailctl::{self, ok, refused};
 use mailflow_tests::peer;
+use mailflow_tests::stack::reply_with;
 use mailflow_tests::stack::{Stack, local};
 
 async fn authenticate(stack: &Stack, user: &str, password: &str) -> AuthResult {
@@ -239,8 +240,7 @@ async fn aliases_and_catch_all_are_accepted_and_expanded_into_mailboxes() {
         )
         .await;
     let status = stack.wait_final(&looped, Duration::from_secs(30)).await;
-    let reply = status.recipients[0].last_reply.as_ref().unwrap();
-    assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.4.6"));
+    reply_with(&status, 0, 550, "5.4.6");
     let report = mailflow_tests::wait::until(
         "the failure report in boss's mailbox",
         Duration::from_secs(30),

@@ -10,6 +10,7 @@ use mailflow_proto::v1::{DeliveryEvent, RecipientState};
 use mailflow_tests::client::{SmtpClient, queue_id};
 use mailflow_tests::sink::Sink;
 use mailflow_tests::stack::RELAY;
+use mailflow_tests::stack::reply_with;
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 use prost::Message;
@@ -424,12 +425,7 @@ async fn eight_bit_content_is_not_sent_to_a_server_without_8bitmime() {
     let status = w.stack.wait_final(&eight, Duration::from_secs(30)).await;
     let r = &status.recipients[0];
     assert_eq!(r.state(), RecipientState::Bounced);
-    let reply = r.last_reply.as_ref().unwrap();
-    assert_eq!(
-        (reply.code, reply.enhanced.as_str()),
-        (554, "5.6.3"),
-        "{reply:?}"
-    );
+    reply_with(&status, 0, 554, "5.6.3");
     assert_eq!(w.b.received().len(), 1, "only the 7-bit message arrived");
 }
 
@@ -633,12 +629,7 @@ async fn the_smarthost_gets_credentials_over_tls_only() {
                 (s.recipients[0].state() == RecipientState::Deferred).then_some(s)
             })
             .await;
-            let reply = s.recipients[0].last_reply.as_ref().unwrap();
-            assert_eq!(
-                (reply.code, reply.enhanced.as_str()),
-                (451, "4.7.0"),
-                "{reply:?}"
-            );
+            let reply = reply_with(&s, 0, 451, "4.7.0");
             assert!(reply.text.contains("535"), "{reply:?}");
             assert!(w.a.received().is_empty());
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::https::HttpsServer;
 use mailflow_tests::pki::TestCa;
-use mailflow_tests::stack::last_reply;
+use mailflow_tests::stack::{last_reply, reply_with};
 use mailflow_tests::world::World;
 
 const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx.remote-a.test\r\nmx: *.remote-b.test\r\nmax_age: 86400\r\n";
@@ -46,12 +46,7 @@ async fn enforce_mode_delivers_only_over_verified_tls_and_defers_otherwise() {
     // B offers no STARTTLS: deferred with 4.7.5, never sent in plaintext.
     let held = w.send("bob@remote-b.test", "sts").await;
     let status = w.deferred_with(&held, 2, "does not offer STARTTLS").await;
-    let reply = last_reply(&status, 0);
-    assert_eq!(
-        (reply.code, reply.enhanced.as_str()),
-        (451, "4.7.5"),
-        "{reply:?}"
-    );
+    let reply = reply_with(&status, 0, 451, "4.7.5");
     assert!(reply.text.contains("MTA-STS policy of remote-b.test"));
     // Now B offers STARTTLS with a certificate nobody vouches for: still deferred.
     w.b.offer_starttls();
