@@ -17,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 /// The KV bucket.
 pub const BUCKET: &str = "suspended";
 
+/// A domain as kept here and in the bucket's values: lower case, no final dot.
+fn normal(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// A domain as a KV key.
 fn key(domain: &str) -> String {
     key_token(domain.trim_end_matches('.'))
@@ -101,7 +106,7 @@ impl Suspensions {
     /// again between this read and the change would be lost from it. When the bucket
     /// cannot be read, this replica's view stands.
     pub async fn still_suspended(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = normal(domain);
         match self.kv.get(key(&domain)).await {
             Ok(Some(_)) => true,
             Ok(None) => false,
@@ -120,7 +125,7 @@ impl Suspensions {
 
     /// Suspends or releases `domain` for every replica (this one at once).
     pub async fn set(&self, domain: &str, suspended: bool) -> Result<(), SuspendError> {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain = normal(domain);
         if suspended {
             self.kv
                 .put(key(&domain), Bytes::from(domain.clone()))
