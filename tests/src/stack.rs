@@ -309,14 +309,25 @@ command_timeout = "10s"
 
     /// The peak resident memory of a running service so far (`VmHWM`), in octets.
     pub fn peak_rss(&self, name: &'static str) -> u64 {
+        let kb: u64 = self
+            .proc_status(name, "VmHWM")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .expect("VmHWM in kB");
+        kb * 1024
+    }
+
+    /// A field of a running service's `/proc/<pid>/status`, trimmed.
+    pub fn proc_status(&self, name: &'static str, field: &str) -> String {
         let pid = self.procs[name].id().expect("service running");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kb: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status");
-        kb * 1024
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+            .trim()
+            .to_string()
     }
 
     /// The log of a service, for failure messages.

@@ -1,6 +1,7 @@
-//! Graceful termination: a stopping ingress lets the transaction in progress finish; a
-//! stopping relay finishes its deliveries under way and hands the jobs it had fetched to
-//! the other replicas at once.
+//! The services as processes. Graceful termination: a stopping ingress lets the transaction
+//! in progress finish; a stopping relay finishes its deliveries under way and hands the jobs
+//! it had fetched to the other replicas at once. And each runs without transparent huge
+//! pages.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
-use mailflow_tests::stack::{INGRESS, RELAY, local};
+use mailflow_tests::stack::{INGRESS, POLICY, RELAY, local};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -115,4 +116,18 @@ async fn sigterm_lets_a_relay_finish_its_deliveries_and_leave_the_rest_to_others
         other.try_wait().unwrap().is_none(),
         "the other replica runs on"
     );
+}
+
+/// Each service turns transparent huge pages off for itself as it starts (mimalloc's arenas
+/// are advised for them, and memory given back and touched again was zeroed a huge page at a
+/// time), whatever the parent process had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_runs_without_transparent_huge_pages() {
+    let (stack, _dns) = local().await;
+    for name in [INGRESS, POLICY, RELAY] {
+        assert_eq!(stack.proc_status(name, "THP_enabled"), "0", "{name}");
+    }
+    // The test process (their parent) keeps them: the flag is the services' own doing.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(own.contains("THP_enabled:\t1"), "{own}");
 }
