@@ -128,6 +128,39 @@ def injection(args):
     return 0
 
 
+def resume(args):
+    """Starts TLS on the server with STARTTLS, then on --times new connections offering the
+    first connection's session each time, as a sending MTA does with the one session it
+    caches per destination (Postfix's smtp_tls_session_cache_database)."""
+    host, port = args.server.rsplit(":", 1)
+    ctx = context(args.ca)
+
+    def starttls(session):
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        f = sock.makefile("rb")
+        read_reply(f)  # greeting
+        sock.sendall(b"EHLO client.test\r\n")
+        read_reply(f)
+        sock.sendall(b"STARTTLS\r\n")
+        read_reply(f)
+        tls = ctx.wrap_socket(sock, server_hostname="localhost", session=session)
+        tf = tls.makefile("rb")
+        tls.sendall(b"EHLO client.test\r\n")
+        # TLS 1.3 tickets follow the handshake: reading the reply takes them in.
+        read_reply(tf)
+        reused, session = tls.session_reused, tls.session
+        tls.sendall(b"QUIT\r\n")
+        read_reply(tf)
+        tls.close()
+        return reused, session
+
+    reused, session = starttls(None)
+    print(f"first: {'resumed' if reused else 'full'}")
+    count = sum(starttls(session)[0] for _ in range(args.times))
+    print(f"resumed: {count} of {args.times}")
+    return 0
+
+
 def peer_cert(args):
     """Writes the DER certificate the implicit-TLS listener presents."""
     host, port = args.server.rsplit(":", 1)
@@ -193,6 +226,10 @@ def main():
     i = sub.add_parser("injection")
     i.add_argument("--server", required=True)
     i.add_argument("--ca", required=True)
+    r = sub.add_parser("resume")
+    r.add_argument("--server", required=True)
+    r.add_argument("--ca", required=True)
+    r.add_argument("--times", type=int, default=3)
     c = sub.add_parser("peer-cert")
     c.add_argument("--server", required=True)
     c.add_argument("--out", required=True)
@@ -202,7 +239,8 @@ def main():
         m.add_argument("--user", required=True)
         m.add_argument("--password", required=True)
     args = p.parse_args()
-    commands = {"submit": submit, "bad-login": bad_login, "injection": injection, "peer-cert": peer_cert,
+    commands = {"submit": submit, "bad-login": bad_login, "injection": injection, "resume": resume,
+                "peer-cert": peer_cert,
                 "imap-subjects": imap_subjects, "pop3-subjects": pop3_subjects}
     return commands[args.cmd](args)
 

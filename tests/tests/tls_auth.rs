@@ -10,7 +10,7 @@ use std::time::Duration;
 use mailflow_proto::v1::RecipientState;
 use mailflow_tests::client::{SmtpClient, queue_id};
 use mailflow_tests::peer;
-use mailflow_tests::stack::write_certificate;
+use mailflow_tests::stack::{local, write_certificate};
 use mailflow_tests::wait;
 use mailflow_tests::world::World;
 
@@ -184,6 +184,27 @@ async fn smtplib_starttls_login_smtputf8_and_sender_ownership() {
         },
     )
     .await;
+}
+
+/// A sending MTA caches one TLS session per destination and offers it on each new
+/// connection (Postfix's `smtp_tls_session_cache_database`): the ingress resumes it every
+/// time (stateless tickets, as Postfix's smtpd issues), not just once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_tls_session_resumes_on_every_connection() {
+    let (stack, _dns) = local().await;
+    let out = peer::run(args(&[
+        "resume",
+        "--server",
+        &stack.smtp.to_string(),
+        "--ca",
+        stack.cert.to_str().unwrap(),
+        "--times",
+        "3",
+    ]))
+    .await;
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.get("first"), Some("full"));
+    assert_eq!(out.get("resumed"), Some("3 of 3"), "{}", out.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

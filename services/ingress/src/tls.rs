@@ -158,6 +158,14 @@ pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
     // `mailflow_runtime::tls::provider`). Measured with `bench/e2e` (STARTTLS, a handshake
     // per message): see ARCHITECTURE.md.
     config.ignore_client_order = true;
+    // Stateless session tickets (RFC 5077, RFC 8446 §4.6.1), as Postfix's smtpd issues
+    // them: a sending MTA caches one session per destination and offers it on each of its
+    // connections there (Postfix's `smtp_tls_session_cache_database`), and rustls's default
+    // tickets, entries of a server-side cache, resume once; every other connection would
+    // pay for a full handshake (a certificate signature and its verification). A ticket
+    // used again replays nothing: no early data is accepted, and a resumed handshake still
+    // makes a fresh key exchange. The ticket key rotates every 6 hours.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
