@@ -409,28 +409,40 @@ async fn retry_now_moves_every_waiting_job_once_in_batches() {
     }
 }
 
-/// A cancel made while an attempt is under way stays final: the attempt's deferral, which
-/// comes after it, is not recorded and does not park the job for another attempt.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_during_an_attempt_is_not_undone_by_its_deferral() {
-    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+/// Sends a message to `user`@remote-a.test, whose exchanger holds the transaction; cancels
+/// it (dropped, no bounce) while the attempt is under way, then lets the exchanger answer
+/// `reply`. Returns the queue id and a JetStream context once the attempt is over (its job
+/// has left MAIL_OUT).
+async fn cancelled_during_attempt(
+    w: &World,
+    user: &str,
+    reply: &str,
+) -> (String, async_nats::jetstream::Context) {
     w.a.hold();
-    let id = send(&w, "dave@remote-a.test", "in flight", None).await;
+    let id = send(w, &format!("{user}@remote-a.test"), "in flight", None).await;
     wait::until("the attempt under way", Duration::from_secs(30), || async {
         (w.a.arrived() == 1).then_some(())
     })
     .await;
     let out = ok(&w.stack, &["queue", "cancel", &id]).await;
     assert!(out.contains("1 recipient(s) dropped"), "{out}");
-    w.a.release_with("451 4.3.0 Try again later");
+    w.a.release_with(reply);
     let nats = async_nats::connect(w.stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
-    // The attempt is over once its job has left MAIL_OUT.
     wait::until("the attempt over", Duration::from_secs(30), || async {
         let mut out = js.get_stream("MAIL_OUT").await.ok()?;
         (out.info().await.ok()?.state.messages == 0).then_some(())
     })
     .await;
+    (id, js)
+}
+
+/// A cancel made while an attempt is under way stays final: the attempt's deferral, which
+/// comes after it, is not recorded and does not park the job for another attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_an_attempt_is_not_undone_by_its_deferral() {
+    let w = World::start_with_relay("retry_delays = [\"1h\"]").await;
+    let (id, js) = cancelled_during_attempt(&w, "dave", "451 4.3.0 Try again later").await;
     let mut retry = js.get_stream("MAIL_RETRY").await.unwrap();
     assert_eq!(
         retry.info().await.unwrap().state.messages,
@@ -440,6 +452,28 @@ async fn a_cancel_during_an_attempt_is_not_undone_by_its_deferral() {
     let status = w.stack.get_message(&id).await.unwrap();
     assert_eq!(status.recipients[0].state(), RecipientState::Discarded);
     assert!(w.stack.log(RELAY).contains("outcomes not recorded"));
+}
+
+/// A refusal an attempt meets after an operator cancelled the message owes the sender no
+/// notice: the cancel is final and the attempt's outcome is not recorded (Postfix bounces
+/// nothing for a message deleted from its queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_a_cancel_sends_no_notice() {
+    let w = World::start().await;
+    // A notice would be queued before the attempt is over.
+    let (id, _) = cancelled_during_attempt(&w, "erin", "550 5.1.1 No such user").await;
+    let status = w.stack.get_message(&id).await.unwrap();
+    assert_eq!(status.recipients[0].state(), RecipientState::Discarded);
+    let log = w.stack.log(RELAY);
+    assert!(log.contains("outcomes not recorded"), "{log}");
+    assert!(
+        log.contains("no notice for recipients an operator acted on"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("delivery status notification queued"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

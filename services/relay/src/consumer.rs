@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, AckKind};
 use mailflow_bus::{Bus, BusError, ConsumerSpec, consume, keep_alive, load_body, names};
 use mailflow_proto::v1::{DeliveryJob, RecipientState};
+use mailflow_report::RecipientReport;
 use mailflow_runtime::config::Transport;
 use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::budget::BodyBudget;
-use crate::deliver::{Deliverer, Pending};
+use crate::deliver::{Deliverer, Outcome, Pending};
 use crate::destination::{self, Destinations};
 use crate::lifetime::Lifetime;
-use crate::status::{StatusBook, is_final};
+use crate::status::{Current, StatusBook, is_final};
 use crate::suspend::Suspensions;
 use crate::{notify, retry};
 
@@ -294,7 +295,9 @@ impl Consumer {
             .get(retry::tier(attempt, self.retry_delays.len()))
             .copied()
             .unwrap_or_default();
-        let reports = notify::owed(job, &results, &delayed);
+        let reports = self
+            .owed_notices(job, &results, &delayed, current.as_ref())
+            .await?;
         if !reports.is_empty() {
             // Queued before the outcomes are recorded: once they are, a redelivered job finds
             // its recipients final and owes nothing, so a notice lost in between would never
@@ -313,8 +316,8 @@ impl Consumer {
             tracing::info!(queue_id = %job.queue_id, notice = %notice, "delivery status notification queued");
         }
         // Outcomes an operator's action overtook during the attempt are not recorded, and a
-        // deferral among them does not park the job (a notice queued above for one of them
-        // may still go out).
+        // deferral among them does not park the job (`owed_notices` left their failure and
+        // delay notices out).
         let overtaken = self
             .status
             .record(job, attempt, &results, retry_in, current.as_ref())
@@ -325,6 +328,48 @@ impl Consumer {
         Ok(results
             .iter()
             .any(|(i, _, o)| o.state == RecipientState::Deferred && !overtaken.contains(i)))
+    }
+
+    /// The notices an attempt's `results` owe the sender, but for a failure or a delay of
+    /// a recipient an operator acted on during the attempt (a cancel): its outcome will
+    /// not be recorded, and the sender hears nothing of it (as Postfix bounces nothing for
+    /// a message deleted from its queue). Read again only when such a notice is owed,
+    /// which is rare; a cancel landing between this read and the recording can still let
+    /// one through, a window of milliseconds instead of the attempt's whole length.
+    async fn owed_notices(
+        &self,
+        job: &DeliveryJob,
+        results: &[(u32, String, Outcome)],
+        delayed: &[u32],
+        before: Option<&Current>,
+    ) -> Result<Vec<RecipientReport>, BusError> {
+        let reports = notify::owed(job, results, delayed);
+        let unhappy: Vec<u32> = results
+            .iter()
+            .filter(|(i, _, o)| match o.state {
+                RecipientState::Bounced => true,
+                RecipientState::Deferred => delayed.contains(i),
+                _ => false,
+            })
+            .map(|(i, _, _)| *i)
+            .collect();
+        if reports.is_empty() || unhappy.is_empty() {
+            return Ok(reports);
+        }
+        let changed = self
+            .status
+            .changed_since(&job.queue_id, &unhappy, before)
+            .await?;
+        if changed.is_empty() {
+            return Ok(reports);
+        }
+        tracing::info!(queue_id = %job.queue_id, recipients = ?changed, "no notice for recipients an operator acted on during the attempt");
+        let kept: Vec<_> = results
+            .iter()
+            .filter(|(i, _, _)| !changed.contains(i))
+            .cloned()
+            .collect();
+        Ok(notify::owed(job, &kept, delayed))
     }
 }
 

@@ -129,6 +129,33 @@ impl StatusBook {
         }
     }
 
+    /// Of the recipients `indexes` of `queue_id`, those with an event newer than `before`
+    /// (the state an attempt started from; `None`: a first attempt, before any event): an
+    /// operator acted on them meanwhile.
+    pub async fn changed_since(
+        &self,
+        queue_id: &str,
+        indexes: &[u32],
+        before: Option<&Current>,
+    ) -> Result<Vec<u32>, BusError> {
+        let latest = try_join_all(
+            indexes
+                .iter()
+                .map(|&i| self.latest(queue_id, usize::try_from(i).unwrap_or(usize::MAX))),
+        )
+        .await?;
+        Ok(indexes
+            .iter()
+            .zip(latest)
+            .filter(|(i, latest)| {
+                latest
+                    .as_ref()
+                    .is_some_and(|(_, sequence)| *sequence > before.map_or(0, |c| c.after(**i)))
+            })
+            .map(|(i, _)| *i)
+            .collect())
+    }
+
     /// Records `results` (recipient index, address, outcome) of one attempt: one event per
     /// recipient, all acknowledged before this returns. A deferral says when the next
     /// attempt is due, `retry_in` from now. `before` is the state the attempt started from
