@@ -366,7 +366,8 @@ pub struct RelayConfig {
     pub worker_threads: usize,
     /// Where Prometheus `/metrics` is served; off when unset.
     pub metrics_listen: Option<SocketAddr>,
-    /// The name sent in EHLO and used in Received headers.
+    /// The name sent in EHLO, the suffix of Maildir file names and the Reporting-MTA of
+    /// delivery notices.
     pub hostname: String,
     /// Where the Queue gRPC service listens.
     pub grpc_listen: SocketAddr,
