@@ -344,21 +344,19 @@ impl Consumer {
         before: Option<&Current>,
     ) -> Result<Vec<RecipientReport>, BusError> {
         let reports = notify::owed(job, results, delayed);
-        let unhappy: Vec<u32> = results
+        // The outcomes an operator's action can overtake: all but deliveries, as
+        // `StatusBook::record` has it (which of them owe a notice is `notify::owed`'s call).
+        let overtakable: Vec<u32> = results
             .iter()
-            .filter(|(i, _, o)| match o.state {
-                RecipientState::Bounced => true,
-                RecipientState::Deferred => delayed.contains(i),
-                _ => false,
-            })
+            .filter(|(_, _, o)| o.state != RecipientState::Delivered)
             .map(|(i, _, _)| *i)
             .collect();
-        if reports.is_empty() || unhappy.is_empty() {
+        if reports.is_empty() || overtakable.is_empty() {
             return Ok(reports);
         }
         let changed = self
             .status
-            .changed_since(&job.queue_id, &unhappy, before)
+            .changed_since(&job.queue_id, &overtakable, before)
             .await?;
         if changed.is_empty() {
             return Ok(reports);
