@@ -150,7 +150,7 @@ impl StatusBook {
             .filter(|(i, latest)| {
                 latest
                     .as_ref()
-                    .is_some_and(|(_, sequence)| *sequence > before.map_or(0, |c| c.after(**i)))
+                    .is_some_and(|(_, sequence)| *sequence > Current::after_in(before, **i))
             })
             .map(|(i, _)| *i)
             .collect())
@@ -197,7 +197,7 @@ impl StatusBook {
                     msg_id: format!("{}.{index}.{attempt}", job.job_id),
                     payload: Bytes::from(event.encode_to_vec()),
                     after: (outcome.state != RecipientState::Delivered)
-                        .then(|| before.map_or(0, |c| c.after(*index))),
+                        .then(|| Current::after_in(before, *index)),
                 }
             })
             .collect();
@@ -221,6 +221,12 @@ pub struct Current {
 }
 
 impl Current {
+    /// [`Current::after`] of the state an attempt started from; with none (a first
+    /// attempt, before any event), 0.
+    fn after_in(before: Option<&Self>, index: u32) -> u64 {
+        before.map_or(0, |c| c.after(index))
+    }
+
     /// The sequence an event about recipient `index` must follow to be recorded.
     pub fn after(&self, index: u32) -> u64 {
         usize::try_from(index)
